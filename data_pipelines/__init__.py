@@ -1,0 +1,1 @@
+"""Audio and text on disk -> batches: manifests, validation, Whisper features, tokenization, Grain pipeline."""

@@ -1,0 +1,144 @@
+"""Dialogue records, read from our JSONL manifest or from the VocalNet release layout.
+
+Our manifest, one dialogue per line (paths relative to the manifest's folder):
+
+    {"id": "q1", "user_audio": "wav/q1.wav", "user_text": "what is two plus two",
+     "assistant_text": "four", "assistant_units": "units/q1.npy", "speaker": "joe", "duration": 1.4}
+
+`assistant_units` is a `.npy` path or an inline list of ints. VocalNet's release is a JSON list:
+
+    [{"id": "q1", "speech": "wav/q1.wav", "units": "units/q1.npy",
+      "conversations": [{"from": "human", "value": "<speech>\\n..."}, {"from": "gpt", "value": "four"}]}]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Iterator
+
+import numpy as np
+
+from data_pipelines.validation import BadRecordError, BadRecords, Reason
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """One spoken question and its answer; paths are absolute (or relative to the working directory)."""
+
+    id: str
+    user_audio: str
+    assistant_text: str
+    assistant_units: str | tuple[int, ...]  # .npy path, or the ids themselves
+    user_text: str | None = None
+    speaker: str | None = None
+    duration: float | None = None  # seconds of user audio, if the manifest knows it
+
+
+def _field(entry: dict, key: str, types: type | tuple[type, ...], name: str) -> object:
+    value = entry.get(key)
+    if not isinstance(value, types) or isinstance(value, bool):
+        raise BadRecordError(name, Reason.MALFORMED, f"field {key!r} is {value!r}")
+    return value
+
+
+def _make_record(name: str, folder: str, id_, audio, text, units, **optional) -> Record:
+    if not text.strip():
+        raise BadRecordError(name, Reason.EMPTY_TEXT, "assistant text")
+    if isinstance(units, list):
+        if not all(isinstance(u, int) and not isinstance(u, bool) for u in units):
+            raise BadRecordError(name, Reason.MALFORMED, "assistant_units has non-integer ids")
+        units = tuple(units)
+    else:
+        units = os.path.join(folder, units)
+    return Record(str(id_), os.path.join(folder, audio), text, units, **optional)
+
+
+def _records(path: str, entries: Iterator[tuple[str, object]], parse, bad: BadRecords) -> list[Record]:
+    folder = os.path.dirname(os.path.abspath(path))
+    records = []
+    for name, entry in entries:
+        try:
+            if not isinstance(entry, dict):
+                raise BadRecordError(name, Reason.MALFORMED, f"expected an object, got {type(entry).__name__}")
+            records.append(parse(entry, f"{entry.get('id')} ({name})", folder))
+        except BadRecordError as e:
+            bad.skip(e)
+    return records
+
+
+def _parse_ours(entry: dict, name: str, folder: str) -> Record:
+    return _make_record(
+        name,
+        folder,
+        _field(entry, "id", (str, int), name),
+        _field(entry, "user_audio", str, name),
+        _field(entry, "assistant_text", str, name),
+        _field(entry, "assistant_units", (str, list), name),
+        user_text=_field(entry, "user_text", (str, type(None)), name),
+        speaker=_field(entry, "speaker", (str, type(None)), name),
+        duration=_field(entry, "duration", (int, float, type(None)), name),
+    )
+
+
+def _parse_vocalnet(entry: dict, name: str, folder: str) -> Record:
+    turns = _field(entry, "conversations", list, name)
+    answers = [t.get("value") for t in turns if isinstance(t, dict) and t.get("from") == "gpt"]
+    if not answers or not isinstance(answers[0], str):
+        raise BadRecordError(name, Reason.MALFORMED, "no 'gpt' turn with a text value")
+    return _make_record(
+        name,
+        folder,
+        _field(entry, "id", (str, int), name),
+        _field(entry, "speech", str, name),
+        answers[0],
+        _field(entry, "units", (str, list), name),
+    )
+
+
+def read_manifest(path: str, bad: BadRecords) -> list[Record]:
+    """Reads our JSONL manifest; bad lines go to `bad` named `path:line`."""
+
+    def entries():
+        with open(path) as f:
+            for i, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        yield f"{path}:{i}", json.loads(line)
+                    except json.JSONDecodeError as e:
+                        bad.skip(BadRecordError(f"{path}:{i}", Reason.MALFORMED, f"invalid JSON: {e}"))
+
+    return _records(path, entries(), _parse_ours, bad)
+
+
+def read_vocalnet(path: str, bad: BadRecords) -> list[Record]:
+    """Reads a VocalNet conversation JSON list; bad entries go to `bad` named `path[index]`."""
+    with open(path) as f:
+        entries = json.load(f)
+    return _records(path, ((f"{path}[{i}]", e) for i, e in enumerate(entries)), _parse_vocalnet, bad)
+
+
+def load_units(record: Record, vocab_size: int) -> np.ndarray:
+    """Speech unit ids of the answer, (U,) int32, each in [0, vocab_size).
+
+    CosyVoice2 token files hold (U,) or (1, U) arrays.
+    """
+    units = record.assistant_units
+    if isinstance(units, str):
+        if not os.path.isfile(units):
+            raise BadRecordError(record.id, Reason.MISSING_FILE, units)
+        try:
+            units = np.load(units)
+        except (ValueError, OSError) as e:
+            raise BadRecordError(record.id, Reason.MALFORMED, f"{record.assistant_units}: {e}") from e
+    units = np.asarray(units)
+    if units.ndim == 2 and units.shape[0] == 1:
+        units = units[0]
+    if units.ndim != 1 or units.size == 0 or not np.issubdtype(units.dtype, np.integer):
+        raise BadRecordError(record.id, Reason.MALFORMED, f"units of shape {units.shape} and dtype {units.dtype}")
+    if units.min() < 0 or units.max() >= vocab_size:
+        raise BadRecordError(
+            record.id, Reason.UNITS_OUT_OF_RANGE, f"ids in [{units.min()}, {units.max()}], vocabulary {vocab_size}"
+        )
+    return units.astype(np.int32)

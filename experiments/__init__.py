@@ -1,0 +1,1 @@
+"""Runnable experiments: the demo, benchmarks and sweeps (`python -m experiments.<name>`)."""

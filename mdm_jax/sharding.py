@@ -1,0 +1,65 @@
+"""Sharding, declared once: logical axis names -> mesh axes, and the one collective helper.
+
+Every parameter is created with logical axis names (`nn.with_logical_partitioning`); `RULES`
+maps them onto the mesh `('data', 'model')` (Megatron layout: heads and FFN hidden split over
+'model', the text vocabulary vocab-parallel). Layer code reads local sizes and reduces partial
+sums through `psum_model`, which is the identity when no 'model' axis is bound, so the same
+layer runs unsharded in tests and inside `jax.shard_map` in training.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+from jax import lax
+
+DATA, MODEL = "data", "model"
+
+RULES: tuple[tuple[str, str | None], ...] = (
+    ("batch", DATA),
+    ("vocab", MODEL),  # text vocabulary: vocab-parallel embedding and head
+    ("heads", MODEL),  # column-parallel q/k/v
+    ("kv_heads", MODEL),
+    ("mlp", MODEL),  # column-parallel gate/up, row-parallel down
+    ("embed", None),
+    ("head_dim", None),
+    ("speech_vocab", None),  # 6565 ids: small and not divisible by the mesh
+    ("adaptor", None),
+    ("conv", None),
+    ("positions", None),
+    ("norm", None),
+)
+
+
+def model_axis_size() -> int:
+    """Size of the 'model' mesh axis when bound (inside shard_map), else 1."""
+    try:
+        return lax.axis_size(MODEL)
+    except NameError:
+        return 1
+
+
+def model_axis_index():
+    """This device's index along 'model' when bound, else 0."""
+    try:
+        return lax.axis_index(MODEL)
+    except NameError:
+        return 0
+
+
+def psum_model(x):
+    """Sum the partial results of a row-parallel matmul over 'model' (identity when unbound)."""
+    return lax.psum(x, MODEL) if model_axis_size() > 1 else x
+
+
+def local(n: int, what: str) -> int:
+    """Per-device share of a dimension split over 'model', with a clear error if it does not divide."""
+    tp = model_axis_size()
+    if n % tp:
+        raise ValueError(f"{what}={n} is not divisible by the 'model' mesh axis size {tp}")
+    return n // tp
+
+
+def logical_specs(boxed_params) -> dict:
+    """PartitionSpecs over mesh axes for a params tree created with logical names."""
+    return nn.logical_to_mesh(nn.get_partition_spec(boxed_params), RULES)
+

@@ -1,0 +1,138 @@
+"""Every kind of bad record: strict mode names it and the reason; default mode skips, counts and lists it."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from data_pipelines.manifest import read_manifest, read_vocalnet
+from data_pipelines.pipeline import DataConfig, make_dataset
+from data_pipelines.tokenizer import TEMPLATES, train_bpe
+from data_pipelines.validation import BadRecordError, BadRecords
+
+CFG = DataConfig(batch_size=2, batching="bucket", unit_vocab=100, max_seconds=2.0, read_threads=2)
+
+
+def _tone(seconds: float, rate: int = 16_000) -> np.ndarray:
+    return (0.3 * np.sin(2 * np.pi * 220 * np.arange(int(seconds * rate)) / rate)).astype(np.float32)
+
+
+EXPECTED = {  # id -> outcome
+    "good": "ok",
+    "stereo": "ok",  # averaged to mono
+    "rate8k": "ok",  # resampled
+    "missing": "missing_file",
+    "corrupt": "corrupt_audio",
+    "empty_audio": "empty_audio",
+    "nan": "non_finite_audio",
+    "long": "too_long",
+    "empty_text": "empty_text",
+    "units": "units_out_of_range",
+    "broken": "malformed_record",
+}
+
+
+def _write_corpus(folder, ids=tuple(EXPECTED)) -> str:
+    """Writes the audio and a manifest with the records `ids`, in order (see EXPECTED); -> its path."""
+    sf.write(folder / "good.wav", _tone(1.0), 16_000)
+    sf.write(folder / "stereo.wav", np.stack([_tone(1.0), -_tone(1.0)], axis=1), 16_000)
+    sf.write(folder / "rate8k.wav", _tone(1.0, 8_000), 8_000)
+    sf.write(folder / "empty.wav", np.zeros(0, np.float32), 16_000)
+    sf.write(folder / "long.wav", _tone(3.0), 16_000)
+    nan = _tone(1.0)
+    nan[100] = np.nan
+    sf.write(folder / "nan.wav", nan, 16_000, subtype="FLOAT")
+    (folder / "corrupt.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(range(200)))
+
+    def line(id_, wav="good.wav", text="four", units=(1, 2, 3)):
+        return json.dumps({"id": id_, "user_audio": wav, "assistant_text": text, "assistant_units": list(units)})
+
+    lines = {
+        "good": line("good"),
+        "stereo": line("stereo", "stereo.wav"),
+        "rate8k": line("rate8k", "rate8k.wav"),
+        "missing": line("missing", "nowhere.wav"),
+        "corrupt": line("corrupt", "corrupt.wav"),
+        "empty_audio": line("empty_audio", "empty.wav"),
+        "nan": line("nan", "nan.wav"),
+        "long": line("long", "long.wav"),
+        "empty_text": line("empty_text", text="  "),
+        "units": line("units", units=(1, 100)),
+        "broken": '{"id": "broken", "user_audio": ',
+    }
+    path = folder / "manifest.jsonl"
+    path.write_text("\n".join(lines[i] for i in ids) + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_bpe(["four five six", "what is two plus two"], vocab_size=300)
+
+
+def _run(records, tokenizer, bad, cfg=CFG) -> list[dict]:
+    return list(make_dataset(records, tokenizer, TEMPLATES["tiny"], cfg, bad))
+
+
+def test_default_mode_skips_counts_and_lists(tmp_path, tokenizer):
+    path = _write_corpus(tmp_path)
+    bad = BadRecords()
+    batches = _run(read_manifest(path, bad), tokenizer, bad)
+
+    kept_rows = sum(int(b["units_segment_ids"][:, 0].sum()) for b in batches)
+    assert kept_rows == 3  # good, stereo (made mono), rate8k (resampled)
+    skipped = [r for r in EXPECTED.values() if r != "ok"]
+    assert bad.counts() == {r: 1 for r in skipped} | {"stereo_to_mono": 1, "resampled": 1}
+
+    bad.write(tmp_path / "skipped.jsonl")
+    listed = [json.loads(line) for line in (tmp_path / "skipped.jsonl").read_text().splitlines()]
+    assert sorted(e["reason"] for e in listed) == sorted(skipped)
+    for e in listed:
+        id_ = next(i for i, r in EXPECTED.items() if r == e["reason"])
+        assert id_ in e["record"] or e["reason"] == "malformed_record"
+    assert any(e["record"] == f"{path}:11" for e in listed)  # the malformed line is named by its line number
+
+
+@pytest.mark.parametrize(
+    "id_",
+    ["missing", "corrupt", "empty_audio", "nan", "long", "empty_text", "units", "broken"],
+)
+def test_strict_mode_names_record_and_reason(tmp_path, tokenizer, id_):
+    path = _write_corpus(tmp_path, ("good", id_))
+    bad = BadRecords(strict=True)
+    with pytest.raises(BadRecordError) as info:
+        _run(read_manifest(path, bad), tokenizer, bad)
+    assert info.value.reason.value == EXPECTED[id_]
+    assert EXPECTED[id_] in str(info.value)
+    assert (f"{path}:2" if id_ == "broken" else id_) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "cfg_change, id_, reason",
+    [({"allow_stereo": False}, "stereo", "stereo"), ({"resample": False}, "rate8k", "wrong_sample_rate")],
+)
+def test_fixes_can_be_refused(tmp_path, tokenizer, cfg_change, id_, reason):
+    records = read_manifest(_write_corpus(tmp_path, (id_,)), BadRecords())
+    with pytest.raises(BadRecordError, match=f"{id_}.*{reason}"):
+        _run(records, tokenizer, BadRecords(strict=True), DataConfig(**{**CFG.__dict__, **cfg_change}))
+
+
+def test_vocalnet_layout(tmp_path):
+    sf.write(tmp_path / "q.wav", _tone(1.0), 16_000)
+    np.save(tmp_path / "q.npy", np.array([[5, 6, 7]]))
+    entries = [
+        {
+            "id": "q",
+            "speech": "q.wav",
+            "units": "q.npy",
+            "conversations": [{"from": "human", "value": "<speech>\nAnswer."}, {"from": "gpt", "value": "Seven."}],
+        },
+        {"id": "no_answer", "speech": "q.wav", "units": "q.npy", "conversations": [{"from": "human", "value": "x"}]},
+    ]
+    (tmp_path / "vocalnet.json").write_text(json.dumps(entries))
+    bad = BadRecords()
+    (record,) = read_vocalnet(str(tmp_path / "vocalnet.json"), bad)
+    assert (record.id, record.assistant_text) == ("q", "Seven.")
+    assert record.user_audio == str(tmp_path / "q.wav") and record.assistant_units == str(tmp_path / "q.npy")
+    assert bad.counts() == {"malformed_record": 1} and "no_answer" in next(iter(bad.skipped))

@@ -1,0 +1,30 @@
+"""Everything the README shows is run here: its Python blocks in order, then its CLI lines."""
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+README = (Path(__file__).parents[1] / "README.md").read_text()
+
+
+def _blocks(lang):
+    return re.findall(rf"```{lang}\n(.*?)```", README, flags=re.S)
+
+
+def test_readme_python_then_cli(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    for block in _blocks("python"):
+        exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102
+
+    commands = [line.split("  #")[0].strip() for block in _blocks("bash") for line in block.splitlines()]
+    commands = [c for c in commands if c.startswith("python ")]
+    assert commands, "the README shows no CLI command"
+    root = Path(__file__).parents[1]
+    for cmd in commands:
+        argv = [sys.executable, *shlex.split(cmd)[1:]]
+        out = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=600,
+                             env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu"})
+        assert out.returncode == 0, f"{cmd}\n{out.stderr[-2000:]}"
