@@ -1,0 +1,79 @@
+"""Choosing tokens from logits, shared by every sampler: greedy or temperature / top-k / top-p
+with float32 Gumbel noise, an optional repetition penalty, and confidence scores for unmasking."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+CONFIDENCES = ("max_prob", "margin", "neg_entropy", "random")
+NEG_INF = -1e30  # finite, so a fully filtered row never turns into NaN
+
+
+@dataclass(frozen=True)
+class TokenSampling:
+    temperature: float = 0.0  # 0: greedy
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1: off
+    repetition_penalty: float = 1.0  # 1: off (> 1 discourages recent tokens, HF convention)
+    penalty_window: int = 15  # recent tokens the penalty looks at
+
+
+def repetition_penalty(logits, history, penalty: float):
+    """logits: (b, n, V); history: (b, W) recent ids, < 0 where empty. Divides positive and
+    multiplies negative logits of every id in the history (the Hugging Face rule)."""
+    if penalty == 1.0:
+        return logits
+    seen = jnp.zeros(logits.shape[::2], bool).at[jnp.arange(logits.shape[0])[:, None], history].set(
+        history >= 0, mode="drop")
+    penalised = jnp.where(logits > 0, logits / penalty, logits * penalty)
+    return jnp.where(seen[:, None, :], penalised, logits)
+
+
+def filter_logits(logits, top_k: int, top_p: float):
+    """Keep the top-k ids and the smallest set whose probability reaches top_p; others -> NEG_INF."""
+    if top_k:
+        kth = lax.top_k(logits, top_k)[0][..., -1:]
+        logits = jnp.where(logits < kth, NEG_INF, logits)
+    if top_p < 1.0:
+        sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
+        cum = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
+        cutoff_rank = jnp.sum(cum < top_p, axis=-1, keepdims=True)  # ids up to and incl. this rank stay
+        cutoff = jnp.take_along_axis(sorted_logits, cutoff_rank, axis=-1)
+        logits = jnp.where(logits < cutoff, NEG_INF, logits)
+    return logits
+
+
+def propose(logits, key, cfg: TokenSampling):
+    """logits: (b, n, V) float32 -> (tokens (b, n), probs (b, n, V) of the distribution sampled from)."""
+    logits = logits.astype(jnp.float32)
+    if cfg.temperature == 0.0:
+        return jnp.argmax(logits, axis=-1), jax.nn.softmax(logits, axis=-1)
+    logits = filter_logits(logits / cfg.temperature, cfg.top_k, cfg.top_p)
+    gumbel = jax.random.gumbel(key, logits.shape, jnp.float32)
+    return jnp.argmax(logits + gumbel, axis=-1), jax.nn.softmax(logits, axis=-1)
+
+
+def confidence(probs, tokens, kind: str, key=None):
+    """(b, n) score per position: higher = commit sooner."""
+    if kind == "max_prob":
+        return jnp.take_along_axis(probs, tokens[..., None], axis=-1)[..., 0]
+    if kind == "margin":
+        top2 = lax.top_k(probs, 2)[0]
+        return top2[..., 0] - top2[..., 1]
+    if kind == "neg_entropy":
+        return jnp.sum(probs * jnp.log(jnp.maximum(probs, 1e-30)), axis=-1)
+    if kind == "random":
+        return jax.random.uniform(key, tokens.shape)
+    raise ValueError(f"unknown confidence {kind!r}; expected one of {CONFIDENCES}")
+
+
+def take_most_confident(score, candidates, count):
+    """Boolean (b, n): the `count` (b,) highest-scoring candidates per row. `count` may be traced:
+    a rank mask does what a static `lax.top_k` cannot."""
+    score = jnp.where(candidates, score, -jnp.inf)
+    rank = jnp.argsort(jnp.argsort(-score, axis=-1), axis=-1)
+    return candidates & (rank < count[:, None])
