@@ -1,0 +1,80 @@
+"""AR and MTP baselines: cached decoding equals an uncached greedy re-run of the teacher-forced pass."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mdm_jax.autoregressive import generate
+from mdm_jax.config import SpeechDecoderConfig
+from mdm_jax.diffusion.attention_masks import autoregressive_mask
+from mdm_jax.sampling import TokenSampling
+from mdm_jax.speech_decoder import SpeechDecoder
+
+CFG = SpeechDecoderConfig(num_units=40, d_model=64, num_heads=4, num_kv_heads=2, ffn_dim=96, prenn_layers=1,
+                          num_layers=2, mtp_modules=2, block_size=5, text_per_block=2)
+MAX = 12
+
+
+@pytest.fixture(scope="module")
+def setup():
+    rng = np.random.default_rng(0)
+    text = jnp.asarray(rng.standard_normal((3, 6, 64)).astype(np.float32))
+    text_valid = jnp.asarray(np.arange(6)[None] < np.array([[6], [3], [5]]))
+    streaming = jnp.array([True, False, True])
+    init = jax.jit(lambda k: SpeechDecoder(CFG).init(k, text, jnp.zeros((3, 4), jnp.int32))["params"])
+    params = jax.tree.map(lambda p: p * 3.0 if p.ndim == 2 else p, nn.unbox(init(jax.random.key(0))))
+    return params, text, text_valid, streaming
+
+
+def reference(params, text, text_valid, streaming, heads, penalty=1.0, window=15):
+    """Greedy, re-running `[BOS][text][SOS][tokens so far]` from scratch for every forward."""
+    b = text.shape[0]
+    allowed = np.r_[np.ones(CFG.num_units, bool), [False, False, True, False]]
+    out, gaps, done = np.zeros((b, 0), int), [], np.zeros(b, bool)
+    while out.shape[1] < MAX and not done.all():
+        now = out.shape[1]  # padded to one length: one compiled shape for the whole loop
+        tokens = np.concatenate([np.full((b, 1), CFG.sos_id), out, np.zeros((b, 2 * MAX - now), int)], axis=1)
+        mask, pos = autoregressive_mask(text_valid, jnp.asarray(np.arange(2 * MAX)[None] < now).repeat(b, 0),
+                                        streaming, chunk_size=CFG.block_size, text_per_chunk=CFG.text_per_block)
+        logits, mtp, _ = SpeechDecoder(CFG).apply({"params": params}, text, jnp.asarray(tokens), mask, pos)
+        new = []
+        for lg in [logits] + mtp[:heads]:
+            lg = np.where(allowed, np.asarray(lg)[:, now], -1e30)
+            hist = np.concatenate([out, *[t[:, None] for t in new]], axis=1)[:, -window:] if penalty != 1 else None
+            if hist is not None:
+                for r in range(b):
+                    ids = np.unique(hist[r])
+                    lg[r, ids] = np.where(lg[r, ids] > 0, lg[r, ids] / penalty, lg[r, ids] * penalty)
+            top2 = np.sort(lg, -1)[:, -2:]
+            gaps.append(top2[:, 1] - top2[:, 0])
+            new.append(lg.argmax(-1))
+        new = np.stack(new, axis=1)
+        for r in range(b):
+            if done[r]:
+                new[r] = CFG.pad_id
+            elif (new[r] == CFG.eos_id).any():
+                new[r, np.argmax(new[r] == CFG.eos_id) + 1:] = CFG.pad_id
+                done[r] = True
+        out = np.concatenate([out, new], axis=1)
+    return out[:, :MAX], np.stack(gaps, 1)[:, :MAX]
+
+
+@pytest.mark.parametrize("heads,penalty", [(0, 1.0), (2, 1.0), (1, 1.5)])
+def test_cached_equals_uncached(setup, heads, penalty):
+    params, text, text_valid, streaming = setup
+    ref, gaps = reference(params, text, text_valid, streaming, heads, penalty)
+    out = generate(params, text, text_valid, streaming, jax.random.key(0), cfg=CFG, max_tokens=MAX,
+                   mtp_heads=heads, sampling=TokenSampling(repetition_penalty=penalty))
+    tokens = np.asarray(out.tokens)[:, :ref.shape[1]]
+    for r in range(tokens.shape[0]):
+        diff = np.flatnonzero(tokens[r] != ref[r])
+        assert not diff.size or gaps[r, diff[0]] < 1e-5, f"row {r} differs at {diff[:1]} without a near-tie"
+    assert int(out.forwards) == -(-ref.shape[1] // (1 + heads))  # 1 + k tokens per decoder forward
+
+
+def test_mtp_needs_trained_modules(setup):
+    params, text, text_valid, streaming = setup
+    with pytest.raises(ValueError, match="mtp_heads=3 but the decoder has 2 MTP modules"):
+        generate(params, text, text_valid, streaming, jax.random.key(0), cfg=CFG, max_tokens=MAX, mtp_heads=3)
