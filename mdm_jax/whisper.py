@@ -51,7 +51,7 @@ class WhisperMLP(nn.Module):
         return psum_model(x) + param(self, "b2", (d,), ("embed",), self.dtype, _zeros)
 
 
-def _layer_norm(eps, dtype, name):
+def layer_norm(eps, dtype, name):
     return nn.LayerNorm(eps, dtype=dtype, name=name,
                         scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
                         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)))
@@ -65,9 +65,9 @@ class WhisperLayer(nn.Module):
     def __call__(self, x):
         c = self.cfg
         x = x + WhisperAttention(c.num_heads, self.dtype, name="attn")(
-            _layer_norm(c.layer_norm_eps, self.dtype, "attn_norm")(x))
+            layer_norm(c.layer_norm_eps, self.dtype, "attn_norm")(x))
         return x + WhisperMLP(c.ffn_dim, self.dtype, name="mlp")(
-            _layer_norm(c.layer_norm_eps, self.dtype, "mlp_norm")(x))
+            layer_norm(c.layer_norm_eps, self.dtype, "mlp_norm")(x))
 
 
 class WhisperEncoder(nn.Module):
@@ -93,4 +93,4 @@ class WhisperEncoder(nn.Module):
         x = x + table[: x.shape[1]]
         for i in range(c.num_layers):
             x = WhisperLayer(c, self.dtype, name=f"layers_{i}")(x)
-        return _layer_norm(c.layer_norm_eps, self.dtype, "final_norm")(x)
+        return layer_norm(c.layer_norm_eps, self.dtype, "final_norm")(x)
