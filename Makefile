@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(PY) -m experiments.demo --out runs/demo
 
 bench: $(STAMP)
-	$(PY) -m experiments.bench_model --out runs/bench/model.json
+	$(PY) -m experiments.bench_decode --config tiny --out runs/bench/decode_tiny.json
 
 lint: $(STAMP)
 	$(PY) -m ruff check mdm_jax data_pipelines experiments tests

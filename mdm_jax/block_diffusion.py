@@ -97,6 +97,8 @@ def generate(params, text_hidden, text_valid, streaming, key, *, cfg: SpeechDeco
     `num_blocks` blocks, stopping early once every row has emitted EOS."""
     state, step = _start(params, text_hidden, text_valid, streaming, key, cfg, num_blocks, sampler, dtype,
                          record_logits)
+    if num_blocks == 1:  # the fold-in step needs a previous block
+        return state
     cond = lambda s: (s.block < num_blocks) & ~jnp.all(s.done)  # noqa: E731
     return lax.while_loop(cond, step, state)
 

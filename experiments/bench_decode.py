@@ -1,0 +1,152 @@
+"""Speech-token decoding speed: AR vs MTP vs block diffusion (MDM) on the same speech decoder.
+
+    python -m experiments.bench_decode --config tiny --out runs/bench/decode_tiny.json
+
+Random weights (speed does not need trained ones) with EOS suppressed, so every method decodes
+the same number of tokens. Each row is the median of repeated runs after a warm-up, and every
+ratio is against the AR row of the same run. First-chunk latency is the time to the first
+finished block of `block_size` tokens (prefill included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mdm_jax import autoregressive, block_diffusion
+from mdm_jax.block_diffusion import BlockDiffusionConfig
+from mdm_jax.config import get_config
+from mdm_jax.speech_decoder import SpeechDecoder
+
+
+def random_params(cfg, dtype, seed=0):
+    """Normal(0, 0.02) weights (norm scales 1) without Flax's slow eager init; EOS never wins."""
+    text = jax.ShapeDtypeStruct((1, 4, cfg.d_model), jnp.float32)
+    tokens = jax.ShapeDtypeStruct((1, 4), jnp.int32)
+    abstract = jax.eval_shape(lambda t, x: SpeechDecoder(cfg).init(jax.random.key(0), t, x)["params"], text, tokens)
+    rng = np.random.default_rng(seed)
+    leaves, tree = jax.tree.flatten_with_path(__import__("flax").linen.unbox(abstract))
+    arrays = [np.ones(x.shape, np.float32) if "scale" in jax.tree_util.keystr(p) else
+              (0.02 * rng.standard_normal(x.shape)).astype(np.float32) for p, x in leaves]
+    params = jax.tree.unflatten(tree, [jnp.asarray(a, dtype) for a in arrays])
+    suppress = lambda head: dict(head, b=head["b"].at[cfg.eos_id].set(-1e9))  # noqa: E731
+    params["head"] = suppress(params["head"])
+    for k in range(cfg.mtp_modules):
+        params[f"mtp_{k}"] = dict(params[f"mtp_{k}"], head=suppress(params[f"mtp_{k}"]["head"]))
+    return params
+
+
+def timed(fn, repeats):
+    """-> (compile + first run seconds, median seconds of `repeats` runs, last output)."""
+    start = time.perf_counter()
+    out = jax.block_until_ready(fn())
+    first = time.perf_counter() - start
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = jax.block_until_ready(fn())
+        runs.append(time.perf_counter() - start)
+    median = statistics.median(runs)
+    return max(first - median, 0.0), median, out
+
+
+def bench(config: str, batch: int, text_len: int, num_blocks: int, steps, threshold: float, mtp_heads: int,
+          repeats: int, dtype=jnp.float32):
+    cfg = get_config(config).speech_decoder
+    B, L = cfg.block_size, num_blocks * cfg.block_size
+    params = random_params(cfg, dtype)
+    rng = np.random.default_rng(1)
+    text = jnp.asarray(rng.standard_normal((batch, text_len, cfg.d_model)), dtype)
+    valid, streaming, key = jnp.ones((batch, text_len), bool), jnp.ones((batch,), bool), jax.random.key(0)
+
+    def ar(heads, max_tokens):
+        return lambda: autoregressive.generate(params, text, valid, streaming, key, cfg=cfg, max_tokens=max_tokens,
+                                               mtp_heads=heads, dtype=dtype)
+
+    def mdm(sampler, blocks):
+        return lambda: block_diffusion.generate(params, text, valid, streaming, key, cfg=cfg, num_blocks=blocks,
+                                                sampler=sampler, dtype=dtype)
+
+    methods = [("ar", None, None, lambda n: ar(0, n * B)), ("mtp", None, None, lambda n: ar(mtp_heads, n * B))]
+    methods += [("mdm", s, None, lambda n, s=s: mdm(BlockDiffusionConfig(steps=s), n)) for s in steps]
+    if threshold:
+        methods.append(("mdm", None, threshold, lambda n: mdm(BlockDiffusionConfig(threshold=threshold), n)))
+    rows = []
+    for method, s, tau, make in methods:
+        compile_s, seconds, out = timed(make(num_blocks), repeats)
+        _, first_chunk, _ = timed(make(1), repeats)
+        tokens = int(np.asarray(out.lengths).min())
+        assert tokens == L, f"{method} decoded {tokens} of {L} tokens"
+        rows.append({"method": method, "steps": s, "threshold": tau, "block": B, "tokens_per_s": batch * L / seconds,
+                     "forwards_per_token": int(out.forwards) / L, "first_chunk_s": first_chunk,
+                     "compile_s": compile_s, "seconds": seconds})
+    ar_row = rows[0]
+    for r in rows:
+        r["speedup_vs_ar"] = r["tokens_per_s"] / ar_row["tokens_per_s"]
+        r["first_chunk_vs_ar"] = r["first_chunk_s"] / ar_row["first_chunk_s"]
+    return {"device": f"{jax.devices()[0].device_kind} ({jax.devices()[0].platform}, {jax.device_count()} device)",
+            "config": config, "batch": batch, "text_len": text_len, "num_blocks": num_blocks, "dtype": str(dtype),
+            "bare_block_forward_s": bare_forward(params, cfg, text, valid, streaming, num_blocks, repeats, dtype),
+            "rows": rows}
+
+
+def bare_forward(params, cfg, text, valid, streaming, num_blocks, repeats, dtype):
+    """One decoder forward over one block against a full cache: the floor for an MDM step."""
+    B = cfg.block_size
+    dec = SpeechDecoder(cfg, dtype)
+    b, t = valid.shape
+    n_slots = t + 2 + num_blocks * B
+    caches = [{"k": jnp.zeros((b, n_slots, cfg.num_kv_heads, cfg.head_dim), dtype)} | {
+        "v": jnp.zeros((b, n_slots, cfg.num_kv_heads, cfg.head_dim), dtype)} for _ in range(cfg.num_layers)]
+    x = jnp.zeros((b, B, cfg.d_model), dtype)
+    positions = jnp.broadcast_to(jnp.arange(B), (b, B))
+    mask = jnp.ones((b, B, n_slots), bool)
+    fwd = jax.jit(lambda p, x, c: dec.apply({"params": p}, dec.apply({"params": p}, x, positions, mask, c, t + 2,
+                                                                    method=SpeechDecoder.backbone)[0][:, -B:],
+                                            method=SpeechDecoder.logits))
+    return timed(lambda: fwd(params, x, caches), repeats)[1]
+
+
+def print_table(result):
+    print(f"\n{result['config']} on {result['device']}: batch {result['batch']}, "
+          f"{result['num_blocks']} blocks, bare block forward {1e3 * result['bare_block_forward_s']:.2f} ms")
+    print(f"{'method':>6} {'S':>4} {'tau':>5} {'tok/s':>10} {'fwd/tok':>8} {'speedup':>8} "
+          f"{'1st chunk ms':>12} {'vs AR':>6} {'ms/step':>8} {'compile s':>9}")
+    for r in result["rows"]:
+        per_step = r["seconds"] / (r["forwards_per_token"] * result["num_blocks"] * r["block"])
+        print(f"{r['method']:>6} {r['steps'] or '-':>4} {r['threshold'] or '-':>5} {r['tokens_per_s']:>10.1f} "
+              f"{r['forwards_per_token']:>8.3f} {r['speedup_vs_ar']:>7.2f}x {1e3 * r['first_chunk_s']:>12.1f} "
+              f"{r['first_chunk_vs_ar']:>6.2f} {1e3 * per_step:>8.2f} {r['compile_s']:>9.1f}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="tiny")
+    parser.add_argument("--out", default="runs/bench/decode.json")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--text-len", type=int, default=40)
+    parser.add_argument("--num-blocks", type=int, default=8)
+    parser.add_argument("--steps", default="1,2,4,8,16")
+    parser.add_argument("--threshold", type=float, default=0.9)
+    parser.add_argument("--mtp-heads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--dtype", default="float32")
+    args = parser.parse_args(argv)
+    result = bench(args.config, args.batch, args.text_len, args.num_blocks, [int(s) for s in args.steps.split(",")],
+                   args.threshold, args.mtp_heads, args.repeats, jnp.dtype(args.dtype))
+    print_table(result)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
