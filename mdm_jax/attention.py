@@ -15,7 +15,8 @@ KVCache = dict  # {'k': (b, s, kv, d), 'v': (b, s, kv, d)}: one per layer, a pla
 
 
 def init_cache(batch: int, length: int, num_kv_heads: int, head_dim: int, dtype=jnp.float32) -> KVCache:
-    zeros = jnp.zeros((batch, length, num_kv_heads, head_dim), dtype)
+    """Zeros for `length` slots; under shard_map this device's share of the kv heads."""
+    zeros = jnp.zeros((batch, length, local(num_kv_heads, "num_kv_heads"), head_dim), dtype)
     return {"k": zeros, "v": zeros}
 
 
