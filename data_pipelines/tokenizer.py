@@ -1,7 +1,8 @@
 """Text tokenization (Hugging Face `tokenizers`) and the dialogue prompt with a speech placeholder.
 
-The user turn holds one placeholder token; `encode_dialogue` repeats it once per adaptor frame and
-the model overwrites those positions, in order, with speech embeddings.
+The user turn holds one placeholder token; `encode_dialogue` replaces it by `SPEECH_PLACEHOLDER`
+(-200, VocalNet's id) once per adaptor frame and the model overwrites those positions, in order,
+with speech embeddings.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from collections.abc import Iterable
 
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from mdm_jax.config import SPEECH_PLACEHOLDER
 
 # Special tokens of the small BPE trained for the `tiny` preset (ids 0.. in this order).
 TINY_SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<user>", "<assistant>", "<speech>")
@@ -90,7 +93,7 @@ def encode_dialogue(
     if user.count(speech_id) != 1:
         raise ValueError(f"template user turn {template.user!r} must hold {template.speech!r} exactly once")
     at = user.index(speech_id)
-    prompt = user[:at] + [speech_id] * num_speech + user[at + 1 :] + encode(template.assistant)
+    prompt = user[:at] + [SPEECH_PLACEHOLDER] * num_speech + user[at + 1 :] + encode(template.assistant)
     target = encode(answer) + encode(template.end)
     ids = np.asarray(prompt + target, np.int32)
     loss_mask = np.concatenate([np.zeros(len(prompt), np.int32), np.ones(len(target), np.int32)])

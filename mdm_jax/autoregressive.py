@@ -20,7 +20,7 @@ from jax import lax
 from mdm_jax.attention import init_cache
 from mdm_jax.config import SpeechDecoderConfig
 from mdm_jax.diffusion import attention_masks as am
-from mdm_jax.sampling import TokenSampling, propose, repetition_penalty
+from mdm_jax.sampling import TokenSampling, propose, repetition_penalty, speech_only
 from mdm_jax.speech_decoder import SpeechDecoder
 
 
@@ -49,7 +49,6 @@ def generate(params, text_hidden, text_valid, streaming, key, *, cfg: SpeechDeco
     width = max_tokens + n  # the last forward may overshoot by up to k tokens
     q_all, k_all, positions = am.layout(text_valid, jnp.ones((b, width), bool), streaming, (am.CLEAN,),
                                         cfg.block_size, cfg.text_per_block)
-    allowed = (jnp.arange(cfg.output_vocab) < cfg.num_units) | (jnp.arange(cfg.output_vocab) == cfg.eos_id)
 
     def forward(x, start, caches):
         """x: (b, r, d) inputs at slots [start, start + r) -> logits (b, n, V) for the next n tokens."""
@@ -64,7 +63,7 @@ def generate(params, text_hidden, text_valid, streaming, key, *, cfg: SpeechDeco
             logits.append(lg[:, -1:])
             mtp_caches.append(c)
         logits = jnp.concatenate(logits, axis=1)
-        return jnp.where(allowed, logits, -1e30), {"decoder": dec_caches, "mtp": mtp_caches}
+        return speech_only(logits, cfg), {"decoder": dec_caches, "mtp": mtp_caches}
 
     def choose(state_tokens, count, logits, key):
         """Pick the n new tokens left to right, each penalised by the ones before it."""

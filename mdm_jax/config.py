@@ -10,6 +10,8 @@ import json
 import typing
 from dataclasses import dataclass, field
 
+SPEECH_PLACEHOLDER = -200  # prompt id replaced by one speech embedding (LLaVA / VocalNet convention)
+
 
 @dataclass(frozen=True)
 class EncoderConfig:
@@ -78,6 +80,9 @@ class SpeechDecoderConfig:
     rms_norm_eps: float = 1e-6
     block_size: int = 15  # speech tokens per block = one 0.6 s streaming chunk
     text_per_block: int = 5  # text positions visible per extra speech block (5 : 15)
+    # 0: SOS right after the real text (VocalNet). > 0: SOS at this RoPE position whatever the text
+    # length, which streaming needs: the text length is unknown when the first block is decoded.
+    speech_position_offset: int = 0
 
     @property
     def head_dim(self) -> int:
@@ -170,7 +175,7 @@ PRESETS: dict[str, ModelConfig] = {
         encoder=WHISPER_TINY_EN,
         adaptor=AdaptorConfig(downsample=5, hidden_dim=512),
         llm=LLMConfig(),
-        speech_decoder=SpeechDecoderConfig(),
+        speech_decoder=SpeechDecoderConfig(speech_position_offset=256),
     ),
     "vocalnet-1b": ModelConfig(
         name="vocalnet-1b", encoder=WHISPER_LARGE_V3, llm=LLAMA_3_2_1B,

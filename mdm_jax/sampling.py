@@ -22,6 +22,12 @@ class TokenSampling:
     penalty_window: int = 15  # recent tokens the penalty looks at
 
 
+def speech_only(logits, cfg):
+    """Keep the logits of the ids a speech sampler may emit (units and EOS; `cfg`: SpeechDecoderConfig)."""
+    ids = jnp.arange(cfg.output_vocab)
+    return jnp.where((ids < cfg.num_units) | (ids == cfg.eos_id), logits, NEG_INF)
+
+
 def repetition_penalty(logits, history, penalty: float):
     """logits: (b, n, V); history: (b, W) recent ids, < 0 where empty. Divides positive and
     multiplies negative logits of every id in the history (the Hugging Face rule)."""

@@ -14,12 +14,10 @@ import jax
 import jax.numpy as jnp
 
 from mdm_jax.adaptor import Adaptor
-from mdm_jax.config import ConfigError, ModelConfig
+from mdm_jax.config import SPEECH_PLACEHOLDER, ConfigError, ModelConfig
 from mdm_jax.llm import LLM
 from mdm_jax.speech_decoder import SpeechDecoder, causal_mask
 from mdm_jax.whisper import WhisperEncoder
-
-SPEECH_PLACEHOLDER = -200  # prompt id replaced by one speech embedding (LLaVA / VocalNet convention)
 
 
 class VocalNet(nn.Module):

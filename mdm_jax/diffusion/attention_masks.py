@@ -24,22 +24,26 @@ import numpy as np
 BOS, TEXT, SOS, NOISY, CLEAN = range(5)  # segment kinds; AR speech uses CLEAN
 
 
-def block_diffusion_mask(text_valid, speech_valid, streaming, *, block_size: int = 15, text_per_block: int = 5):
+def block_diffusion_mask(text_valid, speech_valid, streaming, *, block_size: int = 15, text_per_block: int = 5,
+                         speech_offset: int = 0):
     """text_valid: (b, T), speech_valid: (b, L) bool; streaming: (b,) bool.
 
     Returns mask (b, n, n) bool and positions (b, n) int32 for `[BOS][text][SOS][x_t][x_0]`.
     """
-    q, k, positions = layout(text_valid, speech_valid, streaming, (NOISY, CLEAN), block_size, text_per_block)
+    q, k, positions = layout(text_valid, speech_valid, streaming, (NOISY, CLEAN), block_size, text_per_block,
+                             speech_offset)
     return visibility(q, k, block_diffusion=True), positions
 
 
-def autoregressive_mask(text_valid, speech_valid, streaming, *, chunk_size: int = 15, text_per_chunk: int = 5):
+def autoregressive_mask(text_valid, speech_valid, streaming, *, chunk_size: int = 15, text_per_chunk: int = 5,
+                        speech_offset: int = 0):
     """text_valid: (b, T), speech_valid: (b, L) bool; streaming: (b,) bool.
 
     Returns mask (b, n, n) bool and positions (b, n) int32 for `[BOS][text][SOS][speech]`; speech
     token i (an input, after SOS) is in chunk i // chunk_size.
     """
-    q, k, positions = layout(text_valid, speech_valid, streaming, (CLEAN,), chunk_size, text_per_chunk)
+    q, k, positions = layout(text_valid, speech_valid, streaming, (CLEAN,), chunk_size, text_per_chunk,
+                             speech_offset)
     return visibility(q, k, block_diffusion=False), positions
 
 
@@ -75,9 +79,14 @@ def draw_streaming(key, batch: int, prob: float):
     return jax.random.bernoulli(key, prob, (batch,))
 
 
-def layout(text_valid, speech_valid, streaming, speech_kinds, block_size, text_per_block):
+def layout(text_valid, speech_valid, streaming, speech_kinds, block_size, text_per_block, speech_offset: int = 0):
     """Per-position attributes of `[BOS][text][SOS]` + one L-long speech segment per kind, shaped
-    as queries (..., n, 1) and keys (..., 1, n), and positions (b, n)."""
+    as queries (..., n, 1) and keys (..., 1, n), and positions (b, n).
+
+    `speech_offset` 0: SOS right after the real text (VocalNet). > 0: SOS at that position and
+    speech after it whatever the text length, so a stream that has not seen all text yet puts
+    every token where training did.
+    """
     b, t = text_valid.shape
     s = speech_valid.shape[1]
     copies = len(speech_kinds)
@@ -90,6 +99,8 @@ def layout(text_valid, speech_valid, streaming, speech_kinds, block_size, text_p
     valid = jnp.concatenate([ones, text_valid, ones, *[speech_valid] * copies], axis=1)
     first = jnp.cumsum(valid[:, : 2 + t + s], axis=1) - 1  # prefix and first speech copy; later copies reuse it
     positions = jnp.concatenate([first, *[first[:, 2 + t :]] * (copies - 1)], axis=1).astype(jnp.int32)
+    if speech_offset:
+        positions = jnp.where(kind >= SOS, speech_offset + np.where(kind == SOS, 0, index + 1), positions)
     attrs = dict(kind=kind, index=index, block=block, slot=np.arange(kind.size), text_limit=text_limit, valid=valid)
     as_query = Attrs(**{name: jnp.asarray(x)[..., :, None] for name, x in attrs.items()})
     as_key = Attrs(**{name: jnp.asarray(x)[..., None, :] for name, x in attrs.items()})

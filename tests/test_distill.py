@@ -1,0 +1,227 @@
+"""Self-distillation: the loss against the real sampler, its zero at k = 1, the rounds, and one
+short round on a tiny trained model bringing the 1-step student closer to the 2-step teacher."""
+
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from mdm_jax.block_diffusion import BlockDiffusionConfig, generate
+from mdm_jax.config import SpeechDecoderConfig
+from mdm_jax.diffusion.distill import (
+    DistillConfig,
+    after_update,
+    denoiser,
+    distill_loss,
+    halving,
+    next_round,
+    start,
+    teacher_counts,
+)
+from mdm_jax.diffusion.ema import ema_update
+from mdm_jax.diffusion.losses import mdm_loss
+from mdm_jax.diffusion.masking import MaskConfig, hierarchical_mask
+from mdm_jax.diffusion.schedules import step_schedule
+from mdm_jax.speech_decoder import SpeechDecoder
+
+CFG = SpeechDecoderConfig(num_units=40, d_model=64, num_heads=4, num_kv_heads=2, ffn_dim=96, prenn_layers=1,
+                          num_layers=2, mtp_modules=0, block_size=5, text_per_block=2)
+
+
+def init_params(cfg, seed, std=0.02):
+    """Normal(0, std) matrices, unit norm scales, zero biases (no slow module init)."""
+    shapes = nn.unbox(jax.eval_shape(SpeechDecoder(cfg).init, jax.random.key(0), jnp.zeros((1, 2, cfg.d_model)),
+                                     jnp.zeros((1, 3), jnp.int32))["params"])
+    rng = np.random.default_rng(seed)
+
+    def leaf(path, p):
+        if p.ndim > 1:
+            return jnp.asarray(rng.normal(0.0, std, p.shape).astype(np.float32))
+        return jnp.full(p.shape, 1.0 if path[-1].key == "scale" else 0.0)
+    return jax.tree_util.tree_map_with_path(leaf, shapes)
+
+
+def random_batch(seed, blocks, speech_len=None):
+    rng = np.random.default_rng(seed)
+    length = blocks * CFG.block_size
+    speech_len = length if speech_len is None else speech_len
+    return {
+        "text_hidden": jnp.asarray(rng.standard_normal((3, 6, CFG.d_model)).astype(np.float32)),
+        "text_valid": jnp.asarray(np.arange(6)[None] < np.array([[6], [4], [5]])),
+        "streaming": jnp.array([True, False, True]),
+        "units": jnp.asarray(rng.integers(0, CFG.num_units, (3, length)).astype(np.int32)),
+        "speech_valid": jnp.asarray(np.arange(length)[None] < np.array([[length], [speech_len], [length]])),
+    }
+
+
+@pytest.fixture(scope="module")
+def two_models():
+    return [init_params(CFG, seed, std=0.06) for seed in (0, 1)]  # sharper than 0.02: fewer near-ties
+
+
+def np_kl(p_logits, q_logits, allowed):
+    """KL(softmax p ‖ softmax q) over the allowed ids, float64, per position."""
+    def log_softmax(x):
+        x = np.asarray(x, np.float64)[..., allowed]
+        return x - x.max(-1, keepdims=True) - np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True))
+    lp, lq = log_softmax(p_logits), log_softmax(q_logits)
+    return (np.exp(lp) * (lp - lq)).sum(-1)
+
+
+ALLOWED = np.r_[np.ones(CFG.num_units, bool), [False, False, True, False]]  # units + EOS, as the sampler
+
+
+def test_one_step_student_vs_two_step_teacher_equals_kl_of_the_sampler(two_models):
+    """One block, S = 1: the state is fully masked, the student's step is `generate(steps=1)` and
+    the teacher's two steps are `generate(steps=2)`, so the loss is the mean KL between the
+    distributions the real sampler committed each token from."""
+    student, teacher = two_models
+    batch = random_batch(0, blocks=1)
+    loss, metrics = jax.jit(lambda s, t, b: distill_loss(s, t, b, jax.random.key(0), model_cfg=CFG,
+                                                         cfg=DistillConfig(), steps=1))(student, teacher, batch)
+    run = lambda params, steps: np.asarray(generate(  # noqa: E731
+        params, batch["text_hidden"], batch["text_valid"], batch["streaming"], jax.random.key(0), cfg=CFG,
+        num_blocks=1, sampler=BlockDiffusionConfig(steps=steps), record_logits=True).logits)
+    expected = np_kl(run(student, 1), run(teacher, 2), ALLOWED).mean()
+    assert expected > 0.05  # the two models disagree, so the check below has something to check
+    np.testing.assert_allclose(metrics["kl"], expected, rtol=1e-4)
+    np.testing.assert_allclose(loss, expected, rtol=1e-4)  # lam_ce = 0
+
+
+def test_student_equal_to_teacher_with_the_same_steps_has_zero_loss(two_models):
+    params, other = two_models
+    batch = random_batch(1, blocks=3, speech_len=12)  # a partly valid last block in row 1
+    loss_fn = jax.jit(lambda s, t, key, teacher_steps: distill_loss(
+        s, t, batch, key, model_cfg=CFG, cfg=DistillConfig(), steps=2, teacher_steps=teacher_steps),
+        static_argnames="teacher_steps")
+    for seed in range(4):
+        loss, metrics = loss_fn(params, params, jax.random.key(seed), 2)
+        assert abs(float(loss)) < 1e-6 and metrics["num_targets"] > 0
+    assert loss_fn(params, params, jax.random.key(0), 4)[0] > 1e-4  # two teacher steps: a real target
+    assert loss_fn(other, params, jax.random.key(0), 2)[0] > 1e-4  # another student
+
+
+@pytest.mark.parametrize("schedule,steps", [("linear", 16), ("linear", 4), ("cosine", 8), ("cosine", 2)])
+def test_teacher_steps_cover_one_student_step(schedule, steps):
+    """From a state the S-step sampler visits (n^S_j masked), the teacher's two steps end at the
+    student's next state n^S_{j+1}; for linear schedules they are steps 2j, 2j+1 of the 2S schedule."""
+    bs, length = 15, 45
+    units, valid = jnp.zeros((300, length), jnp.int32), jnp.ones((300, length), bool)
+    noisy = hierarchical_mask(jax.random.key(0), units, valid, MaskConfig(99, block_size=bs, num_steps=steps,
+                                                                           schedule=schedule))
+    start_count = np.asarray(noisy.is_target).reshape(300, -1, bs).sum(-1).ravel()
+    mid, end = np.asarray(teacher_counts(jax.random.key(1), noisy.is_target, valid, bs, steps, 2 * steps,
+                                          schedule)).reshape(2, -1)
+    coarse, fine = step_schedule(bs, steps, schedule), step_schedule(bs, 2 * steps, schedule)
+    for a, b, c in set(zip(start_count, mid, end)):
+        assert any(coarse[j] == a and coarse[j + 1] == c for j in range(steps)) and c <= b <= a
+        if schedule == "linear":
+            assert any(list(fine[2 * j:2 * j + 3]) == [a, b, c] for j in range(steps))
+
+
+def test_rounds_halve_and_hand_the_student_over():
+    assert halving(16) == (16, 8, 4, 2, 1) and DistillConfig().rounds == (16, 8, 4, 2, 1)
+    assert halving(1) == (1,)
+    params = {"w": jnp.ones((2, 3)), "b": jnp.zeros(3)}
+    moved = jax.tree.map(lambda p: p + 1.0, params)
+    frozen = after_update(start(params), moved, DistillConfig())
+    assert frozen.student is moved and frozen.teacher["w"][0, 0] == 1.0
+    ema = after_update(start(params), moved, DistillConfig(teacher="ema", ema_decay=0.9))
+    jax.tree.map(np.testing.assert_allclose, ema.teacher, ema_update(params, moved, 0.9))
+    nxt = next_round(frozen)
+    assert nxt.round == 1
+    jax.tree.map(np.testing.assert_array_equal, nxt.teacher, moved)
+    with pytest.raises(ValueError):
+        DistillConfig(teacher="student")
+
+
+# --- one short round on a tiny trained model -------------------------------------------------
+
+TINY = SpeechDecoderConfig(num_units=16, d_model=32, num_heads=4, num_kv_heads=2, ffn_dim=64, prenn_layers=1,
+                           num_layers=2, mtp_modules=0, block_size=5, text_per_block=2)
+TEXT_LEN, BLOCKS = 4, 2
+
+
+def ambiguous_task(rng, batch):
+    """Every block is an arithmetic run of units around a base read from the text, going up or
+    down at random: base + d·(i - 2) mod 16, d = ±1. One parallel step can only give each position
+    a two-way marginal; a second step conditioned on committed tokens settles the direction."""
+    base = rng.integers(0, TINY.num_units, batch)
+    table = np.random.default_rng(123).standard_normal((TINY.num_units, TINY.d_model)).astype(np.float32)
+    direction = rng.choice([-1, 1], (batch, BLOCKS))
+    offsets = np.arange(TINY.block_size) - TINY.block_size // 2
+    block_base = base[:, None] + 3 * np.arange(BLOCKS)[None]  # (batch, blocks)
+    units = (block_base[..., None] + direction[..., None] * offsets) % TINY.num_units
+    return {
+        "text_hidden": jnp.asarray(np.repeat(table[base][:, None], TEXT_LEN, axis=1)),
+        "text_valid": jnp.ones((batch, TEXT_LEN), bool),
+        "streaming": jnp.zeros((batch,), bool),
+        "units": jnp.asarray(units.reshape(batch, -1).astype(np.int32)),
+        "speech_valid": jnp.ones((batch, BLOCKS * TINY.block_size), bool),
+    }
+
+
+def train(params, loss_fn, batches, steps, lr):
+    opt = optax.adam(lr)
+
+    @jax.jit
+    def step(params, opt_state, batch, key):
+        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, key)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    opt_state = opt.init(params)
+    for i in range(steps):
+        params, opt_state, loss = step(params, opt_state, batches(i), jax.random.key(i))
+    return params, float(loss)
+
+
+def sampler_kl(student, teacher, batch, steps):
+    """Mean KL (and token agreement) of the student's S-step vs the teacher's 2S-step sampler."""
+    run = lambda params, s: generate(params, batch["text_hidden"], batch["text_valid"], batch["streaming"],  # noqa: E731
+                                     jax.random.key(0), cfg=TINY, num_blocks=BLOCKS,
+                                     sampler=BlockDiffusionConfig(steps=s), record_logits=True)
+    s, t = run(student, steps), run(teacher, 2 * steps)
+    allowed = np.r_[np.ones(TINY.num_units, bool), [False, False, True, False]]
+    return np_kl(s.logits, t.logits, allowed).mean(), float((np.asarray(s.tokens) == np.asarray(t.tokens)).mean())
+
+
+def test_one_round_brings_the_student_closer_to_the_two_step_teacher():
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(0)
+    data = [ambiguous_task(rng, 32) for _ in range(16)]
+    batches = lambda i: data[i % len(data)]  # noqa: E731
+    held_out = ambiguous_task(np.random.default_rng(1), 64)
+
+    mask_cfg = MaskConfig(TINY.mask_id, block_size=TINY.block_size, elbo=False, num_steps=TINY.block_size)
+
+    def mdm(params, batch, key):
+        noisy = hierarchical_mask(key, batch["units"], batch["speech_valid"], mask_cfg)
+        logits = denoiser(TINY, batch)(params, noisy.tokens)
+        return mdm_loss(logits, batch["units"], noisy, batch["speech_valid"], elbo=False)
+
+    teacher, mdm_final = train(init_params(TINY, 0),
+                               mdm, batches, 250, 3e-3)
+    t1 = time.perf_counter()
+
+    cfg = DistillConfig(rounds=(1,), steps_per_round=100)
+    steps = cfg.rounds[0]
+    state = start(teacher)
+    kl_before, agree_before = sampler_kl(state.student, state.teacher, held_out, steps)
+
+    def sdtt(student, batch, key):
+        return distill_loss(student, state.teacher, batch, key, model_cfg=TINY, cfg=cfg, steps=steps)
+
+    student, distill_final = train(state.student, sdtt, batches, cfg.steps_per_round, 1e-3)
+    state = after_update(state, student, cfg)
+    kl_after, agree_after = sampler_kl(state.student, state.teacher, held_out, steps)
+    t2 = time.perf_counter()
+    print(f"\nteacher MDM CE {mdm_final:.3f} ({t1 - t0:.1f} s); distill loss {distill_final:.4f} ({t2 - t1:.1f} s)")
+    print(f"KL(student {steps} step ‖ teacher {2 * steps} steps): before {kl_before:.4f}, after {kl_after:.4f}; "
+          f"token agreement before {agree_before:.3f}, after {agree_after:.3f}")
+    assert kl_after < 0.5 * kl_before
+    assert agree_after >= agree_before
