@@ -21,6 +21,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m experiments.bench_decode --config tiny --out runs/bench/decode_tiny.json
+	$(PY) -m experiments.bench_train --out runs/bench/train.json
 
 lint: $(STAMP)
 	$(PY) -m ruff check mdm_jax data_pipelines experiments tests

@@ -1,8 +1,9 @@
-"""Command line: `python -m mdm_jax.cli {info,convert} ...` (see --help of each)."""
+"""Command line: `python -m mdm_jax.cli {info,convert,generate} ...` (see --help of each)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from mdm_jax.config import config_keys, get_config
@@ -36,6 +37,57 @@ def _convert(args):
     print(f"wrote {out} ({type(cfg).__name__}, {len(state)} tensors)")
 
 
+def _generate(args):
+    import jax
+    import numpy as np
+
+    from data_pipelines.audio import load_audio
+    from data_pipelines.features import log_mel
+    from data_pipelines.tokenizer import TEMPLATES, encode_dialogue, load_tokenizer, num_speech_frames
+    from mdm_jax.block_diffusion import BlockDiffusionConfig
+    from mdm_jax.config import SPEECH_PLACEHOLDER
+    from mdm_jax.streaming import stream
+
+    if args.ckpt.startswith("random:"):  # a smoke run of the machinery, no trained weights
+        from mdm_jax.vocalnet import init_params
+
+        cfg = get_config(args.ckpt.split(":", 1)[1], args.overrides)
+        params = init_params(cfg, jax.random.key(0))
+    else:
+        from mdm_jax.params_io import load_params
+
+        params, cfg = load_params(args.ckpt)
+    audio, _ = load_audio(args.audio, args.audio, max_seconds=30.0)
+    mel = log_mel(audio, cfg.encoder.num_mel_bins)
+    n_speech = num_speech_frames(mel.shape[-1], cfg.adaptor.downsample)
+    if args.tokenizer:
+        tok = load_tokenizer(args.tokenizer)
+        template = TEMPLATES[args.template]
+        prompt = encode_dialogue(tok, template, n_speech, "")[0].tolist()
+        prompt = prompt[: len(prompt) - len(tok.encode(template.end, add_special_tokens=False).ids)]
+        eos = {tok.token_to_id(template.end)}
+    else:
+        tok, prompt, eos = None, [SPEECH_PLACEHOLDER] * n_speech, set()
+    sampler = BlockDiffusionConfig(steps=args.steps, threshold=args.threshold)
+    run = lambda: stream(params, cfg, mel, prompt, eos_ids=eos, max_text_tokens=args.max_text_tokens,  # noqa: E731
+                         max_blocks=args.max_blocks, sampler=sampler)
+    if args.warmup:  # compile every shape first, so the times below are latencies, not compilation
+        list(run())
+    chunks = []
+    for chunk in run():
+        chunks.append(chunk)
+        print(f"block {chunk.block} at {chunk.elapsed_s:.3f}s: {len(chunk.speech)} units, "
+              f"{len(chunk.text_ids)} text tokens", flush=True)
+    text_ids = chunks[-1].text_ids
+    result = {"text_ids": text_ids, "text": tok.decode(text_ids) if tok else None,
+              "speech_units": np.concatenate([c.speech for c in chunks]).tolist(),
+              "first_chunk_s": chunks[0].elapsed_s, "total_s": chunks[-1].elapsed_s, "blocks": len(chunks)}
+    with open(args.out, "w") as f:
+        json.dump(result, f)
+    print(f"wrote {args.out}: {len(result['speech_units'])} speech units, first chunk after "
+          f"{result['first_chunk_s']:.3f}s")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m mdm_jax.cli", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -54,6 +106,20 @@ def main(argv=None):
     conv.add_argument("--config", default="vocalnet-1b", help="preset of the VocalNet release (kind vocalnet)")
     conv.add_argument("overrides", nargs="*", metavar="key=value")
     conv.set_defaults(run=_convert)
+
+    gen = sub.add_parser("generate", help="stream an answer (text + speech units) to a spoken question")
+    gen.add_argument("--ckpt", required=True, help="params checkpoint folder, or random:PRESET for a smoke run")
+    gen.add_argument("--audio", required=True, help="the question, any format libsndfile reads")
+    gen.add_argument("--tokenizer", help="tokenizer.json; without it the prompt is the speech alone")
+    gen.add_argument("--template", default="tiny", help="prompt template (data_pipelines.tokenizer.TEMPLATES)")
+    gen.add_argument("--steps", type=int, default=4, help="denoising steps per speech block")
+    gen.add_argument("--threshold", type=float, default=0.0, help="> 0: confidence-threshold decoding")
+    gen.add_argument("--max-text-tokens", type=int, default=64)
+    gen.add_argument("--max-blocks", type=int, default=16)
+    gen.add_argument("--out", default="answer.json")
+    gen.add_argument("--warmup", action="store_true", help="run once before timing (times exclude compilation)")
+    gen.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (random:PRESET only)")
+    gen.set_defaults(run=_generate)
 
     args = parser.parse_args(argv)
     try:

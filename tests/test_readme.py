@@ -24,8 +24,8 @@ def test_readme_python_then_cli(tmp_path, monkeypatch):
     assert commands, "the README shows no CLI command"
     root = Path(__file__).parents[1]
     for cmd in commands:
-        argv = [sys.executable, *shlex.split(cmd)[1:]]
-        out = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=600,
+        line = shlex.quote(sys.executable) + cmd[len("python"):]  # the shell expands what the README shows
+        out = subprocess.run(["bash", "-c", line], capture_output=True, text=True, cwd=tmp_path, timeout=600,
                              env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu"})
         assert out.returncode == 0, f"{cmd}\n{out.stderr[-2000:]}"
 

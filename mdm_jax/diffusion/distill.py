@@ -101,7 +101,8 @@ def denoiser(model_cfg: SpeechDecoderConfig, batch, dtype=jnp.float32):
     units = batch["units"]
     b, length = units.shape
     mask, positions = block_diffusion_mask(batch["text_valid"], batch["speech_valid"], batch["streaming"],
-                                           block_size=model_cfg.block_size, text_per_block=model_cfg.text_per_block)
+                                           block_size=model_cfg.block_size, text_per_block=model_cfg.text_per_block,
+                                           speech_offset=model_cfg.speech_position_offset)
     sos = jnp.full((b, 1), model_cfg.sos_id, units.dtype)
 
     def run(module: SpeechDecoder, x_t):
