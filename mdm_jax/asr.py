@@ -19,10 +19,10 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from data_pipelines.features import log_mel
-from mdm_jax.config import EncoderConfig
+from mdm_jax.config import EncoderConfig, WhisperDecoderConfig
 from mdm_jax.convert.ct2_whisper import load_ct2_whisper
 from mdm_jax.whisper import WhisperEncoder
-from mdm_jax.whisper_decoder import WhisperDecoderConfig, greedy_decode
+from mdm_jax.whisper_decoder import greedy_decode
 
 PROMPT = ("<|startoftranscript|>", "<|notimestamps|>")  # English-only model: no language or task token
 END = "<|endoftext|>"

@@ -27,6 +27,19 @@ class EncoderConfig:
 
 
 @dataclass(frozen=True)
+class WhisperDecoderConfig:
+    """Whisper's text decoder (the ASR judge); defaults: Whisper tiny.en."""
+
+    vocab_size: int = 51864
+    d_model: int = 384
+    num_layers: int = 4
+    num_heads: int = 6
+    ffn_dim: int = 1536
+    max_target_positions: int = 448
+    layer_norm_eps: float = 1e-5
+
+
+@dataclass(frozen=True)
 class AdaptorConfig:
     """Concatenate `downsample` encoder frames (50 Hz -> 10 Hz), then Linear-ReLU-Linear."""
 

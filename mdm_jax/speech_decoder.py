@@ -104,9 +104,9 @@ class SpeechDecoder(nn.Module):
         mask = causal_mask(b, n) if mask is None else mask
         positions = jnp.broadcast_to(jnp.arange(n), (b, n)) if positions is None else positions
         h, _ = self.backbone(x, positions, mask)
-        l = tokens.shape[1]
+        speech = n - tokens.shape[1]  # first row of the speech ids
         mtp_logits, hk = [], h
         for k in range(self.cfg.mtp_modules):
             hk, logits_k, _ = self.mtp_step(k, hk, positions, mask)
-            mtp_logits.append(logits_k[:, n - l:])
-        return self.logits(h)[:, n - l:], mtp_logits, h
+            mtp_logits.append(logits_k[:, speech:])
+        return self.logits(h)[:, speech:], mtp_logits, h

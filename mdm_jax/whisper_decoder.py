@@ -7,31 +7,17 @@ Decoding keeps a fixed-size cache as data: per layer the self-attention keys/val
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from mdm_jax.attention import dot_product_attention
+from mdm_jax.config import WhisperDecoderConfig
 from mdm_jax.layers import param
 from mdm_jax.whisper import WhisperMLP, layer_norm
 
 _zeros = nn.initializers.zeros
-
-
-@dataclass(frozen=True)
-class WhisperDecoderConfig:
-    """Defaults: Whisper tiny.en."""
-
-    vocab_size: int = 51864
-    d_model: int = 384
-    num_layers: int = 4
-    num_heads: int = 6
-    ffn_dim: int = 1536
-    max_target_positions: int = 448
-    layer_norm_eps: float = 1e-5
 
 
 class DecoderAttention(nn.Module):

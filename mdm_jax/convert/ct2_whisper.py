@@ -25,11 +25,11 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from mdm_jax.config import EncoderConfig
-from mdm_jax.convert.hf_whisper import whisper_encoder_rules
-from mdm_jax.convert.rules import ConversionError, Rule, import_tensors, linear, linear_in, reshape, transpose
+from mdm_jax.config import EncoderConfig, WhisperDecoderConfig
+from mdm_jax.convert.hf_whisper import whisper_decoder_rules, whisper_encoder_rules
+from mdm_jax.convert.rules import ConversionError, import_tensors
 from mdm_jax.whisper import WhisperEncoder
-from mdm_jax.whisper_decoder import WhisperDecoder, WhisperDecoderConfig
+from mdm_jax.whisper_decoder import WhisperDecoder
 
 # dtype ids of `ctranslate2.specs.model_spec._dtype_to_type_id`; bfloat16 is read as raw uint16.
 _DTYPES = (np.float32, np.int8, np.int16, np.int32, np.float16, np.uint16)
@@ -171,40 +171,6 @@ def _ct2_to_hf(state: dict) -> dict:
         hf |= _linear(state, f"encoder/{conv}", f"model.encoder.{conv}")
     hf["model.decoder.embed_tokens.weight"] = state["decoder/embeddings/weight"]
     return hf
-
-
-def whisper_decoder_rules(cfg: WhisperDecoderConfig, prefix: str = "model.decoder.") -> list[Rule]:
-    """Hugging Face decoder keys <-> `WhisperDecoder` params (output head tied to the embedding)."""
-    h, hd = cfg.num_heads, cfg.d_model // cfg.num_heads
-    rules = [Rule(f"{prefix}embed_tokens.weight", ("embed_tokens",)),
-             Rule(f"{prefix}embed_positions.weight", ("embed_positions",)),
-             Rule(f"{prefix}layer_norm.weight", ("final_norm", "scale")),
-             Rule(f"{prefix}layer_norm.bias", ("final_norm", "bias"))]
-    for i in range(cfg.num_layers):
-        src, path = f"{prefix}layers.{i}", (f"layers_{i}",)
-        for hf_attn, ours, hf_norm in (("self_attn", "attn", "self_attn_layer_norm"),
-                                       ("encoder_attn", "cross", "encoder_attn_layer_norm")):
-            att = f"{src}.{hf_attn}"
-            rules += [
-                Rule(f"{att}.q_proj.weight", (*path, ours, "wq"), **linear(h, hd)),
-                Rule(f"{att}.q_proj.bias", (*path, ours, "bq"), **reshape(h, hd)),
-                Rule(f"{att}.k_proj.weight", (*path, ours, "wk"), **linear(h, hd)),
-                Rule(f"{att}.v_proj.weight", (*path, ours, "wv"), **linear(h, hd)),
-                Rule(f"{att}.v_proj.bias", (*path, ours, "bv"), **reshape(h, hd)),
-                Rule(f"{att}.out_proj.weight", (*path, ours, "wo"), **linear_in(h, hd)),
-                Rule(f"{att}.out_proj.bias", (*path, ours, "bo")),
-                Rule(f"{src}.{hf_norm}.weight", (*path, f"{ours}_norm", "scale")),
-                Rule(f"{src}.{hf_norm}.bias", (*path, f"{ours}_norm", "bias")),
-            ]
-        rules += [
-            Rule(f"{src}.fc1.weight", (*path, "mlp", "w1"), **transpose()),
-            Rule(f"{src}.fc1.bias", (*path, "mlp", "b1")),
-            Rule(f"{src}.fc2.weight", (*path, "mlp", "w2"), **transpose()),
-            Rule(f"{src}.fc2.bias", (*path, "mlp", "b2")),
-            Rule(f"{src}.final_layer_norm.weight", (*path, "mlp_norm", "scale")),
-            Rule(f"{src}.final_layer_norm.bias", (*path, "mlp_norm", "bias")),
-        ]
-    return rules
 
 
 def configs_from_ct2(state: dict[str, np.ndarray]) -> tuple[EncoderConfig, WhisperDecoderConfig]:

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from mdm_jax.config import EncoderConfig
+from mdm_jax.config import EncoderConfig, WhisperDecoderConfig
 from mdm_jax.convert.rules import Rule, export_tensors, import_tensors, linear, linear_in, reshape, transpose
 from mdm_jax.whisper import WhisperEncoder
 
@@ -24,35 +24,61 @@ def _conv():
     return dict(to_ours=lambda w: w.transpose(2, 1, 0), to_src=lambda w: w.transpose(2, 1, 0))
 
 
+def _attention_rules(src: str, hf_attn: str, hf_norm: str, path: tuple, ours: str, h: int, hd: int) -> list[Rule]:
+    """One Whisper attention block (k_proj has no bias) and its pre-LayerNorm."""
+    att = f"{src}.{hf_attn}"
+    return [
+        Rule(f"{att}.q_proj.weight", (*path, ours, "wq"), **linear(h, hd)),
+        Rule(f"{att}.q_proj.bias", (*path, ours, "bq"), **reshape(h, hd)),
+        Rule(f"{att}.k_proj.weight", (*path, ours, "wk"), **linear(h, hd)),
+        Rule(f"{att}.v_proj.weight", (*path, ours, "wv"), **linear(h, hd)),
+        Rule(f"{att}.v_proj.bias", (*path, ours, "bv"), **reshape(h, hd)),
+        Rule(f"{att}.out_proj.weight", (*path, ours, "wo"), **linear_in(h, hd)),
+        Rule(f"{att}.out_proj.bias", (*path, ours, "bo")),
+        Rule(f"{src}.{hf_norm}.weight", (*path, f"{ours}_norm", "scale")),
+        Rule(f"{src}.{hf_norm}.bias", (*path, f"{ours}_norm", "bias")),
+    ]
+
+
+def _mlp_rules(src: str, path: tuple) -> list[Rule]:
+    return [
+        Rule(f"{src}.fc1.weight", (*path, "mlp", "w1"), **transpose()),
+        Rule(f"{src}.fc1.bias", (*path, "mlp", "b1")),
+        Rule(f"{src}.fc2.weight", (*path, "mlp", "w2"), **transpose()),
+        Rule(f"{src}.fc2.bias", (*path, "mlp", "b2")),
+        Rule(f"{src}.final_layer_norm.weight", (*path, "mlp_norm", "scale")),
+        Rule(f"{src}.final_layer_norm.bias", (*path, "mlp_norm", "bias")),
+    ]
+
+
+def _final_norm(prefix: str) -> list[Rule]:
+    return [Rule(f"{prefix}layer_norm.weight", ("final_norm", "scale")),
+            Rule(f"{prefix}layer_norm.bias", ("final_norm", "bias"))]
+
+
 def whisper_encoder_rules(cfg: EncoderConfig, prefix: str = "model.encoder.") -> list[Rule]:
     h, hd = cfg.num_heads, cfg.d_model // cfg.num_heads
     rules = [Rule(f"{prefix}conv1.weight", ("conv1", "kernel"), **_conv()),
              Rule(f"{prefix}conv1.bias", ("conv1", "bias")),
              Rule(f"{prefix}conv2.weight", ("conv2", "kernel"), **_conv()),
              Rule(f"{prefix}conv2.bias", ("conv2", "bias")),
-             Rule(f"{prefix}embed_positions.weight", ("embed_positions",)),
-             Rule(f"{prefix}layer_norm.weight", ("final_norm", "scale")),
-             Rule(f"{prefix}layer_norm.bias", ("final_norm", "bias"))]
+             Rule(f"{prefix}embed_positions.weight", ("embed_positions",)), *_final_norm(prefix)]
     for i in range(cfg.num_layers):
         src, path = f"{prefix}layers.{i}", (f"layers_{i}",)
-        att = f"{src}.self_attn"
-        rules += [
-            Rule(f"{att}.q_proj.weight", (*path, "attn", "wq"), **linear(h, hd)),
-            Rule(f"{att}.q_proj.bias", (*path, "attn", "bq"), **reshape(h, hd)),
-            Rule(f"{att}.k_proj.weight", (*path, "attn", "wk"), **linear(h, hd)),
-            Rule(f"{att}.v_proj.weight", (*path, "attn", "wv"), **linear(h, hd)),
-            Rule(f"{att}.v_proj.bias", (*path, "attn", "bv"), **reshape(h, hd)),
-            Rule(f"{att}.out_proj.weight", (*path, "attn", "wo"), **linear_in(h, hd)),
-            Rule(f"{att}.out_proj.bias", (*path, "attn", "bo")),
-            Rule(f"{src}.self_attn_layer_norm.weight", (*path, "attn_norm", "scale")),
-            Rule(f"{src}.self_attn_layer_norm.bias", (*path, "attn_norm", "bias")),
-            Rule(f"{src}.fc1.weight", (*path, "mlp", "w1"), **transpose()),
-            Rule(f"{src}.fc1.bias", (*path, "mlp", "b1")),
-            Rule(f"{src}.fc2.weight", (*path, "mlp", "w2"), **transpose()),
-            Rule(f"{src}.fc2.bias", (*path, "mlp", "b2")),
-            Rule(f"{src}.final_layer_norm.weight", (*path, "mlp_norm", "scale")),
-            Rule(f"{src}.final_layer_norm.bias", (*path, "mlp_norm", "bias")),
-        ]
+        rules += _attention_rules(src, "self_attn", "self_attn_layer_norm", path, "attn", h, hd) + _mlp_rules(src, path)
+    return rules
+
+
+def whisper_decoder_rules(cfg: WhisperDecoderConfig, prefix: str = "model.decoder.") -> list[Rule]:
+    """Hugging Face decoder keys <-> `WhisperDecoder` params (output head tied to the embedding)."""
+    h, hd = cfg.num_heads, cfg.d_model // cfg.num_heads
+    rules = [Rule(f"{prefix}embed_tokens.weight", ("embed_tokens",)),
+             Rule(f"{prefix}embed_positions.weight", ("embed_positions",)), *_final_norm(prefix)]
+    for i in range(cfg.num_layers):
+        src, path = f"{prefix}layers.{i}", (f"layers_{i}",)
+        rules += (_attention_rules(src, "self_attn", "self_attn_layer_norm", path, "attn", h, hd)
+                  + _attention_rules(src, "encoder_attn", "encoder_attn_layer_norm", path, "cross", h, hd)
+                  + _mlp_rules(src, path))
     return rules
 
 
