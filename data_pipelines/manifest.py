@@ -3,7 +3,8 @@
 Our manifest, one dialogue per line (paths relative to the manifest's folder):
 
     {"id": "q1", "user_audio": "wav/q1.wav", "user_text": "what is two plus two",
-     "assistant_text": "four", "assistant_units": "units/q1.npy", "speaker": "joe", "duration": 1.4}
+     "assistant_text": "four", "assistant_units": "units/q1.npy", "speaker": "joe", "duration": 1.4,
+     "assistant_audio": "wav/a1.wav"}
 
 `assistant_units` is a `.npy` path or an inline list of ints. VocalNet's release is a JSON list:
 
@@ -34,6 +35,7 @@ class Record:
     user_text: str | None = None
     speaker: str | None = None
     duration: float | None = None  # seconds of user audio, if the manifest knows it
+    assistant_audio: str | None = None  # the spoken answer the units were taken from, if shipped
 
 
 def _field(entry: dict, key: str, types: type | tuple[type, ...], name: str) -> object:
@@ -79,7 +81,13 @@ def _parse_ours(entry: dict, name: str, folder: str) -> Record:
         user_text=_field(entry, "user_text", (str, type(None)), name),
         speaker=_field(entry, "speaker", (str, type(None)), name),
         duration=_field(entry, "duration", (int, float, type(None)), name),
+        assistant_audio=_optional_path(entry, "assistant_audio", name, folder),
     )
+
+
+def _optional_path(entry: dict, key: str, name: str, folder: str) -> str | None:
+    value = _field(entry, key, (str, type(None)), name)
+    return None if value is None else os.path.join(folder, value)
 
 
 def _parse_vocalnet(entry: dict, name: str, folder: str) -> Record:
