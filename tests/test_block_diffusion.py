@@ -30,6 +30,11 @@ def setup():
     return params, text, text_valid, streaming
 
 
+@jax.jit
+def _teacher_forced(params, text, tokens, mask, positions):
+    return SpeechDecoder(CFG).apply({"params": params}, text, tokens, mask, positions)[0]
+
+
 def reference_decode(params, text, text_valid, streaming, sampler: BlockDiffusionConfig):
     """Greedy decoding that re-runs the whole vectorised training sequence `[SOS][x_t][x_0]` at every
     step (no cache), with the commit rule written out in numpy."""
@@ -52,7 +57,7 @@ def reference_decode(params, text, text_valid, streaming, sampler: BlockDiffusio
             xt = np.full((b, L), CFG.mask_id)
             xt[:, blk * B:(blk + 1) * B] = cur
             tokens = np.concatenate([np.full((b, 1), CFG.sos_id), xt, x0], axis=1)
-            logits = SpeechDecoder(CFG).apply({"params": params}, text, jnp.asarray(tokens), mask, positions)[0]
+            logits = _teacher_forced(params, text, jnp.asarray(tokens), mask, positions)
             lg = np.where(allowed, np.asarray(logits)[:, 1 + blk * B:1 + (blk + 1) * B], -1e30)
             probs = np.exp(lg - lg.max(-1, keepdims=True))
             probs /= probs.sum(-1, keepdims=True)
