@@ -161,7 +161,8 @@ def teacher_rollout(teacher, logits_fn, x_t, masked, counts, key, model_cfg: Spe
         settled = take | (masked & (i == num_steps - 1))
         return jnp.where(take, proposal, tokens), masked & ~take, jnp.where(settled[..., None], logits, target)
 
-    target = jnp.zeros((*x_t.shape, model_cfg.output_vocab), jnp.float32)
+    # built from x_t so that under shard_map the carry is varying over 'data' like the loop's output
+    target = jnp.zeros_like(x_t, jnp.float32)[..., None].repeat(model_cfg.output_vocab, -1)
     return lax.fori_loop(0, num_steps, step, (x_t, masked, target))[2]
 
 
