@@ -1,0 +1,94 @@
+"""The sharded train step equals the unsharded one on 8 fake CPU devices, for every mesh shape.
+
+Stage I (vocab-parallel text CE through the tensor-parallel LLM, LoRA + adaptor grads): loss and
+every gradient leaf. Stage II MDM (speech decoder, heads and FFN split over 'model'): the loss and
+the params after 3 AdamW steps. Each run blocks on its outputs (CPU collective deadlock, DESIGN §3).
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+SMALL = [  # every head count and the text vocabulary divide 8
+    "model.encoder.d_model=64", "model.encoder.num_layers=1", "model.encoder.num_heads=8", "model.encoder.ffn_dim=128",
+    "model.adaptor.hidden_dim=64", "model.llm.d_model=64", "model.llm.num_layers=1", "model.llm.num_heads=8",
+    "model.llm.num_kv_heads=8", "model.llm.ffn_dim=128", "model.llm.vocab_size=256", "model.speech_decoder.d_model=64",
+    "model.speech_decoder.num_heads=8", "model.speech_decoder.num_kv_heads=8", "model.speech_decoder.ffn_dim=128",
+    "model.speech_decoder.num_layers=1", "model.speech_decoder.mtp_modules=0", "model.speech_decoder.num_units=64",
+    "model.speech_decoder.block_size=5", "model.speech_decoder.text_per_block=2",
+    "data.batch_size=8", "data.max_seconds=0.6", "data.max_text=24", "data.max_units=20", "steps=10",
+]
+
+SCRIPT = textwrap.dedent("""
+    import sys, time
+    t0 = time.time()
+    import jax
+    jax.config.update("jax_num_cpu_devices", 8)
+    import numpy as np
+    from mdm_jax.objectives import prepare
+    from mdm_jax.optimizer import make_optimizer
+    from mdm_jax.train_config import MeshConfig, get_train_config
+    from mdm_jax.train_data import SYNTHETIC_SPEECH_ID, SyntheticSource, model_batch
+    from mdm_jax.train_step import (batch_sharding, init_state, make_grad_fn, make_mesh, make_train_step, shardings,
+                                    state_specs)
+    from mdm_jax.vocalnet import init_params
+
+    MESHES = [(8, 1), (4, 2), (2, 4), (1, 8)]
+    SMALL = sys.argv[1].split()
+
+    def close(a, b, atol):
+        a, b = np.asarray(a), np.asarray(b)
+        assert a.shape == b.shape and np.allclose(a, b, rtol=1e-4, atol=atol), float(np.abs(a - b).max())
+
+    params = jax.jit(lambda: init_params(get_train_config("tiny", SMALL).model, jax.random.key(0)))()
+
+    def setup(stage):
+        cfg = get_train_config("tiny", SMALL + [stage])
+        opt = make_optimizer(cfg)
+        state = jax.device_get(init_state(cfg, opt, jax.random.key(0), params))  # host copy: steps donate
+        source = SyntheticSource(cfg)
+        batches = [model_batch(next(source), cfg.model, SYNTHETIC_SPEECH_ID) for _ in range(3)]
+        return cfg, opt, state, state_specs(cfg, state), batches
+
+    # Stage I: loss and every gradient leaf.
+    cfg, opt, state, specs, batches = setup("stage.name=text")
+    batch = jax.jit(lambda b: prepare(b, jax.random.key(1), cfg))(batches[0])
+    (ref_loss, _), ref_grads = jax.jit(make_grad_fn(cfg))(state.trainable, state.teacher, batch, jax.random.key(2))
+    trained = [g for g in jax.tree.leaves(ref_grads["lora"]) + jax.tree.leaves(ref_grads["params"]["adaptor"])]
+    assert all(float(np.abs(g).max()) > 0 for g in trained[1::2]), "stage I grads vanish: the test would be vacuous"
+    for shape in MESHES:
+        mesh = make_mesh(MeshConfig(*shape))
+        st = jax.device_put(state, shardings(mesh, specs))
+        fn = jax.jit(make_grad_fn(cfg, mesh, specs))
+        sharded_batch = jax.device_put(batch, batch_sharding(mesh))
+        (loss, _), grads = jax.block_until_ready(fn(st.trainable, st.teacher, sharded_batch, jax.random.key(2)))
+        close(loss, ref_loss, 1e-6)
+        jax.tree.map(lambda a, b: close(a, b, 1e-6), grads, ref_grads)
+        print("grads ok", shape, time.time() - t0, flush=True)
+
+    # Stage II MDM: loss of step 1 and params after 3 AdamW steps.
+    cfg, opt, state, specs, batches = setup("stage.objective=mdm")
+    step = make_train_step(cfg, opt)
+    ref, ref_losses = state, []
+    for b in batches:
+        ref, m = step(ref, b)
+        ref_losses.append(float(m["loss"]))
+    for shape in MESHES:
+        mesh = make_mesh(MeshConfig(*shape))
+        st = jax.device_put(state, shardings(mesh, specs))
+        step = make_train_step(cfg, opt, mesh, specs)
+        for b, ref_loss in zip(batches, ref_losses):
+            st, m = step(st, jax.device_put(b, batch_sharding(mesh)))
+            close(jax.block_until_ready(m["loss"]), ref_loss, 1e-5)
+        jax.tree.map(lambda a, b: close(a, b, 2e-6), st.params, ref.params)
+        print("steps ok", shape, time.time() - t0, flush=True)
+""")
+
+
+def test_sharded_step_equals_unsharded_on_every_mesh():
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", SCRIPT, " ".join(SMALL)], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    assert out.stdout.count("grads ok") == 4 and out.stdout.count("steps ok") == 4, out.stdout
