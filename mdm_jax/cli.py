@@ -1,4 +1,4 @@
-"""Command line: `python -m mdm_jax.cli {info,convert,generate} ...` (see --help of each)."""
+"""Command line: `python -m mdm_jax.cli {info,convert,export-hf,generate} ...` (see --help of each)."""
 
 from __future__ import annotations
 
@@ -35,6 +35,19 @@ def _convert(args):
         params = vocalnet_from_release(state, cfg)
     out = save_params(args.out, params, cfg)
     print(f"wrote {out} ({type(cfg).__name__}, {len(state)} tensors)")
+
+
+def _export_hf(args):
+    from mdm_jax.config import ModelConfig
+    from mdm_jax.convert import llm_config_to_hf, llm_to_hf
+    from mdm_jax.convert.hf_files import save_hf_folder
+    from mdm_jax.params_io import load_params
+
+    params, cfg = load_params(args.ckpt)
+    if isinstance(cfg, ModelConfig):  # a whole VocalNet: its text LLM
+        params, cfg = params["llm"], cfg.llm
+    out = save_hf_folder(args.out, llm_config_to_hf(cfg), llm_to_hf(params, cfg))
+    print(f"wrote {out} (Hugging Face {cfg.family}: config.json + model.safetensors)")
 
 
 def _generate(args):
@@ -106,6 +119,11 @@ def main(argv=None):
     conv.add_argument("--config", default="vocalnet-1b", help="preset of the VocalNet release (kind vocalnet)")
     conv.add_argument("overrides", nargs="*", metavar="key=value")
     conv.set_defaults(run=_convert)
+
+    exp = sub.add_parser("export-hf", help="write the LLM of a checkpoint as a Hugging Face folder (safetensors)")
+    exp.add_argument("--ckpt", required=True, help="params checkpoint (a converted LLM or a whole VocalNet)")
+    exp.add_argument("--out", required=True)
+    exp.set_defaults(run=_export_hf)
 
     gen = sub.add_parser("generate", help="stream an answer (text + speech units) to a spoken question")
     gen.add_argument("--ckpt", required=True, help="params checkpoint folder, or random:PRESET for a smoke run")

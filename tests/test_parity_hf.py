@@ -209,3 +209,22 @@ def test_speech_decoder_matches_a_transformers_built_vocalnet_talker():
 def test_model_config_json_round_trip():
     cfg = ModelConfig()
     assert ModelConfig.from_json(cfg.to_json()) == cfg
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_our_llm_exports_to_a_folder_transformers_loads(tmp_path, family):
+    from mdm_jax.convert import llm_config_to_hf
+    from mdm_jax.convert.hf_files import save_hf_folder
+
+    model, hf_dict = _hf_llm(family, tie=family == "llama")
+    cfg = llm_config_from_hf(hf_dict)
+    params = llm_from_hf(_state(model), cfg)
+    save_hf_folder(tmp_path, llm_config_to_hf(cfg), llm_to_hf(params, cfg))
+    assert llm_config_from_hf(llm_config_to_hf(cfg)) == cfg
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    ids = np.random.default_rng(3).integers(0, 320, (1, 16))
+    positions = np.arange(16)[None] + 9000
+    with torch.no_grad():
+        theirs = loaded(input_ids=torch.tensor(ids), position_ids=torch.tensor(positions)).logits.numpy()
+    ours, _ = _ours_llm(params, cfg, ids, positions)
+    np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)

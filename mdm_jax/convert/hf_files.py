@@ -22,3 +22,15 @@ def load_hf_folder(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
         with safe_open(f, framework="flax") as st:  # the flax reader understands bfloat16
             state.update({k: np.asarray(st.get_tensor(k)) for k in st.keys()})
     return json.loads((path / "config.json").read_text()), state
+
+
+def save_hf_folder(path: str | Path, config: dict, state: dict[str, np.ndarray]) -> Path:
+    """Write config.json + model.safetensors that `transformers.AutoModelForCausalLM.from_pretrained` loads."""
+    from safetensors.numpy import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps(config, indent=2))
+    save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(path / "model.safetensors"),
+              metadata={"format": "pt"})
+    return path

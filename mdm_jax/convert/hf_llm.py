@@ -47,6 +47,24 @@ def llm_config_from_hf(hf: Mapping) -> LLMConfig:
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)), **kw)
 
 
+def llm_config_to_hf(cfg: LLMConfig) -> dict:
+    """A Hugging Face `config.json` dict for our LLMConfig (the inverse of `llm_config_from_hf`)."""
+    rope = {"rope_type": "default", "rope_theta": cfg.rope_theta}
+    if cfg.rope_scaling == "llama3":
+        rope = {"rope_type": "llama3", "rope_theta": cfg.rope_theta, "factor": cfg.rope_factor,
+                "low_freq_factor": cfg.rope_low_freq_factor, "high_freq_factor": cfg.rope_high_freq_factor,
+                "original_max_position_embeddings": cfg.rope_original_max_positions}
+    arch = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}[cfg.family]
+    return {"architectures": [arch], "model_type": cfg.family, "vocab_size": cfg.vocab_size,
+            "hidden_size": cfg.d_model, "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads,
+            "num_key_value_heads": cfg.num_kv_heads, "intermediate_size": cfg.ffn_dim, "head_dim": cfg.head_dim,
+            "rms_norm_eps": cfg.rms_norm_eps, "tie_word_embeddings": cfg.tie_embeddings,
+            "attention_bias": cfg.qkv_bias and cfg.family == "llama", "hidden_act": "silu",
+            "max_position_embeddings": max(131_072, 2 * cfg.rope_original_max_positions),
+            "rope_theta": cfg.rope_theta, "rope_scaling": None if cfg.rope_scaling == "none" else rope,
+            "rope_parameters": rope, "torch_dtype": "float32"}
+
+
 def decoder_layer_rules(src: str, path: tuple, heads: int, kv_heads: int, head_dim: int,
                         qkv_bias: bool) -> list[Rule]:
     """One transformers LlamaDecoderLayer at `src` (e.g. 'model.layers.3') -> our DecoderLayer at `path`."""
