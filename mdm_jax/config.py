@@ -251,7 +251,12 @@ def _replace_path(cfg, path: list[str], value):
     return dataclasses.replace(cfg, **{head: new})
 
 
-def _parse(key: str, raw: str, typ: type):
+def _parse(key: str, raw: str, typ):
+    args = typing.get_args(typ)
+    if type(None) in args:  # `T | None`: "none" or a T
+        if raw.lower() in ("none", "null"):
+            return None
+        (typ,) = [a for a in args if a is not type(None)]
     if typ is bool:
         if raw.lower() in ("true", "1", "yes"):
             return True

@@ -78,3 +78,18 @@ def test_special_speech_ids_follow_vocalnet():
     c = get_config("vocalnet-1b").speech_decoder
     assert (c.bos_id, c.sos_id, c.eos_id, c.pad_id, c.mask_id) == (6561, 6562, 6563, 6564, 6565)
     assert c.output_vocab == 6565
+
+
+def test_optional_fields_take_none_or_their_type():
+    from dataclasses import dataclass
+
+    from mdm_jax.config import apply_overrides
+
+    @dataclass(frozen=True)
+    class Data:
+        num_epochs: int | None = None
+
+    assert apply_overrides(Data(), ["num_epochs=3"]).num_epochs == 3
+    assert apply_overrides(Data(), ["num_epochs=none"]).num_epochs is None
+    with pytest.raises(ConfigError, match="expects int, got 'x'"):
+        apply_overrides(Data(), ["num_epochs=x"])
