@@ -35,7 +35,7 @@ SCRIPT = textwrap.dedent("""
         mesh = jax.make_mesh(shape, ("data", "model"), axis_types=(AxisType.Auto,) * 2)
         tokens_of = lambda p, t, v, s: run(p, t, v, s).tokens
         sharded = jax.jit(jax.shard_map(tokens_of, mesh=mesh, in_specs=(specs, P("data"), P("data"), P("data")),
-                                        out_specs=P("data"), check_vma=False))
+                                        out_specs=P("data"), check_vma=True))
         tokens = np.asarray(jax.block_until_ready(sharded(params, text, valid, streaming)))
         near_ties = 0
         for r in range(8):
