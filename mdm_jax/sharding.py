@@ -10,7 +10,9 @@ layer runs unsharded in tests and inside `jax.shard_map` in training.
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 from jax import lax
+from jax.sharding import PartitionSpec
 
 DATA, MODEL = "data", "model"
 
@@ -63,3 +65,12 @@ def logical_specs(boxed_params) -> dict:
     """PartitionSpecs over mesh axes for a params tree created with logical names."""
     return nn.logical_to_mesh(nn.get_partition_spec(boxed_params), RULES)
 
+
+
+def for_mesh(specs, mesh):
+    """Drop a size-1 'model' axis from PartitionSpecs: it shards nothing, and naming it would type
+    every activation as varying over 'model' under `shard_map(check_vma=True)`."""
+    if mesh.shape[MODEL] != 1:
+        return specs
+    return jax.tree.map(lambda s: PartitionSpec(*(None if a == MODEL else a for a in s)), specs,
+                        is_leaf=lambda x: isinstance(x, PartitionSpec))

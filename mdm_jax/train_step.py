@@ -33,7 +33,7 @@ from mdm_jax import objectives
 from mdm_jax.config import ConfigError
 from mdm_jax.diffusion.ema import ema_update
 from mdm_jax.optimizer import combine, learning_rate, partition
-from mdm_jax.sharding import DATA, MODEL, logical_specs
+from mdm_jax.sharding import DATA, MODEL, for_mesh, logical_specs
 from mdm_jax.train_config import MeshConfig, TrainConfig
 from mdm_jax.vocalnet import init_params
 
@@ -105,9 +105,7 @@ def make_grad_fn(cfg: TrainConfig, mesh: Mesh | None = None, specs: TrainState |
     loss = functools.partial(objectives.loss_fn, cfg=cfg, distill_steps=distill_steps)
     grad_fn = jax.value_and_grad(loss, has_aux=True)
     if mesh is not None:
-        if mesh.shape[MODEL] == 1:  # a size-1 axis shards nothing; naming it would type every activation as varying
-            specs = jax.tree.map(lambda s: P(*(None if a == MODEL else a for a in s)), specs,
-                                 is_leaf=lambda x: isinstance(x, P))
+        specs = for_mesh(specs, mesh)
         trained, frozen = partition(specs.trainable, cfg.stage.name)
         grad_fn = jax.shard_map(grad_fn, mesh=mesh, in_specs=(trained, frozen, specs.teacher, P(DATA), P()),
                                 out_specs=((P(), P()), trained), check_vma=True)

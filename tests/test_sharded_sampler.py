@@ -13,7 +13,7 @@ SCRIPT = textwrap.dedent("""
     from jax.sharding import AxisType, PartitionSpec as P
     from mdm_jax.block_diffusion import BlockDiffusionConfig, generate
     from mdm_jax.config import SpeechDecoderConfig
-    from mdm_jax.sharding import logical_specs
+    from mdm_jax.sharding import for_mesh, logical_specs
     from mdm_jax.speech_decoder import SpeechDecoder
 
     cfg = SpeechDecoderConfig(num_units=40, d_model=64, num_heads=8, num_kv_heads=4, ffn_dim=128, prenn_layers=1,
@@ -34,7 +34,8 @@ SCRIPT = textwrap.dedent("""
     for shape in [(8, 1), (4, 2), (2, 4)]:
         mesh = jax.make_mesh(shape, ("data", "model"), axis_types=(AxisType.Auto,) * 2)
         tokens_of = lambda p, t, v, s: run(p, t, v, s).tokens
-        sharded = jax.jit(jax.shard_map(tokens_of, mesh=mesh, in_specs=(specs, P("data"), P("data"), P("data")),
+        sharded = jax.jit(jax.shard_map(tokens_of, mesh=mesh,
+                                        in_specs=(for_mesh(specs, mesh), P("data"), P("data"), P("data")),
                                         out_specs=P("data"), check_vma=True))
         tokens = np.asarray(jax.block_until_ready(sharded(params, text, valid, streaming)))
         near_ties = 0
