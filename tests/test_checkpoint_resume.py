@@ -12,20 +12,12 @@ import time
 
 import jax
 import numpy as np
+from small_train import small_overrides
 
 from mdm_jax.checkpointing import Checkpointer
 from mdm_jax.train_config import CheckpointConfig
 
-SMALL = [
-    "model.encoder.d_model=32", "model.encoder.num_layers=1", "model.encoder.num_heads=2", "model.encoder.ffn_dim=64",
-    "model.adaptor.hidden_dim=32", "model.llm.d_model=32", "model.llm.num_layers=1", "model.llm.num_heads=2",
-    "model.llm.num_kv_heads=2", "model.llm.ffn_dim=64", "model.llm.vocab_size=128", "model.speech_decoder.d_model=32",
-    "model.speech_decoder.num_heads=2", "model.speech_decoder.num_kv_heads=2", "model.speech_decoder.ffn_dim=64",
-    "model.speech_decoder.num_layers=1", "model.speech_decoder.mtp_modules=0", "model.speech_decoder.num_units=32",
-    "model.speech_decoder.block_size=5", "model.speech_decoder.text_per_block=2",
-    "data.batch_size=4", "data.max_seconds=0.6", "data.max_text=24", "data.max_units=20",
-    "steps=10", "log_every=1", "checkpoint.every=2",
-]
+SMALL = small_overrides() + ["log_every=1", "checkpoint.every=2"]
 ENV = dict(os.environ, JAX_PLATFORMS="cpu")
 
 

@@ -8,15 +8,9 @@ import subprocess
 import sys
 import textwrap
 
-SMALL = [
-    "model.encoder.d_model=32", "model.encoder.num_layers=1", "model.encoder.num_heads=2", "model.encoder.ffn_dim=64",
-    "model.adaptor.hidden_dim=32", "model.llm.d_model=32", "model.llm.num_layers=1", "model.llm.num_heads=2",
-    "model.llm.num_kv_heads=2", "model.llm.ffn_dim=64", "model.llm.vocab_size=128", "model.speech_decoder.d_model=32",
-    "model.speech_decoder.num_heads=2", "model.speech_decoder.num_kv_heads=2", "model.speech_decoder.ffn_dim=64",
-    "model.speech_decoder.num_layers=1", "model.speech_decoder.mtp_modules=0", "model.speech_decoder.num_units=32",
-    "model.speech_decoder.block_size=5", "model.speech_decoder.text_per_block=2",
-    "data.batch_size=4", "data.max_seconds=0.6", "data.max_text=24", "data.max_units=20", "steps=10",
-]
+from small_train import small_overrides
+
+SMALL = small_overrides()
 
 SCRIPT = textwrap.dedent("""
     import sys

@@ -10,15 +10,10 @@ import subprocess
 import sys
 import textwrap
 
-SMALL = [  # every head count and the text vocabulary divide 8
-    "model.encoder.d_model=64", "model.encoder.num_layers=1", "model.encoder.num_heads=8", "model.encoder.ffn_dim=128",
-    "model.adaptor.hidden_dim=64", "model.llm.d_model=64", "model.llm.num_layers=1", "model.llm.num_heads=8",
-    "model.llm.num_kv_heads=8", "model.llm.ffn_dim=128", "model.llm.vocab_size=256", "model.speech_decoder.d_model=64",
-    "model.speech_decoder.num_heads=8", "model.speech_decoder.num_kv_heads=8", "model.speech_decoder.ffn_dim=128",
-    "model.speech_decoder.num_layers=1", "model.speech_decoder.mtp_modules=0", "model.speech_decoder.num_units=64",
-    "model.speech_decoder.block_size=5", "model.speech_decoder.text_per_block=2",
-    "data.batch_size=8", "data.max_seconds=0.6", "data.max_text=24", "data.max_units=20", "steps=10",
-]
+from small_train import small_overrides
+
+# every head count and the text vocabulary divide 8
+SMALL = small_overrides(width=64, heads=8, llm_kv_heads=8, vocab=256, units=64, batch=8)
 
 SCRIPT = textwrap.dedent("""
     import sys, time

@@ -8,6 +8,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from small_train import small_overrides
 
 from mdm_jax.checkpointing import Checkpointer
 from mdm_jax.optimizer import decays, make_optimizer, trainable
@@ -16,15 +17,7 @@ from mdm_jax.train_data import SyntheticSource
 from mdm_jax.train_step import init_state
 from mdm_jax.trainer import TrainingDiverged, train
 
-SMALL = [
-    "model.encoder.d_model=32", "model.encoder.num_layers=1", "model.encoder.num_heads=2", "model.encoder.ffn_dim=64",
-    "model.adaptor.hidden_dim=32", "model.llm.d_model=32", "model.llm.num_layers=1", "model.llm.num_heads=2",
-    "model.llm.num_kv_heads=1", "model.llm.ffn_dim=64", "model.llm.vocab_size=128", "model.speech_decoder.d_model=32",
-    "model.speech_decoder.num_heads=2", "model.speech_decoder.num_kv_heads=2", "model.speech_decoder.ffn_dim=64",
-    "model.speech_decoder.num_layers=1", "model.speech_decoder.mtp_modules=0", "model.speech_decoder.num_units=32",
-    "model.speech_decoder.block_size=5", "model.speech_decoder.text_per_block=2",
-    "data.batch_size=4", "data.max_seconds=0.6", "data.max_text=24", "data.max_units=20", "steps=20",
-]
+SMALL = small_overrides(llm_kv_heads=1, steps=20)
 CFG = get_train_config("tiny", SMALL)
 
 
