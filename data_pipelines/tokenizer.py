@@ -98,3 +98,12 @@ def encode_dialogue(
     ids = np.asarray(prompt + target, np.int32)
     loss_mask = np.concatenate([np.zeros(len(prompt), np.int32), np.ones(len(target), np.int32)])
     return ids, loss_mask
+
+
+def encode_prompt(tok: Tokenizer, template: PromptTemplate, num_speech: int) -> tuple[list[int], int]:
+    """The prompt alone (ids up to where the answer starts) and the id that ends an answer."""
+    ids, loss_mask = encode_dialogue(tok, template, num_speech, "")
+    end = tok.encode(template.end, add_special_tokens=False).ids
+    if len(end) != 1:
+        raise ValueError(f"template end {template.end!r} must be a single token of this tokenizer (got ids {end})")
+    return ids[loss_mask == 0].tolist(), end[0]

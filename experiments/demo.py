@@ -1,75 +1,215 @@
-"""`make demo`. Until the end-to-end issue lands this is the smallest real thing available:
-the randomly initialised `tiny` preset run once over synthetic audio, every stage timed.
+"""`make demo`: train the `tiny` VocalNet on the embedded corpus and compare AR, MTP and MDM speech
+decoding on held-out spoken questions, on whatever machine this runs (2 CPU cores suffice).
 
-    python -m experiments.demo --out runs/demo [key=value ...]
+    python -m experiments.demo --out runs/demo [--quick]
+
+Builds (or reuses) the corpus, trains every stage of `experiments.recipe` (resumable: rerun the
+same command), fits token2wav, then for each held-out question: speech in -> greedy text answer
+-> speech units by each decoder -> waveform -> the Whisper tiny.en judge. Writes under --out:
+report.json, report.md (the table), quality_vs_speed.png, wavs/<method>/<dialogue>.wav.
+
+Metrics per decoder: text_accuracy (the LLM's answer, the same for every decoder), unit_accuracy
+(position-aligned agreement with the reference answer's units), wer (judge transcript of the
+resynthesised speech vs the reference answer), wer_vs_text (vs the model's own text answer),
+tokens/s and first-chunk latency of the speech decoder alone (batch 1, after warm-up) as ratios
+to AR in this run. `reference_units_wer` resynthesises the reference units: the ceiling of this
+token2wav.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+import soundfile as sf
 
-from data_pipelines.features import SAMPLE_RATE, log_mel
-from data_pipelines.tokenizer import num_speech_frames
-from mdm_jax.config import get_config
-from mdm_jax.vocalnet import SPEECH_PLACEHOLDER, VocalNet, init_params
+from data_pipelines.audio import load_audio
+from data_pipelines.features import log_mel
+from data_pipelines.manifest import load_units, read_manifest
+from data_pipelines.tokenizer import TEMPLATES, encode_prompt, load_tokenizer, num_speech_frames
+from data_pipelines.validation import BadRecords
+from experiments import recipe
+from mdm_jax.asr import normalize, word_error_rate
+from mdm_jax.eval import SpeechMethod, answer_texts, decode_speech, speech_wer, text_accuracy, unit_accuracy
+from mdm_jax.params_io import load_params
+from mdm_jax.token2wav import CentroidGriffinLim
+
+WAVS_PER_METHOD = 3
 
 
-def synthetic_audio(seconds: float = 2.0) -> np.ndarray:
-    """A gliding tone with a little noise: deterministic stand-in for a spoken question."""
-    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
-    tone = 0.3 * np.sin(2 * np.pi * (200 + 150 * t) * t)
-    return (tone + 0.01 * np.random.default_rng(0).standard_normal(t.size)).astype(np.float32)
+def held_out_questions(corpus_dir: str, n: int):
+    """The first spoken version of each of the first `n` test dialogues (held-out templates/values)."""
+    seen, out = set(), []
+    for r in read_manifest(os.path.join(corpus_dir, "test.jsonl"), BadRecords(strict=True)):
+        if r.assistant_text not in seen:
+            seen.add(r.assistant_text)
+            out.append(r)
+    return out[:n]
+
+
+def fit_token2wav(corpus_dir: str, corpus: dict, path: str) -> CentroidGriffinLim:
+    if os.path.exists(path):
+        return CentroidGriffinLim.load(path)
+    seen, units, audio = set(), [], []
+    for r in read_manifest(os.path.join(corpus_dir, "train.jsonl"), BadRecords(strict=True)):
+        if r.assistant_audio not in seen:
+            seen.add(r.assistant_audio)
+            units.append(load_units(r, corpus["units"]["k"]))
+            audio.append(load_audio(r.assistant_audio, r.assistant_audio, max_seconds=30.0)[0])
+    t2w = CentroidGriffinLim.fit(units, audio, corpus["units"]["k"])
+    t2w.save(path)
+    return t2w
+
+
+def methods(budget: recipe.Budget) -> list[tuple[str, SpeechMethod, str]]:
+    """(row label, method, decoder stage): AR first, every ratio is against it."""
+    steps = (1, 4) if budget is recipe.QUICK else (1, 2, 4, 8)
+    rows = [("ar", SpeechMethod("ar"), "ar"), ("mtp", SpeechMethod("mtp"), "mtp")]
+    rows += [(f"mdm S={s}", SpeechMethod("mdm", s), "mdm") for s in steps]
+    rows += [(f"mdm distilled S={s}", SpeechMethod("mdm", s), "distill") for s in (1, 2) if s in steps]
+    return rows
+
+
+def evaluate(out: Path, corpus_dir: str, corpus: dict, stages: dict[str, str], budget: recipe.Budget, log=print):
+    params, cfg = load_params(stages["stage1"])
+    tok = load_tokenizer(os.path.join(corpus_dir, "tokenizer.json"))
+    records = held_out_questions(corpus_dir, budget.eval_dialogues)
+    questions, end = [], None
+    for r in records:
+        mel = log_mel(load_audio(r.user_audio, r.id, max_seconds=30.0)[0], cfg.encoder.num_mel_bins)
+        prompt, end = encode_prompt(tok, TEMPLATES["tiny"], num_speech_frames(mel.shape[-1], cfg.adaptor.downsample))
+        questions.append((mel, prompt))
+    clock = time.perf_counter()
+    answers = answer_texts(params, cfg, questions, eos_id=end)
+    log(f"answers: {time.perf_counter() - clock:.1f}s")
+    texts = [tok.decode([t for t in a.text_ids if t != end]) for a in answers]
+    references = [r.assistant_text for r in records]
+    text = text_accuracy(texts, references)
+    ref_units = [load_units(r, corpus["units"]["k"]) for r in records]
+    t2w = fit_token2wav(corpus_dir, corpus, str(out / "token2wav.npz"))
+    log("resynthesising the reference units (the token2wav ceiling)")
+    clock = time.perf_counter()
+    reference = speech_wer(ref_units, references, t2w)
+    log(f"token2wav fit + reference WER: {time.perf_counter() - clock:.1f}s")
+    spoken = [i for i, t in enumerate(texts) if normalize(t)]  # answers a WER can be measured against
+
+    rows, examples = [], []
+    for label, method, stage in methods(budget):
+        dec = load_params(stages[stage])[0]["speech_decoder"]
+        log(f"decoding speech: {label}")
+        clock = time.perf_counter()
+        speech = decode_speech(dec, cfg.speech_decoder, [a.hidden for a in answers], method,
+                               max_blocks=budget.max_blocks)
+        log(f"  decode {time.perf_counter() - clock:.1f}s")
+        judged = speech_wer(speech["units"], references, t2w)
+        own = [i for i in spoken if len(speech["units"][i])]
+        consistency = (word_error_rate([texts[i] for i in own], [judged["transcripts"][i] for i in own])
+                       if own else None)
+        rows.append({"method": method.name, "steps": method.steps, "label": label,
+                     "distill_rounds": budget.distill_start_steps.bit_length() if stage == "distill" else 0,
+                     "text_accuracy": text["text_accuracy"], **unit_accuracy(speech["units"], ref_units),
+                     "wer": judged["wer"], "wer_vs_text": consistency,
+                     "tokens_per_s": speech["tokens_per_s"], "first_chunk_s": speech["first_chunk_s"]})
+        log(f"  + WER {time.perf_counter() - clock:.1f}s")
+        for i in range(min(WAVS_PER_METHOD, len(records))):
+            path = out / "wavs" / label.replace(" ", "_").replace("=", "") / f"{i}.wav"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(path, t2w(speech["units"][i]) if len(speech["units"][i]) else np.zeros(1600), t2w.sample_rate)
+        examples.append({"label": label, "transcripts": judged["transcripts"][:WAVS_PER_METHOD]})
+    for r in rows:
+        r["speedup_vs_ar"] = r["tokens_per_s"] / rows[0]["tokens_per_s"]
+        r["first_chunk_vs_ar"] = r["first_chunk_s"] / rows[0]["first_chunk_s"]
+    dialogues = [{"question": r.user_text, "reference": r.assistant_text, "answer": t}
+                 for r, t in zip(records, texts)]
+    return {"rows": rows, "reference_units_wer": reference["wer"], "text_wer": text["text_wer"],
+            "dialogues": dialogues, "examples": examples}
+
+
+def markdown(report: dict) -> str:
+    lines = [f"Held-out test dialogues: {report['eval_dialogues']}, device: {report['device']}, "
+             f"demo wall time {report['wall_s'] / 60:.1f} min. Text accuracy (exact answer): "
+             f"{report['rows'][0]['text_accuracy']:.3f}. WER of resynthesised reference units (ceiling): "
+             f"{report['reference_units_wer']:.3f}.", "",
+             "| decoder | unit acc | length ratio | WER | WER vs own text | tokens/s | speed-up vs AR | "
+             "first chunk vs AR |", "|---|---|---|---|---|---|---|---|"]
+    for r in report["rows"]:
+        consistency = "-" if r["wer_vs_text"] is None else f"{r['wer_vs_text']:.3f}"
+        lines.append(f"| {r['label']} | {r['unit_accuracy']:.3f} | {r['length_ratio']:.2f} | {r['wer']:.3f} | "
+                     f"{consistency} | {r['tokens_per_s']:.0f} | {r['speedup_vs_ar']:.2f}x | "
+                     f"{r['first_chunk_vs_ar']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric, name in ((axes[0], "unit_accuracy", "unit accuracy (higher is better)"),
+                             (axes[1], "wer", "WER of resynthesised speech (lower is better)")):
+        for r in report["rows"]:
+            ax.scatter(r["speedup_vs_ar"], r[metric], s=40)
+            ax.annotate(r["label"], (r["speedup_vs_ar"], r[metric]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+        if metric == "wer":
+            ax.axhline(report["reference_units_wer"], ls="--", c="gray", lw=1, label="reference units")
+            ax.legend(fontsize=7)
+        ax.set_xlabel("speech tokens/s vs AR (same run)")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"tiny on the embedded corpus: quality vs speed ({report['device']})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/demo")
-    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    parser.add_argument("--quick", action="store_true", help="a smaller corpus and few steps (~3 min): a smoke run")
+    parser.add_argument("--corpus", help="corpus folder (default: data/embedded, or OUT/corpus with --quick)")
     args = parser.parse_args(argv)
-    cfg = get_config("tiny", args.overrides)
+    start = time.perf_counter()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    budget = recipe.QUICK if args.quick else recipe.FULL
+    corpus_dir = args.corpus or (str(out / "corpus") if args.quick else "data/embedded")
     timings = {}
 
     def timed(name, fn, *a):
-        start = time.perf_counter()
-        out = jax.block_until_ready(fn(*a))
-        timings[name] = round(time.perf_counter() - start, 3)
-        return out
+        t = time.perf_counter()
+        result = fn(*a)
+        timings[name] = round(time.perf_counter() - t, 1)
+        return result
 
-    model = VocalNet(cfg)
-    params = timed("init_s", init_params, cfg, jax.random.key(0))
-    mel = log_mel(synthetic_audio(), cfg.encoder.num_mel_bins)[None]  # (1, n_mels, frames)
-    n_speech = num_speech_frames(mel.shape[-1], cfg.adaptor.downsample)
-    encode = jax.jit(lambda p, m: model.apply({"params": p}, m, method=VocalNet.encode_speech))
-    speech = timed("encode_speech_s", encode, params, jnp.asarray(mel))
-
-    ids = jnp.array([[1] + [SPEECH_PLACEHOLDER] * n_speech + [2, 3]])
-    llm = jax.jit(lambda p, i, s: model.apply({"params": p}, i, s, method=VocalNet.llm_forward))
-    text_logits, hidden, _ = timed("llm_forward_s", llm, params, ids, speech)
-
-    sd = cfg.speech_decoder
-    tokens = jnp.array([[sd.sos_id] + [sd.mask_id] * sd.block_size])
-    talk = jax.jit(lambda p, h, t: model.apply({"params": p}, h, t, method=VocalNet.speech_decode))
-    speech_logits, _, _ = timed("speech_decode_s", talk, params, hidden, tokens)
-
-    report = {
-        "what": "forward pass of the randomly initialised tiny preset on synthetic audio (no training yet)",
-        "device": str(jax.devices()[0]),
-        "mel_frames": int(mel.shape[-1]), "speech_embeddings": list(speech.shape),
-        "text_logits": list(text_logits.shape), "speech_logits": list(speech_logits.shape),
-        "finite": bool(np.isfinite(np.asarray(speech_logits)).all()), "timings": timings,
-    }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    corpus = timed("corpus", recipe.prepare_corpus, corpus_dir, budget)
+    base = recipe.model_overrides(corpus) + recipe.data_overrides(corpus_dir, budget)
+    init = timed("init", recipe.initial_params, str(out / "init"), base)
+    stages = {"stage1": timed("stage1", recipe.run_stage, str(out / "stage1"),
+                              base + recipe.stage_overrides("stage1", budget) + [f"init_from={init}"])}
+    states = timed("llm_states", recipe.llm_states, str(out / "llm_states.npz"), stages["stage1"], base)
+    decoder = base + [f"data.llm_states={states}"]
+    for name in ("mdm", "ar", "mtp"):
+        stages[name] = timed(name, recipe.run_stage, str(out / name),
+                             decoder + recipe.stage_overrides(name, budget) + [f"init_from={stages['stage1']}"])
+    stages["distill"] = timed("distill", recipe.run_stage, str(out / "distill"),
+                              decoder + recipe.stage_overrides("distill", budget) + [f"init_from={stages['mdm']}"])
+    evaluation = timed("evaluate", evaluate, out, corpus_dir, corpus, stages, budget)
+    report = {"device": f"{jax.devices()[0].device_kind} ({jax.devices()[0].platform}, {os.cpu_count()} cores)",
+              "quick": args.quick, "eval_dialogues": budget.eval_dialogues, "timings_s": timings, **evaluation}
+    report = {"wall_s": time.perf_counter() - start, **report}
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
-    print(f"wrote {out / 'report.json'}")
+    (out / "report.md").write_text(markdown(report))
+    plot(report, out / "quality_vs_speed.png")
+    print(markdown(report))
+    print(f"wrote {out / 'report.json'}, {out / 'report.md'}, {out / 'quality_vs_speed.png'}, {out / 'wavs'}")
 
 
 if __name__ == "__main__":

@@ -96,11 +96,12 @@ def transcribe_ids(audio_16k: Sequence[np.ndarray], asr: WhisperASR | None = Non
     return out
 
 
-def transcribe(audio_16k: Sequence[np.ndarray], asr: WhisperASR | None = None, batch_size: int = 8) -> list[str]:
+def transcribe(audio_16k: Sequence[np.ndarray], asr: WhisperASR | None = None, batch_size: int = 8,
+               max_new_tokens: int = 224) -> list[str]:
     """(samples,) float32 mono 16 kHz waveforms (at most 30 s each) -> their transcripts."""
     asr = asr or load_asr()
     return [asr.tokenizer.decode(ids, skip_special_tokens=True).strip()
-            for ids in transcribe_ids(audio_16k, asr, batch_size)]
+            for ids in transcribe_ids(audio_16k, asr, batch_size, max_new_tokens)]
 
 
 @functools.cache

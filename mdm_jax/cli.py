@@ -56,7 +56,7 @@ def _generate(args):
 
     from data_pipelines.audio import load_audio
     from data_pipelines.features import log_mel
-    from data_pipelines.tokenizer import TEMPLATES, encode_dialogue, load_tokenizer, num_speech_frames
+    from data_pipelines.tokenizer import TEMPLATES, encode_prompt, load_tokenizer, num_speech_frames
     from mdm_jax.block_diffusion import BlockDiffusionConfig
     from mdm_jax.config import SPEECH_PLACEHOLDER
     from mdm_jax.streaming import stream
@@ -75,10 +75,8 @@ def _generate(args):
     n_speech = num_speech_frames(mel.shape[-1], cfg.adaptor.downsample)
     if args.tokenizer:
         tok = load_tokenizer(args.tokenizer)
-        template = TEMPLATES[args.template]
-        prompt = encode_dialogue(tok, template, n_speech, "")[0].tolist()
-        prompt = prompt[: len(prompt) - len(tok.encode(template.end, add_special_tokens=False).ids)]
-        eos = {tok.token_to_id(template.end)}
+        prompt, end = encode_prompt(tok, TEMPLATES[args.template], n_speech)
+        eos = {end}
     else:
         tok, prompt, eos = None, [SPEECH_PLACEHOLDER] * n_speech, set()
     sampler = BlockDiffusionConfig(steps=args.steps, threshold=args.threshold)

@@ -71,7 +71,7 @@ def loss_fn(trained, frozen, teacher, batch, key, *, cfg: TrainConfig, distill_s
     params = lora_lib.merge(trainable["params"], trainable["lora"], cfg.stage.lora_alpha / cfg.stage.lora_rank)
     if cfg.stage.name == "text":
         return text_objective(params, batch, cfg)
-    speech_batch = speech_inputs(params, batch, cfg)
+    speech_batch = batch if "text_hidden" in batch else speech_inputs(params, batch, cfg)  # cached LLM states
     if cfg.stage.name == "distill":
         return distill_objective(params["speech_decoder"], teacher, speech_batch, key, cfg, distill_steps)
     return speech_objective(params["speech_decoder"], speech_batch, cfg)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import optax
 
-from mdm_jax.train_config import OptimizerConfig, TrainConfig
+from mdm_jax.train_config import OptimizerConfig, StageConfig, TrainConfig
 
 TRAINS = {  # stage -> top-level subtrees that train
     "text": (("params", "adaptor"), ("lora",)),  # stage I: adaptor + LoRA; encoder and LLM weights frozen
@@ -24,13 +24,13 @@ def _names(path) -> tuple[str, ...]:
     return tuple(getattr(k, "key", getattr(k, "name", str(k))) for k in path)
 
 
-def trainable(tree, stage: str):
+def trainable(tree, stage: StageConfig):
     """Bool pytree: True where `stage` trains the leaf."""
-    prefixes = TRAINS[stage]
+    prefixes = TRAINS[stage.name] + ((("params", "llm"),) if stage.name == "text" and stage.train_llm else ())
     return jax.tree_util.tree_map_with_path(lambda p, _: any(_names(p)[: len(q)] == q for q in prefixes), tree)
 
 
-def partition(tree, stage: str):
+def partition(tree, stage: StageConfig):
     """(trained part, frozen part): the same tree with None where the leaf belongs to the other part.
 
     Gradients are taken with respect to the trained part only, so frozen weights (an 8B LLM in
@@ -61,5 +61,5 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     c = cfg.optimizer
     adamw = optax.adamw(learning_rate(c, cfg.steps), c.b1, c.b2, c.eps, weight_decay=c.weight_decay, mask=decays)
     train = optax.chain(optax.clip_by_global_norm(c.clip_norm), adamw) if c.clip_norm > 0 else adamw
-    labels = lambda tree: jax.tree.map(lambda t: "train" if t else "frozen", trainable(tree, cfg.stage.name))
+    labels = lambda tree: jax.tree.map(lambda t: "train" if t else "frozen", trainable(tree, cfg.stage))
     return optax.multi_transform({"train": train, "frozen": optax.set_to_zero()}, labels)

@@ -12,6 +12,7 @@ streaming mask, so each block is decoded the moment its text exists; with a fixe
 from __future__ import annotations
 
 import functools
+import itertools
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -60,6 +61,20 @@ def _llm_step(params, token, index, caches, *, cfg: ModelConfig):
     return logits[0, -1], hidden[0, -1], caches
 
 
+def text_tokens(params, cfg: ModelConfig, mel, prompt_ids: Sequence[int], *, eos_ids: set[int],
+                max_text_tokens: int = 64) -> Iterator[tuple[int, np.ndarray]]:
+    """Greedy answer text, one (token id, its LLM hidden state (d,)) at a time, up to and including
+    an id of `eos_ids`. mel: (n_mels, frames); prompt_ids with SPEECH_PLACEHOLDER once per adaptor frame."""
+    ids = jnp.asarray([list(prompt_ids)], jnp.int32)
+    logits, caches = _prefill(params, jnp.asarray(mel)[None], ids, cfg=cfg, capacity=ids.shape[1] + max_text_tokens)
+    for n in range(max_text_tokens):
+        token = int(jnp.argmax(logits))
+        logits, h, caches = _llm_step(params, jnp.int32(token), jnp.int32(ids.shape[1] + n), caches, cfg=cfg)
+        yield token, np.asarray(h)  # the answer's states include its end-of-text token
+        if token in eos_ids:
+            return
+
+
 def stream(params, cfg: ModelConfig, mel, prompt_ids: Sequence[int], *, eos_ids: set[int],
            max_text_tokens: int = 64, max_blocks: int = 16, sampler: BlockDiffusionConfig = BlockDiffusionConfig(),
            key=None) -> Iterator[StreamChunk]:
@@ -69,21 +84,16 @@ def stream(params, cfg: ModelConfig, mel, prompt_ids: Sequence[int], *, eos_ids:
     sd, tpb = cfg.speech_decoder, cfg.speech_decoder.text_per_block
     key = jax.random.key(0) if key is None else key
     dec_params = params["speech_decoder"]
-    ids = jnp.asarray([list(prompt_ids)], jnp.int32)
-    logits, caches = _prefill(params, jnp.asarray(mel)[None], ids, cfg=cfg, capacity=ids.shape[1] + max_text_tokens)
+    text = text_tokens(params, cfg, mel, prompt_ids, eos_ids=eos_ids, max_text_tokens=max_text_tokens)
     state = block_diffusion.begin(dec_params, jnp.ones((1,), bool), key, cfg=sd, num_blocks=max_blocks,
                                   text_capacity=max_text_tokens)
     text_ids: list[int] = []
     hidden = np.zeros((1, max_text_tokens, cfg.llm.d_model), np.float32)
-    written, text_done = 0, False
+    written = 0
     for block in range(max_blocks):
-        while not text_done and len(text_ids) < min((block + 1) * tpb, max_text_tokens):
-            token = int(jnp.argmax(logits))
-            logits, h, caches = _llm_step(params, jnp.int32(token), jnp.int32(ids.shape[1] + len(text_ids)), caches,
-                                          cfg=cfg)
-            hidden[0, len(text_ids)] = np.asarray(h)  # the answer's states include its end-of-text token
+        for token, h in itertools.islice(text, max(0, min((block + 1) * tpb, max_text_tokens) - len(text_ids))):
+            hidden[0, len(text_ids)] = h
             text_ids.append(token)
-            text_done = token in eos_ids
         if written < len(text_ids):
             valid = jnp.asarray(np.arange(max_text_tokens)[None] < len(text_ids))
             count = min(tpb * -(-(len(text_ids) - written) // tpb), max_text_tokens - written)

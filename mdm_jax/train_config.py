@@ -54,6 +54,7 @@ class StageConfig:
     mask_steps: int = 16  # hierarchical: the sampler's steps per block
     streaming_prob: float = 0.5  # samples trained with the streaming text mask
     mtp_decay: float = 0.8
+    train_llm: bool = False  # text: train the LLM's own weights instead of LoRA (an LLM trained from scratch)
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_targets: str = "wq,wk,wv,wo,w_gate,w_up,w_down"
@@ -69,6 +70,7 @@ class DataSourceConfig:
     """Batches from a Grain pipeline over `manifest`, or synthetic batches when it is empty."""
 
     manifest: str = ""
+    llm_states: str = ""  # speech/distill: a `mdm_jax.llm_states` cache instead of running the frozen LLM each step
     tokenizer: str = ""  # tokenizer.json; empty = `tokenizer.json` beside the manifest
     template: str = "tiny"  # data_pipelines.tokenizer.TEMPLATES
     batch_size: int = 8  # global batch, over all processes
@@ -123,6 +125,8 @@ class TrainConfig:
         check(accum > 0 and self.data.batch_size % accum == 0,
               f"data.batch_size={self.data.batch_size} must be a multiple of optimizer.accum_steps={accum}")
         check(self.mesh.model > 0 and self.mesh.data != 0, "mesh.model must be > 0 and mesh.data > 0 or -1")
+        check(not self.data.llm_states or self.stage.name != "text",
+              "data.llm_states holds stage II inputs: it cannot train stage.name=text")
         check(self.stage.objective != "mtp" or self.model.speech_decoder.mtp_modules > 0,
               "stage.objective=mtp needs model.speech_decoder.mtp_modules > 0")
 

@@ -72,8 +72,9 @@ class SyntheticSource:
         }
 
 
-def grain_source(cfg: TrainConfig, bad, process_index: int = 0, process_count: int = 1):
-    """(iterator over this process's Grain batches, speech placeholder id of the tokenizer)."""
+def grain_source(cfg: TrainConfig, bad, process_index: int = 0, process_count: int = 1, epochs: int | None = None):
+    """(iterator over this process's Grain batches, speech placeholder id of the tokenizer);
+    `epochs=None` repeats forever."""
     from data_pipelines.manifest import read_manifest
     from data_pipelines.pipeline import DataConfig, make_dataset
     from data_pipelines.tokenizer import TEMPLATES, load_tokenizer, speech_token_id
@@ -91,7 +92,7 @@ def grain_source(cfg: TrainConfig, bad, process_index: int = 0, process_count: i
         batch_size=len(_local_rows(d.batch_size, process_index, process_count)), batching="bucket",
         n_mels=m.encoder.num_mel_bins, adaptor_k=m.adaptor.downsample, unit_vocab=m.speech_decoder.num_units,
         max_seconds=d.max_seconds, max_text=d.max_text, max_units=d.max_units, pad_multiple=d.pad_multiple,
-        seed=d.seed, num_epochs=None,
+        seed=d.seed, num_epochs=epochs,
     )
     ds = make_dataset(read_manifest(d.manifest, bad), tokenizer, template, data_cfg, bad,
                       process_index=process_index, process_count=process_count)

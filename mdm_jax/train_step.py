@@ -63,7 +63,9 @@ def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
 
 
 def lora_targets(cfg: TrainConfig) -> tuple[str, ...]:
-    return tuple(t for t in cfg.stage.lora_targets.split(",") if t) if cfg.stage.name == "text" else ()
+    if cfg.stage.name != "text" or cfg.stage.train_llm:
+        return ()
+    return tuple(t for t in cfg.stage.lora_targets.split(",") if t)
 
 
 def init_state(cfg: TrainConfig, optimizer: optax.GradientTransformation, key, params=None) -> TrainState:
@@ -106,10 +108,10 @@ def make_grad_fn(cfg: TrainConfig, mesh: Mesh | None = None, specs: TrainState |
     grad_fn = jax.value_and_grad(loss, has_aux=True)
     if mesh is not None:
         specs = for_mesh(specs, mesh)
-        trained, frozen = partition(specs.trainable, cfg.stage.name)
+        trained, frozen = partition(specs.trainable, cfg.stage)
         grad_fn = jax.shard_map(grad_fn, mesh=mesh, in_specs=(trained, frozen, specs.teacher, P(DATA), P()),
                                 out_specs=((P(), P()), trained), check_vma=True)
-    return lambda trainable, teacher, batch, key: grad_fn(*partition(trainable, cfg.stage.name), teacher, batch, key)
+    return lambda trainable, teacher, batch, key: grad_fn(*partition(trainable, cfg.stage), teacher, batch, key)
 
 
 def make_train_step(cfg: TrainConfig, optimizer: optax.GradientTransformation, mesh: Mesh | None = None,
@@ -134,7 +136,7 @@ def make_train_step(cfg: TrainConfig, optimizer: optax.GradientTransformation, m
             (loss_j, metrics_j), grads_j = grad_fn(state.trainable, state.teacher, mb, jax.random.fold_in(k_loss, j))
             return jax.tree.map(jnp.add, grads, grads_j), (loss_j, metrics_j)
 
-        trained, frozen = partition(state.trainable, cfg.stage.name)
+        trained, frozen = partition(state.trainable, cfg.stage)
         grads, (losses, metrics) = lax.scan(accumulate, jax.tree.map(jnp.zeros_like, trained),
                                             (jnp.arange(accum), micro))
         grads = jax.tree.map(lambda g: g / accum, grads)

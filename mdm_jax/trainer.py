@@ -53,7 +53,12 @@ def train(cfg: TrainConfig, workdir: str, source=None, log=print) -> dict:
         raise ConfigError(f"data.batch_size={cfg.data.batch_size} must be a multiple of the 'data' mesh axis "
                           f"({mesh.shape[DATA]}) x optimizer.accum_steps ({cfg.optimizer.accum_steps})")
     speech_id, bad = SYNTHETIC_SPEECH_ID, None
-    if source is None and cfg.data.manifest:
+    if source is None and cfg.data.llm_states:
+        from mdm_jax.llm_states import StatesSource
+
+        source = StatesSource(cfg, jax.process_index(), jax.process_count())
+        log(f"data: {len(source)} cached LLM states from {cfg.data.llm_states}")
+    elif source is None and cfg.data.manifest:
         from data_pipelines.validation import BadRecords
 
         bad = BadRecords(strict=False)
@@ -96,7 +101,8 @@ def train(cfg: TrainConfig, workdir: str, source=None, log=print) -> dict:
                 steps_fns[steps] = make_train_step(cfg, optimizer, mesh, specs, distill_steps=steps)
             step_fn = steps_fns[steps]
 
-            host = model_batch(next(source), cfg.model, speech_id)
+            raw = next(source)
+            host = raw if "text_hidden" in raw else model_batch(raw, cfg.model, speech_id)
             stats = batch_stats(host)
             batch = jax.tree.map(lambda x: jax.make_array_from_process_local_data(batch_sharding(mesh), x), host)
             if flops is None:

@@ -12,7 +12,7 @@ from small_train import small_overrides
 
 from mdm_jax.checkpointing import Checkpointer
 from mdm_jax.optimizer import decays, make_optimizer, trainable
-from mdm_jax.train_config import get_train_config, train_keys
+from mdm_jax.train_config import StageConfig, get_train_config, train_keys
 from mdm_jax.train_data import SyntheticSource
 from mdm_jax.train_step import init_state
 from mdm_jax.trainer import TrainingDiverged, train
@@ -42,10 +42,14 @@ def names(path):
 def test_stage_masks_freeze_and_decay_the_right_leaves():
     tree = jax.eval_shape(lambda: init_state(get_train_config("tiny", ["stage.name=text"]), make_optimizer(CFG),
                                              jax.random.key(0))).trainable
-    stage1 = {names(p) for p, t in jax.tree_util.tree_leaves_with_path(trainable(tree, "text")) if t}
+    stage1 = {names(p) for p, t in jax.tree_util.tree_leaves_with_path(trainable(tree, StageConfig("text"))) if t}
     assert stage1 and all(n.startswith(("params/adaptor/", "lora/llm/")) for n in stage1)
     assert any(n.startswith("lora/") for n in stage1) and any(n.startswith("params/adaptor") for n in stage1)
-    stage2 = {names(p) for p, t in jax.tree_util.tree_leaves_with_path(trainable(tree, "speech")) if t}
+    full = {names(p) for p, t in jax.tree_util.tree_leaves_with_path(trainable(tree, StageConfig("text", train_llm=True)))
+            if t}
+    assert full - stage1 and all(n.startswith(("params/adaptor/", "params/llm/", "lora/")) for n in full)
+    assert "params/llm/layers/layers_0/attn/wq" in full and "params/encoder" not in str(full)
+    stage2 = {names(p) for p, t in jax.tree_util.tree_leaves_with_path(trainable(tree, StageConfig("speech"))) if t}
     assert stage2 and all(n.startswith("params/speech_decoder/") for n in stage2)
     decayed = {names(p) for p, d in jax.tree_util.tree_leaves_with_path(decays(tree)) if d}
     assert "params/llm/layers/layers_0/attn/wq" in decayed

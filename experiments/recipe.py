@@ -1,0 +1,144 @@
+"""The training recipe behind the demo and the sweeps, on the embedded corpus and the `tiny` preset:
+
+    init     random tiny + Whisper tiny.en's encoder (frozen everywhere)
+    stage1   speech -> text: adaptor + the whole LLM (tiny has no pretrained LLM to adapt with LoRA)
+    states   the frozen encoder + LLM's answer states, computed once (`mdm_jax.llm_states`)
+    mdm/ar/mtp  stage II speech decoders on the same states (MDM with `masking`)
+    distill  self-distillation rounds from the MDM decoder (student steps S, S/2, ..., 1)
+
+Each stage trains in its own workdir and resumes from its checkpoints if interrupted; a stage
+whose params are exported is reused, after checking it was trained with the same settings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import jax
+
+from mdm_jax.config import ConfigError
+from mdm_jax.params_io import save_params
+from mdm_jax.train_config import get_train_config
+from mdm_jax.trainer import export, train
+
+PRESET = "tiny"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Steps and sizes of one run: `FULL` fits the 20-minute demo on 2 CPU cores, `QUICK` ~3 minutes."""
+
+    corpus_n: int | None = None  # training dialogues (None: all)
+    units: int = 512  # k-means units of the corpus
+    voices_per_dialogue: int = 2
+    batch_size: int = 16
+    stage1_steps: int = 400
+    stage1_lr: float = 2e-3
+    speech_steps: int = 300  # each stage II decoder
+    speech_lr: float = 2e-3
+    distill_start_steps: int = 2  # student steps of the first round; rounds halve it down to 1
+    distill_round_steps: int = 80
+    token2mel_steps: int = 600
+    eval_dialogues: int = 24  # held-out test dialogues evaluated
+    max_blocks: int = 8  # speech blocks decoded per answer (8 x 0.6 s)
+
+
+FULL = Budget()
+QUICK = Budget(corpus_n=24, units=64, voices_per_dialogue=1, batch_size=8, stage1_steps=30, speech_steps=20,
+               distill_round_steps=8, token2mel_steps=20, eval_dialogues=3, max_blocks=4)
+
+
+def prepare_corpus(corpus_dir: str, budget: Budget, log=print) -> dict:
+    """Builds the embedded corpus in `corpus_dir` unless it is there, and its BPE tokenizer; -> corpus.json."""
+    from data_pipelines import build_corpus
+    from data_pipelines.manifest import read_manifest
+    from data_pipelines.tokenizer import train_bpe
+    from data_pipelines.validation import BadRecords
+
+    meta_path = os.path.join(corpus_dir, "corpus.json")
+    if os.path.exists(meta_path):
+        log(f"{corpus_dir}: reusing the corpus")
+    else:
+        log(f"{corpus_dir}: building the embedded corpus (speech synthesis, units)")
+        build_corpus.build(corpus_dir, budget.corpus_n, k=budget.units, voices_per_dialogue=budget.voices_per_dialogue)
+    tokenizer = os.path.join(corpus_dir, "tokenizer.json")
+    if not os.path.exists(tokenizer):
+        records = read_manifest(os.path.join(corpus_dir, "train.jsonl"), BadRecords(strict=True))
+        train_bpe([r.user_text for r in records] + [r.assistant_text for r in records], 512, tokenizer)
+    return json.loads(open(meta_path).read())
+
+
+def llm_states(path: str, stage1: str, overrides: list[str]) -> str:
+    """The stage II inputs of every training record under stage I's params, computed once."""
+    if not os.path.exists(path):
+        from data_pipelines.validation import BadRecords
+        from mdm_jax import llm_states as states
+        from mdm_jax.params_io import load_params
+
+        states.save(path, states.compute(load_params(stage1)[0], get_train_config(PRESET, overrides),
+                                         BadRecords(strict=False)))
+    return path
+
+
+def model_overrides(corpus: dict) -> list[str]:
+    return ["model.llm.vocab_size=512", f"model.speech_decoder.num_units={corpus['units']['k']}"]
+
+
+def data_overrides(corpus_dir: str, budget: Budget) -> list[str]:
+    return [f"data.manifest={corpus_dir}/train.jsonl", f"data.tokenizer={corpus_dir}/tokenizer.json",
+            f"data.batch_size={budget.batch_size}", "data.pad_multiple=64", "log_every=10"]
+
+
+def stage_overrides(stage: str, budget: Budget, masking: str = "hierarchical",
+                    block_size: int | None = None) -> list[str]:
+    """The overrides of one stage (model and data keys excluded)."""
+    block = [f"model.speech_decoder.block_size={block_size}"] if block_size else []
+    if stage == "stage1":
+        return ["stage.name=text", "stage.train_llm=true", f"steps={budget.stage1_steps}",
+                f"optimizer.lr={budget.stage1_lr}"]
+    if stage in ("mdm", "ar", "mtp"):
+        return [*block, "stage.name=speech", f"stage.objective={stage}", f"stage.masking={masking}",
+                f"steps={budget.speech_steps}", f"optimizer.lr={budget.speech_lr}"]
+    if stage == "distill":
+        rounds = budget.distill_start_steps.bit_length()
+        return [*block, "stage.name=distill", f"stage.distill_start_steps={budget.distill_start_steps}",
+                f"stage.distill_round_steps={budget.distill_round_steps}",
+                f"steps={rounds * budget.distill_round_steps}", f"optimizer.lr={budget.speech_lr / 4}",
+                "optimizer.warmup=0.0"]
+    raise ValueError(f"unknown stage {stage!r}")
+
+
+def run_stage(workdir: str, overrides: list[str], log=print) -> str:
+    """Train (or resume, or reuse) one stage; -> its exported params folder `workdir/params`."""
+    cfg = get_train_config(PRESET, overrides)
+    out = os.path.join(workdir, "params")
+    stamp = os.path.join(workdir, "train_config.json")
+    if os.path.exists(stamp) and json.loads(open(stamp).read()) != json.loads(cfg.to_json()):
+        raise ConfigError(f"{workdir} holds a run with other settings: remove it or choose another --out")
+    os.makedirs(workdir, exist_ok=True)
+    with open(stamp, "w") as f:
+        f.write(cfg.to_json())
+    if os.path.exists(os.path.join(out, "config.json")):
+        log(f"{workdir}: reusing exported params")
+        return out
+    log(f"{workdir}: training {cfg.stage.name} ({cfg.stage.objective if cfg.stage.name == 'speech' else ''}) "
+        f"for {cfg.steps} steps")
+    train(cfg, workdir, log=log)
+    return export(cfg, workdir, out)
+
+
+def initial_params(path: str, overrides: list[str]) -> str:
+    """Random `tiny` params with Whisper tiny.en's encoder (same shapes), written once to `path`."""
+    if os.path.exists(os.path.join(path, "config.json")):
+        return path
+    from mdm_jax.asr import load_asr
+    from mdm_jax.vocalnet import init_params
+
+    cfg = get_train_config(PRESET, overrides).model
+    whisper = load_asr()
+    if whisper.encoder_config != cfg.encoder:
+        raise ConfigError(f"the encoder of {PRESET} is not Whisper tiny.en's: {cfg.encoder}")
+    params = jax.jit(lambda k: init_params(cfg, k))(jax.random.key(0))
+    return str(save_params(path, dict(params, encoder=whisper.encoder_params), cfg))

@@ -1,0 +1,98 @@
+"""The stage II states cache: one entry per record equal to what the trainer computes each step,
+a deterministic resumable source of fixed-shape batches, clear errors. (Training on it end to end:
+tests/test_demo.py.)"""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+import soundfile as sf
+from small_train import small_overrides
+
+from data_pipelines.tokenizer import train_bpe
+from data_pipelines.validation import BadRecords
+from mdm_jax import llm_states
+from mdm_jax.config import ConfigError
+from mdm_jax.objectives import speech_inputs
+from mdm_jax.train_config import get_train_config
+from mdm_jax.train_data import grain_source, model_batch
+from mdm_jax.vocalnet import init_params
+
+N = 10
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """N spoken questions of noise; answer i has i % 4 + 1 words and units [i] * (i + 3)."""
+    folder = tmp_path_factory.mktemp("corpus")
+    rng = np.random.default_rng(0)
+    answers = [" ".join(["yes"] * (i % 4 + 1)) for i in range(N)]
+    with open(folder / "train.jsonl", "w") as f:
+        for i, answer in enumerate(answers):
+            sf.write(folder / f"{i}.wav", (0.1 * rng.standard_normal(int(rng.uniform(0.2, 0.5) * 16_000))), 16_000)
+            f.write(json.dumps({"id": f"q{i}", "user_audio": f"{i}.wav", "assistant_text": answer,
+                                "assistant_units": [i] * (i + 3)}) + "\n")
+    tok = train_bpe(answers, vocab_size=100, path=str(folder / "tokenizer.json"))
+    cfg = get_train_config("tiny", small_overrides(batch=4, vocab=300) + [f"data.manifest={folder}/train.jsonl",
+                                                               "stage.name=speech", "stage.objective=ar"])
+    params = init_params(cfg.model, jax.random.key(0))
+    states = llm_states.compute(params, cfg, BadRecords(strict=True))
+    path = llm_states.save(str(folder / "states.npz"), states)
+    return cfg, params, states, path, [len(tok.encode(a).ids) for a in answers]
+
+
+def test_one_entry_per_record_equal_to_the_trainers_own_states(setup):
+    cfg, params, states, _, answer_tokens = setup
+    eos = cfg.model.speech_decoder.eos_id
+    units = np.split(states["units"], np.cumsum(states["unit_lengths"])[:-1])
+    hidden = np.split(states["hidden"], np.cumsum(states["text_lengths"])[:-1])
+    by_record = {int(u[0]): i for i, u in enumerate(units)}
+    assert sorted(by_record) == list(range(N))  # every record exactly once
+    for r, i in by_record.items():
+        np.testing.assert_array_equal(units[i], [r] * (r + 3) + [eos])
+        assert len(hidden[i]) == answer_tokens[r] + 1  # the answer and its end token
+    # the trainer's per-step computation on a fresh pass over the same data gives the same states
+    source, speech_id = grain_source(cfg, BadRecords(strict=True), epochs=1)
+    for raw in source:
+        batch = model_batch(raw, cfg.model, speech_id)
+        out = speech_inputs(params, dict(batch, streaming=np.zeros(len(batch["text"]), bool)), cfg)
+        for row in np.flatnonzero(batch["text_valid"].any(1)):
+            i = by_record[int(batch["units"][row, 0])]
+            t = int(np.asarray(out["text_valid"][row]).sum())
+            np.testing.assert_allclose(np.asarray(out["text_hidden"][row, :t]), hidden[i], atol=1e-5)
+
+
+def test_source_batches_are_fixed_shape_deterministic_and_cover_each_epoch(setup):
+    cfg, _, states, path, _ = setup
+    cfg = get_train_config("tiny", small_overrides(batch=5) + [f"data.llm_states={path}", "stage.name=speech"])
+    source = llm_states.StatesSource(cfg)
+    batches = [next(source) for _ in range(4)]  # 20 rows = 2 epochs of 10 records
+    shapes = {k: {b[k].shape for b in batches} for k in batches[0]}
+    assert all(len(s) == 1 for s in shapes.values()), shapes
+    assert batches[0]["units"].shape[1] % cfg.model.speech_decoder.block_size == 0
+    for epoch in (batches[:2], batches[2:]):
+        firsts = sorted(int(u[0]) for b in epoch for u in b["units"])
+        assert firsts == list(range(N))
+    assert all((b["speech_valid"].sum(1) == b["units"].__ne__(cfg.model.speech_decoder.pad_id).sum(1)).all()
+               for b in batches)
+    again = llm_states.StatesSource(cfg)
+    again.set_state({"index": 2})
+    third = next(again)
+    for k in third:
+        np.testing.assert_array_equal(third[k], batches[2][k])
+
+
+def test_bad_caches_are_named(setup, tmp_path):
+    cfg, _, states, path, _ = setup
+    with pytest.raises(ConfigError, match="no such file"):
+        llm_states.load(str(tmp_path / "none.npz"), cfg)
+    np.savez(tmp_path / "other.npz", hidden=np.zeros((3, 7)))
+    with pytest.raises(ConfigError, match="other.npz.*missing"):
+        llm_states.load(str(tmp_path / "other.npz"), cfg)
+    wide = get_train_config("tiny", small_overrides(width=64) + ["stage.name=speech"])
+    with pytest.raises(ConfigError, match="d_model=64"):
+        llm_states.load(path, wide)
+    with pytest.raises(ConfigError, match="cannot train stage.name=text"):
+        get_train_config("tiny", [f"data.llm_states={path}", "stage.name=text"])
+
