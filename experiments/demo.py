@@ -6,7 +6,9 @@ decoding on held-out spoken questions, on whatever machine this runs (2 CPU core
 Builds (or reuses) the corpus, trains every stage of `experiments.recipe` (resumable: rerun the
 same command), fits token2wav, then for each held-out question: speech in -> greedy text answer
 -> speech units by each decoder -> waveform -> the Whisper tiny.en judge. Writes under --out:
-report.json, report.md (the table), quality_vs_speed.png, wavs/<method>/<dialogue>.wav.
+report.json, report.md (the table), quality_vs_speed.png, wavs/<method>/<dialogue>.wav, and
+model.json (the final model: distilled params, tokenizer, token2wav) for inference, e.g.
+experiments/colab_inference.ipynb.
 
 Metrics per decoder: text_accuracy (the LLM's answer, the same for every decoder), unit_accuracy
 (position-aligned agreement with the reference answer's units), wer (judge transcript of the
@@ -28,47 +30,19 @@ import jax
 import numpy as np
 import soundfile as sf
 
-from data_pipelines.audio import load_audio
-from data_pipelines.features import log_mel
-from data_pipelines.manifest import load_units, read_manifest
-from data_pipelines.tokenizer import TEMPLATES, encode_prompt, load_tokenizer, num_speech_frames
-from data_pipelines.validation import BadRecords
+from data_pipelines.manifest import load_units
 from experiments import recipe
+from experiments.eval_data import fit_flow_token2wav, fit_token2wav, held_out_questions, spoken_answers
 from mdm_jax.asr import normalize, word_error_rate
-from mdm_jax.eval import SpeechMethod, answer_texts, decode_speech, speech_wer, text_accuracy, unit_accuracy
+from mdm_jax.eval import SpeechMethod, decode_speech, speech_wer, text_accuracy, unit_accuracy
 from mdm_jax.params_io import load_params
-from mdm_jax.token2wav import CentroidGriffinLim
 
 WAVS_PER_METHOD = 3
 
 
-def held_out_questions(corpus_dir: str, n: int):
-    """The first spoken version of each of the first `n` test dialogues (held-out templates/values)."""
-    seen, out = set(), []
-    for r in read_manifest(os.path.join(corpus_dir, "test.jsonl"), BadRecords(strict=True)):
-        if r.assistant_text not in seen:
-            seen.add(r.assistant_text)
-            out.append(r)
-    return out[:n]
-
-
-def fit_token2wav(corpus_dir: str, corpus: dict, path: str) -> CentroidGriffinLim:
-    if os.path.exists(path):
-        return CentroidGriffinLim.load(path)
-    seen, units, audio = set(), [], []
-    for r in read_manifest(os.path.join(corpus_dir, "train.jsonl"), BadRecords(strict=True)):
-        if r.assistant_audio not in seen:
-            seen.add(r.assistant_audio)
-            units.append(load_units(r, corpus["units"]["k"]))
-            audio.append(load_audio(r.assistant_audio, r.assistant_audio, max_seconds=30.0)[0])
-    t2w = CentroidGriffinLim.fit(units, audio, corpus["units"]["k"])
-    t2w.save(path)
-    return t2w
-
-
 def methods(budget: recipe.Budget) -> list[tuple[str, SpeechMethod, str]]:
     """(row label, method, decoder stage): AR first, every ratio is against it."""
-    steps = (1, 4) if budget is recipe.QUICK else (1, 2, 4, 8)
+    steps = (1, 4) if budget is recipe.QUICK else (1, 2, 4)
     rows = [("ar", SpeechMethod("ar"), "ar"), ("mtp", SpeechMethod("mtp"), "mtp")]
     rows += [(f"mdm S={s}", SpeechMethod("mdm", s), "mdm") for s in steps]
     rows += [(f"mdm distilled S={s}", SpeechMethod("mdm", s), "distill") for s in (1, 2) if s in steps]
@@ -77,35 +51,24 @@ def methods(budget: recipe.Budget) -> list[tuple[str, SpeechMethod, str]]:
 
 def evaluate(out: Path, corpus_dir: str, corpus: dict, stages: dict[str, str], budget: recipe.Budget, log=print):
     params, cfg = load_params(stages["stage1"])
-    tok = load_tokenizer(os.path.join(corpus_dir, "tokenizer.json"))
     records = held_out_questions(corpus_dir, budget.eval_dialogues)
-    questions, end = [], None
-    for r in records:
-        mel = log_mel(load_audio(r.user_audio, r.id, max_seconds=30.0)[0], cfg.encoder.num_mel_bins)
-        prompt, end = encode_prompt(tok, TEMPLATES["tiny"], num_speech_frames(mel.shape[-1], cfg.adaptor.downsample))
-        questions.append((mel, prompt))
-    clock = time.perf_counter()
-    answers = answer_texts(params, cfg, questions, eos_id=end)
-    log(f"answers: {time.perf_counter() - clock:.1f}s")
-    texts = [tok.decode([t for t in a.text_ids if t != end]) for a in answers]
+    answers, texts = spoken_answers(params, cfg, corpus_dir, records)
     references = [r.assistant_text for r in records]
     text = text_accuracy(texts, references)
     ref_units = [load_units(r, corpus["units"]["k"]) for r in records]
-    t2w = fit_token2wav(corpus_dir, corpus, str(out / "token2wav.npz"))
-    log("resynthesising the reference units (the token2wav ceiling)")
-    clock = time.perf_counter()
-    reference = speech_wer(ref_units, references, t2w)
-    log(f"token2wav fit + reference WER: {time.perf_counter() - clock:.1f}s")
+    baseline = speech_wer(ref_units, references, fit_token2wav(corpus_dir, corpus, str(out / "token2wav_centroid.npz")))
+    log("training token2wav (flow matching to the mel)")
+    t2w = fit_flow_token2wav(corpus_dir, corpus, str(out / "token2wav.msgpack"), budget.token2mel_steps,
+                             small=budget is recipe.QUICK)
+    reference = speech_wer(ref_units, references, t2w)  # the ceiling of every row below
     spoken = [i for i, t in enumerate(texts) if normalize(t)]  # answers a WER can be measured against
 
     rows, examples = [], []
     for label, method, stage in methods(budget):
         dec = load_params(stages[stage])[0]["speech_decoder"]
         log(f"decoding speech: {label}")
-        clock = time.perf_counter()
         speech = decode_speech(dec, cfg.speech_decoder, [a.hidden for a in answers], method,
                                max_blocks=budget.max_blocks)
-        log(f"  decode {time.perf_counter() - clock:.1f}s")
         judged = speech_wer(speech["units"], references, t2w)
         own = [i for i in spoken if len(speech["units"][i])]
         consistency = (word_error_rate([texts[i] for i in own], [judged["transcripts"][i] for i in own])
@@ -115,7 +78,6 @@ def evaluate(out: Path, corpus_dir: str, corpus: dict, stages: dict[str, str], b
                      "text_accuracy": text["text_accuracy"], **unit_accuracy(speech["units"], ref_units),
                      "wer": judged["wer"], "wer_vs_text": consistency,
                      "tokens_per_s": speech["tokens_per_s"], "first_chunk_s": speech["first_chunk_s"]})
-        log(f"  + WER {time.perf_counter() - clock:.1f}s")
         for i in range(min(WAVS_PER_METHOD, len(records))):
             path = out / "wavs" / label.replace(" ", "_").replace("=", "") / f"{i}.wav"
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -126,7 +88,8 @@ def evaluate(out: Path, corpus_dir: str, corpus: dict, stages: dict[str, str], b
         r["first_chunk_vs_ar"] = r["first_chunk_s"] / rows[0]["first_chunk_s"]
     dialogues = [{"question": r.user_text, "reference": r.assistant_text, "answer": t}
                  for r, t in zip(records, texts)]
-    return {"rows": rows, "reference_units_wer": reference["wer"], "text_wer": text["text_wer"],
+    return {"rows": rows, "reference_units_wer": reference["wer"], "reference_units_wer_centroid": baseline["wer"],
+            "text_wer": text["text_wer"],
             "dialogues": dialogues, "examples": examples}
 
 
@@ -206,6 +169,10 @@ def main(argv=None):
               "quick": args.quick, "eval_dialogues": budget.eval_dialogues, "timings_s": timings, **evaluation}
     report = {"wall_s": time.perf_counter() - start, **report}
     (out / "report.json").write_text(json.dumps(report, indent=2))
+    model = {"params": stages["distill"], "tokenizer": os.path.join(corpus_dir, "tokenizer.json"), "template": "tiny",
+             "token2wav": str(out / "token2wav.msgpack"), "test_manifest": os.path.join(corpus_dir, "test.jsonl")}
+    (out / "model.json").write_text(json.dumps({k: str(Path(v).resolve()) if k != "template" else v
+                                                for k, v in model.items()}, indent=2))
     (out / "report.md").write_text(markdown(report))
     plot(report, out / "quality_vs_speed.png")
     print(markdown(report))

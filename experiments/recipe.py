@@ -34,20 +34,20 @@ class Budget:
     units: int = 512  # k-means units of the corpus
     voices_per_dialogue: int = 2
     batch_size: int = 16
-    stage1_steps: int = 400
+    stage1_steps: int = 300
     stage1_lr: float = 2e-3
-    speech_steps: int = 300  # each stage II decoder
+    speech_steps: int = 250  # each stage II decoder
     speech_lr: float = 2e-3
     distill_start_steps: int = 2  # student steps of the first round; rounds halve it down to 1
     distill_round_steps: int = 80
-    token2mel_steps: int = 600
-    eval_dialogues: int = 24  # held-out test dialogues evaluated
+    token2mel_steps: int = 600  # flow-matching token2wav
+    eval_dialogues: int = 20  # held-out test dialogues evaluated
     max_blocks: int = 8  # speech blocks decoded per answer (8 x 0.6 s)
 
 
 FULL = Budget()
 QUICK = Budget(corpus_n=24, units=64, voices_per_dialogue=1, batch_size=8, stage1_steps=30, speech_steps=20,
-               distill_round_steps=8, token2mel_steps=20, eval_dialogues=3, max_blocks=4)
+               distill_round_steps=8, token2mel_steps=60, eval_dialogues=3, max_blocks=4)
 
 
 def prepare_corpus(corpus_dir: str, budget: Budget, log=print) -> dict:

@@ -62,10 +62,10 @@ def _generate(args):
     from mdm_jax.streaming import stream
 
     if args.ckpt.startswith("random:"):  # a smoke run of the machinery, no trained weights
-        from mdm_jax.vocalnet import init_params
+        from mdm_jax.vocalnet import random_params
 
         cfg = get_config(args.ckpt.split(":", 1)[1], args.overrides)
-        params = init_params(cfg, jax.random.key(0))
+        params = random_params(cfg)
     else:
         from mdm_jax.params_io import load_params
 

@@ -7,9 +7,11 @@ import jax.numpy as jnp
 
 from mdm_jax.sharding import local, model_axis_index, psum_model
 
+WEIGHT_STD = 0.02  # every weight's init unless a module names another (`random_init` draws the same)
+
 
 def param(module: nn.Module, name: str, shape: tuple, axes: tuple, dtype,
-          init=nn.initializers.normal(0.02)):
+          init=nn.initializers.normal(WEIGHT_STD)):
     """A float32 parameter with logical axis names, cast to the compute dtype."""
     return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.float32).astype(dtype)
 

@@ -9,7 +9,10 @@ Model batch (what `train_data.model_batch` builds), leading axis b:
     U a multiple of the block size); speech_valid (b, U) bool.
 
 Noise is drawn in `prepare`, on the global batch before it is split over 'data', so a sample's
-masking never depends on the mesh. Losses are normalised over the global batch: every per-shard
+masking never depends on the mesh. `stage.masking=hierarchical_confidence` (model-in-the-loop)
+draws only the levels and a tie-break there; the loss then masks, per block, the tokens the current
+decoder is least sure of on the fully masked input: a per-sample function of the params, so it too
+is the same on every mesh. Losses are normalised over the global batch: every per-shard
 mean goes through `data_mean` inside the differentiated function (DESIGN §3: a local loss with
 grads averaged afterwards gives wrong gradient scales under shard_map).
 """
@@ -27,12 +30,15 @@ from mdm_jax import vocab_parallel
 from mdm_jax.diffusion import distill
 from mdm_jax.diffusion.attention_masks import autoregressive_mask, draw_streaming
 from mdm_jax.diffusion.losses import ar_loss, mdm_loss, mtp_loss
-from mdm_jax.diffusion.masking import Corruption, MaskConfig, corrupt
+from mdm_jax.diffusion.masking import Corruption, MaskConfig, corrupt, hierarchical_levels, mask_least_confident
 from mdm_jax.optimizer import combine
+from mdm_jax.sampling import speech_only
 from mdm_jax.sharding import DATA
 from mdm_jax.speech_decoder import SpeechDecoder
 from mdm_jax.train_config import TrainConfig
 from mdm_jax.vocalnet import VocalNet
+
+CONFIDENCE_MASKING = "hierarchical_confidence"  # stage.masking: hierarchical, least confident tokens masked
 
 
 def data_mean(x, count):
@@ -58,7 +64,12 @@ def prepare(batch: dict, key, cfg: TrainConfig) -> dict:
     """Adds the random inputs of the global batch: `streaming` (b,) and, for MDM, the corruption."""
     k_stream, k_mask = jax.random.split(key)
     batch = dict(batch, streaming=draw_streaming(k_stream, batch["units"].shape[0], cfg.stage.streaming_prob))
-    if cfg.stage.name == "speech" and cfg.stage.objective == "mdm":
+    if cfg.stage.name != "speech" or cfg.stage.objective != "mdm":
+        return batch
+    if cfg.stage.masking == CONFIDENCE_MASKING:  # the tokens are chosen in the loss, from the decoder's scores
+        count, tiebreak = hierarchical_levels(k_mask, batch["speech_valid"], mask_config(cfg))
+        batch.update(noisy_count=count, noisy_tiebreak=tiebreak)  # (b, blocks) int32, (b, U) float32
+    else:
         noisy = corrupt(k_mask, batch["units"], batch["speech_valid"], mask_config(cfg))
         batch.update(noisy_tokens=noisy.tokens, noisy_target=noisy.is_target, noisy_weight=noisy.weight)
     return batch
@@ -117,8 +128,10 @@ def speech_objective(params, batch, cfg: TrainConfig):
     sd, objective = cfg.model.speech_decoder, cfg.stage.objective
     units, valid = batch["units"], batch["speech_valid"]
     if objective == "mdm":
-        noisy = Corruption(batch["noisy_tokens"], batch["noisy_target"], batch["noisy_weight"])
-        logits = distill.denoiser(sd, batch, jnp.dtype(cfg.model.dtype))(params, noisy.tokens)
+        denoise = distill.denoiser(sd, batch, jnp.dtype(cfg.model.dtype))
+        noisy = (confidence_corruption(params, denoise, batch, cfg) if "noisy_count" in batch
+                 else Corruption(batch["noisy_tokens"], batch["noisy_target"], batch["noisy_weight"]))
+        logits = denoise(params, noisy.tokens)
         loss, m = mdm_loss(logits, units, noisy, valid, elbo=cfg.stage.elbo)
         n = valid.sum() if cfg.stage.elbo else m["num_targets"]
         loss = data_mean(loss, n)
@@ -147,6 +160,16 @@ def speech_objective(params, batch, cfg: TrainConfig):
         metrics[f"mtp/accuracy_{k}"] = data_mean(m[f"accuracy_{k}"], n)
         loss = loss + cfg.stage.mtp_decay**k * metrics[f"mtp/ce_{k}"]
     return loss, {"mtp/loss": loss, **metrics}
+
+
+def confidence_corruption(params, denoise, batch, cfg: TrainConfig) -> Corruption:
+    """`hierarchical_confidence`: each block keeps its drawn count masked, the tokens with the lowest
+    max speech probability of the decoder (no gradient) with every valid token masked: the order in
+    which the sampler would leave them masked from a block's first step."""
+    units, valid, sd = batch["units"], batch["speech_valid"], cfg.model.speech_decoder
+    logits = denoise(lax.stop_gradient(params), jnp.where(valid, sd.mask_id, units))  # (b, U, V)
+    scores = jax.nn.softmax(speech_only(logits.astype(jnp.float32), sd), axis=-1).max(-1)  # (b, U)
+    return mask_least_confident(units, valid, batch["noisy_count"], scores, batch["noisy_tiebreak"], mask_config(cfg))
 
 
 def distill_config(cfg: TrainConfig) -> distill.DistillConfig:

@@ -3,7 +3,8 @@ stronger model (e.g. converted CosyVoice2 flow + HiFT weights) plugs in by imple
 
 `CentroidGriffinLim` is the baseline: each 25 Hz unit becomes the 4 log-mel frames it averaged in
 the training audio, then Griffin-Lim inverts the mel spectrogram. It needs no training beyond the
-averages, so it measures what the units themselves carry.
+averages, so it measures what the units themselves carry. `mdm_jax.token2mel.FlowToken2Wav` is the
+trained alternative (flow matching to the mel); both invert through `griffin_lim`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,34 @@ class Token2Wav(Protocol):
         """units: (U,) ids in [0, num_units) -> (samples,) float32 waveform at `sample_rate`."""
 
 
+def check_units(units: np.ndarray, num_units: int) -> np.ndarray:
+    """(U,) ids -> the same as int32; empty, non-1-D or out-of-range ids raise ValueError."""
+    units = np.asarray(units)
+    if units.ndim != 1 or units.size == 0:
+        raise ValueError(f"expected a non-empty (U,) array of unit ids, got shape {units.shape}")
+    if not np.issubdtype(units.dtype, np.integer):
+        raise ValueError(f"unit ids must be integers, got {units.dtype}")
+    if units.min() < 0 or units.max() >= num_units:
+        raise ValueError(f"unit ids must lie in [0, {num_units}), got {units.min()} .. {units.max()}")
+    return units.astype(np.int32)
+
+
+def check_aligned(num_units: int, num_frames: int) -> None:
+    """Each 25 Hz unit covers 4 mel frames; the last may cover fewer."""
+    if num_units != -(-num_frames // FRAMES_PER_UNIT):
+        raise ValueError(f"{num_units} units for {num_frames} mel frames: expected ceil(frames / 4)")
+
+
+def griffin_lim(mel: np.ndarray, n_iter: int = 32) -> np.ndarray:
+    """(n_mels, F) Whisper-normalised log-mel -> (160·F,) float32 waveform at 16 kHz, peak 0.9."""
+    import librosa  # local: its first call compiles for ~30 s
+
+    power = 10.0 ** (np.asarray(mel, np.float64) * 4.0 - 4.0)  # undo Whisper's (log10 + 4) / 4
+    stft = librosa.feature.inverse.mel_to_stft(power, sr=SAMPLE_RATE, n_fft=N_FFT, power=2.0)
+    wav = librosa.griffinlim(stft, n_iter=n_iter, hop_length=HOP, win_length=N_FFT, n_fft=N_FFT, random_state=0)
+    return (0.9 * wav / max(np.abs(wav).max(), 1e-8)).astype(np.float32)
+
+
 @dataclass(frozen=True)
 class CentroidGriffinLim:
     table: np.ndarray  # (num_units, FRAMES_PER_UNIT, n_mels) mean Whisper log-mel per unit and sub-frame
@@ -41,8 +70,7 @@ class CentroidGriffinLim:
         count = np.zeros((num_units, FRAMES_PER_UNIT, 1))
         for u, a in zip(units, audio, strict=True):
             mel = log_mel(a, n_mels).T  # (F, n_mels)
-            if len(u) != -(-len(mel) // FRAMES_PER_UNIT):
-                raise ValueError(f"{len(u)} units for {len(mel)} mel frames: expected ceil(frames / 4)")
+            check_aligned(len(u), len(mel))
             frame_unit = np.repeat(np.asarray(u), FRAMES_PER_UNIT)[: len(mel)]
             sub = np.arange(len(mel)) % FRAMES_PER_UNIT
             np.add.at(total, (frame_unit, sub), mel)
@@ -52,16 +80,10 @@ class CentroidGriffinLim:
 
     def mel(self, units: np.ndarray) -> np.ndarray:
         """(U,) -> (n_mels, 4·U) Whisper-normalised log-mel."""
-        return self.table[np.asarray(units)].reshape(-1, self.table.shape[-1]).T
+        return self.table[check_units(units, len(self.table))].reshape(-1, self.table.shape[-1]).T
 
     def __call__(self, units: np.ndarray) -> np.ndarray:
-        import librosa  # local: its first call compiles for ~30 s
-
-        power = 10.0 ** (self.mel(units).astype(np.float64) * 4.0 - 4.0)  # undo Whisper's (log10 + 4) / 4
-        stft = librosa.feature.inverse.mel_to_stft(power, sr=SAMPLE_RATE, n_fft=N_FFT, power=2.0)
-        wav = librosa.griffinlim(stft, n_iter=self.n_iter, hop_length=HOP, win_length=N_FFT, n_fft=N_FFT,
-                                 random_state=0)
-        return (0.9 * wav / max(np.abs(wav).max(), 1e-8)).astype(np.float32)
+        return griffin_lim(self.mel(units), self.n_iter)
 
     def save(self, path: str) -> None:
         np.savez(path, table=self.table, n_iter=self.n_iter)
@@ -70,3 +92,14 @@ class CentroidGriffinLim:
     def load(cls, path: str) -> CentroidGriffinLim:
         data = np.load(path)
         return cls(data["table"], int(data["n_iter"]))
+
+
+def load_token2wav(path: str) -> Token2Wav:
+    """A saved token2wav by its file: `FlowToken2Wav` (.msgpack) or `CentroidGriffinLim` (.npz)."""
+    if path.endswith(".msgpack"):
+        from mdm_jax.token2mel import FlowToken2Wav  # token2mel imports this module
+
+        return FlowToken2Wav.load(path)
+    if path.endswith(".npz"):
+        return CentroidGriffinLim.load(path)
+    raise ValueError(f"{path}: unknown token2wav file (expected a FlowToken2Wav .msgpack or a CentroidGriffinLim .npz)")

@@ -49,7 +49,7 @@ class StageConfig:
 
     name: str = "speech"
     objective: str = "mdm"
-    masking: str = "hierarchical"  # mdm_jax.diffusion.masking strategy
+    masking: str = "hierarchical"  # mdm_jax.diffusion.masking strategy, or hierarchical_confidence (objectives)
     elbo: bool = True  # 1/t-weighted ELBO, else unweighted CE over masked tokens (MaskGIT)
     mask_steps: int = 16  # hierarchical: the sampler's steps per block
     streaming_prob: float = 0.5  # samples trained with the streaming text mask

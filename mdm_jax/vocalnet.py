@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from mdm_jax.adaptor import Adaptor
 from mdm_jax.config import SPEECH_PLACEHOLDER, ConfigError, ModelConfig
 from mdm_jax.llm import LLM
+from mdm_jax.random_init import random_init
 from mdm_jax.speech_decoder import SpeechDecoder, causal_mask
 from mdm_jax.whisper import WhisperEncoder
 
@@ -89,3 +90,8 @@ def count_params(cfg: ModelConfig) -> dict[str, int]:
     counts = {name: sum(x.size for x in jax.tree.leaves(sub)) for name, sub in tree.items()}
     counts["total"] = sum(counts.values())
     return counts
+
+
+def random_params(cfg: ModelConfig, seed: int = 0, boxed: bool = False):
+    """`init_params`' tree and distributions drawn by numpy: seconds, not Flax's eager init (`mdm_jax.random_init`)."""
+    return random_init(VocalNet(cfg).init, *dummy_inputs(cfg), seed=seed, boxed=boxed)

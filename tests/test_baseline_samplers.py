@@ -1,6 +1,5 @@
 """AR and MTP baselines: cached decoding equals an uncached greedy re-run of the teacher-forced pass."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +8,7 @@ import pytest
 from mdm_jax.autoregressive import generate
 from mdm_jax.config import SpeechDecoderConfig
 from mdm_jax.diffusion.attention_masks import autoregressive_mask
+from mdm_jax.random_init import random_init
 from mdm_jax.sampling import TokenSampling
 from mdm_jax.speech_decoder import SpeechDecoder
 
@@ -23,9 +23,15 @@ def setup():
     text = jnp.asarray(rng.standard_normal((3, 6, 64)).astype(np.float32))
     text_valid = jnp.asarray(np.arange(6)[None] < np.array([[6], [3], [5]]))
     streaming = jnp.array([True, False, True])
-    init = jax.jit(lambda k: SpeechDecoder(CFG).init(k, text, jnp.zeros((3, 4), jnp.int32))["params"])
-    params = jax.tree.map(lambda p: p * 3.0 if p.ndim == 2 else p, nn.unbox(init(jax.random.key(0))))
+    params = random_init(SpeechDecoder(CFG).init, text, jnp.zeros((3, 4), jnp.int32))
+    params = jax.tree.map(lambda p: p * 3.0 if p.ndim == 2 else p, params)
     return params, text, text_valid, streaming
+
+
+@jax.jit
+def _teacher_forced(params, text, tokens, mask, positions):
+    logits, mtp, _ = SpeechDecoder(CFG).apply({"params": params}, text, tokens, mask, positions)
+    return logits, mtp
 
 
 def reference(params, text, text_valid, streaming, heads, penalty=1.0, window=15):
@@ -38,7 +44,7 @@ def reference(params, text, text_valid, streaming, heads, penalty=1.0, window=15
         tokens = np.concatenate([np.full((b, 1), CFG.sos_id), out, np.zeros((b, 2 * MAX - now), int)], axis=1)
         mask, pos = autoregressive_mask(text_valid, jnp.asarray(np.arange(2 * MAX)[None] < now).repeat(b, 0),
                                         streaming, chunk_size=CFG.block_size, text_per_chunk=CFG.text_per_block)
-        logits, mtp, _ = SpeechDecoder(CFG).apply({"params": params}, text, jnp.asarray(tokens), mask, pos)
+        logits, mtp = _teacher_forced(params, text, jnp.asarray(tokens), mask, pos)
         new = []
         for lg in [logits] + mtp[:heads]:
             lg = np.where(allowed, np.asarray(lg)[:, now], -1e30)

@@ -1,6 +1,5 @@
 """The block-diffusion sampler: cache exactness against an uncached re-run, schedules, EOS, compiles."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +9,7 @@ from mdm_jax.block_diffusion import BlockDiffusionConfig, generate
 from mdm_jax.config import SpeechDecoderConfig
 from mdm_jax.diffusion.attention_masks import block_diffusion_mask
 from mdm_jax.diffusion.schedules import step_schedule
+from mdm_jax.random_init import random_init
 from mdm_jax.sampling import TokenSampling
 from mdm_jax.speech_decoder import SpeechDecoder
 
@@ -25,7 +25,7 @@ def setup():
     text_valid = jnp.asarray(np.arange(6)[None] < np.array([[6], [4], [5]]))
     streaming = jnp.array([True, False, True])
     tokens = jnp.zeros((3, 1 + 2 * NUM_BLOCKS * CFG.block_size), jnp.int32)
-    params = nn.unbox(SpeechDecoder(CFG).init(jax.random.key(0), text, tokens)["params"])
+    params = random_init(SpeechDecoder(CFG).init, text, tokens)
     params = jax.tree.map(lambda p: p * 3.0 if p.ndim == 2 else p, params)  # sharper distributions, fewer ties
     return params, text, text_valid, streaming
 
@@ -112,9 +112,9 @@ def test_cached_generation_equals_uncached_rerun(setup, sampler):
 
 def test_forward_count_and_schedule(setup):
     params, text, text_valid, streaming = setup
-    for steps in (1, 2, 5):
+    for steps in (1, 2, 5):  # record_logits=True: the programs the cache test above compiled (counting is the same)
         out = generate(params, text, text_valid, streaming, jax.random.key(0), cfg=CFG, num_blocks=NUM_BLOCKS,
-                       sampler=BlockDiffusionConfig(steps=steps))
+                       sampler=BlockDiffusionConfig(steps=steps), record_logits=True)
         assert int(out.forwards) == steps * int(out.block)  # S forwards per decoded block, nothing hidden
 
 

@@ -1,7 +1,8 @@
 """LoRA as a params transform: a fresh LoRA merges to the identity, merged weights equal the unmerged
 low-rank path, the merged model runs, and the factors' specs follow their weights' sharding."""
 
-import flax.linen as nn
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +12,7 @@ from jax.sharding import PartitionSpec as P
 from mdm_jax import lora
 from mdm_jax.config import get_config
 from mdm_jax.llm import LLM
+from mdm_jax.random_init import random_init
 from mdm_jax.speech_decoder import causal_mask
 
 CFG = get_config("tiny", ["llm.num_layers=1"])
@@ -27,10 +29,10 @@ def random_lora(params, key):
 
 def test_merge_equals_unmerged_low_rank_path_and_fresh_lora_is_identity():
     ids = jnp.array([[1, 7, 9, 4]])
-    run = lambda p: LLM(CFG.llm).apply({"params": p["llm"]}, ids, jnp.arange(4)[None], causal_mask(1, 4),
-                                       method=LLM.forward_ids)[0]
-    params = {"llm": nn.unbox(LLM(CFG.llm).init(jax.random.key(0), ids, jnp.arange(4)[None], causal_mask(1, 4),
-                                                method=LLM.forward_ids)["params"])}
+    run = jax.jit(lambda p: LLM(CFG.llm).apply({"params": p["llm"]}, ids, jnp.arange(4)[None], causal_mask(1, 4),
+                                               method=LLM.forward_ids)[0])  # one program, not op by op
+    params = {"llm": random_init(functools.partial(LLM(CFG.llm).init, method=LLM.forward_ids), ids,
+                                 jnp.arange(4)[None], causal_mask(1, 4))}
     fresh = lora.init({"llm": params["llm"]}, TARGETS, 4, jax.random.key(1))
     jax.tree.map(np.testing.assert_array_equal, lora.merge(params, fresh, 2.0), params)
 

@@ -7,10 +7,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from small_train import small_overrides
 
+from mdm_jax import objectives
+from mdm_jax.diffusion.distill import denoiser
 from mdm_jax.diffusion.losses import mdm_loss
-from mdm_jax.diffusion.masking import MASKING, MaskConfig, corrupt, hierarchical_mask
+from mdm_jax.diffusion.masking import MASKING, MaskConfig, corrupt, hierarchical_levels, hierarchical_mask
 from mdm_jax.diffusion.schedules import elbo_weight, mask_prob, sample_t, step_schedule
+from mdm_jax.sampling import speech_only
+from mdm_jax.train_config import get_train_config
+from mdm_jax.vocalnet import random_params
 
 MASK = 1000
 
@@ -206,6 +212,73 @@ def test_hierarchical_confidence_order():
         s, m, v = scores[i, sl], target[i, sl], valid[i, sl]
         if m.any() and (v & ~m).any():  # the masked ones are the least confident valid tokens
             assert s[m].max() < s[v & ~m].min()
+
+
+def assert_least_confident_masked(scores, target, valid, bs):
+    """In every block of every row, the masked tokens score no higher than the valid unmasked ones."""
+    for i, start in itertools.product(range(target.shape[0]), range(0, target.shape[1], bs)):
+        s, m, v = scores[i, start:start + bs], target[i, start:start + bs], valid[i, start:start + bs]
+        if m.any() and (v & ~m).any():
+            assert s[m].max() <= s[v & ~m].min(), (i, start)
+
+
+def test_hierarchical_confidence_objective():
+    """stage.masking=hierarchical_confidence: `prepare` draws the same per-block counts as the
+    uniform variant from the same key; the loss masks the decoder's least confident tokens."""
+    cfg = get_train_config("tiny", small_overrides() + ["stage.masking=hierarchical_confidence", "stage.mask_steps=4"])
+    sd, b, t, u = cfg.model.speech_decoder, 6, 7, 4 * cfg.model.speech_decoder.block_size
+    rng = np.random.default_rng(9)
+    valid = lengths_valid(rng.integers(1, u + 1, b), u)
+    batch = {"text_hidden": jnp.asarray(rng.normal(size=(b, t, sd.d_model)), jnp.float32),
+             "text_valid": jnp.asarray(lengths_valid(rng.integers(1, t + 1, b), t)),
+             "units": jnp.asarray(np.where(valid, rng.integers(0, sd.num_units, (b, u)), sd.pad_id), jnp.int32),
+             "speech_valid": jnp.asarray(valid)}
+    params = random_params(cfg.model)["speech_decoder"]
+    params = jax.tree.map(lambda p: p * 4.0 if p.ndim == 2 else p, params)  # spread the confidences apart
+
+    @jax.jit
+    def run(batch):
+        prepared = objectives.prepare(batch, jax.random.key(1), cfg)
+        denoise = denoiser(sd, prepared)
+        noisy = objectives.confidence_corruption(params, denoise, prepared, cfg)
+        probs = jax.nn.softmax(speech_only(denoise(params, jnp.where(batch["speech_valid"], sd.mask_id,
+                                                                     batch["units"])), sd), -1)
+        uniform = objectives.prepare(batch, jax.random.key(1), get_train_config("tiny", small_overrides() + [
+            "stage.masking=hierarchical", "stage.mask_steps=4"]))
+        loss, _ = objectives.speech_objective(params, prepared, cfg)
+        return noisy, probs.max(-1), uniform["noisy_target"], loss
+
+    noisy, scores, uniform, loss = jax.tree.map(np.asarray, run(batch))
+    bs = sd.block_size
+    np.testing.assert_array_equal(noisy.is_target.reshape(b, -1, bs).sum(-1), uniform.reshape(b, -1, bs).sum(-1))
+    assert noisy.is_target.any() and not np.array_equal(noisy.is_target, uniform)
+    assert_least_confident_masked(scores, noisy.is_target, valid, bs)
+    np.testing.assert_array_equal(noisy.tokens == sd.mask_id, noisy.is_target)
+    assert np.isfinite(loss)
+
+
+def test_hierarchical_levels_are_the_uniform_variants():
+    """Split in two halves (levels with the batch, tokens from scores later), `hierarchical` keeps
+    its per-block counts and the scores choose which tokens: the least confident, ties at random."""
+    bs, b, n = 5, 64, 23
+    rng = np.random.default_rng(10)
+    valid = lengths_valid(rng.integers(1, n + 1, b), n)
+    scores = np.round(rng.normal(size=(b, n)), 0)  # coarse: many ties
+    cfg = MaskConfig(MASK, "hierarchical", block_size=bs, num_steps=3)
+    key, units = jax.random.key(11), jnp.zeros((b, n), int)
+    uniform = np.asarray(_corrupt(key, units, jnp.asarray(valid), cfg).is_target)
+    count, tiebreak = jax.jit(hierarchical_levels, static_argnums=2)(key, jnp.asarray(valid), cfg)
+    scored = np.asarray(jax.jit(hierarchical_mask, static_argnums=3)(key, units, jnp.asarray(valid), cfg,
+                                                                     jnp.asarray(scores)).is_target)
+    per_block = lambda m: np.pad(m, ((0, 0), (0, -n % bs))).reshape(b, -1, bs).sum(-1)  # noqa: E731
+    np.testing.assert_array_equal(per_block(uniform), count)
+    np.testing.assert_array_equal(per_block(scored), count)
+    assert_least_confident_masked(scores, scored, valid, bs)
+    for i, start in itertools.product(range(b), range(0, n, bs)):
+        sl = slice(start, start + bs)
+        m, v, s, tb = scored[i, sl], valid[i, sl], scores[i, sl], np.asarray(tiebreak)[i, sl]
+        for j, k in itertools.product(np.flatnonzero(m), np.flatnonzero(v & ~m)):
+            assert s[j] < s[k] or (s[j] == s[k] and tb[j] < tb[k])  # ties: the lowest tie-break
 
 
 def test_hierarchical_single_layout():

@@ -1,5 +1,6 @@
 """Model building blocks and the VocalNet composition (f32 unless stated)."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -15,15 +16,38 @@ from mdm_jax.config import get_config
 from mdm_jax.llm import LLM
 from mdm_jax.rope import apply_rope, inverse_frequencies
 from mdm_jax.speech_decoder import causal_mask
-from mdm_jax.vocalnet import SPEECH_PLACEHOLDER, VocalNet, init_params
+from mdm_jax.vocalnet import SPEECH_PLACEHOLDER, VocalNet, abstract_params, init_params, random_params
 
 CFG = get_config("tiny", ["llm.num_layers=2", "encoder.num_layers=1", "speech_decoder.num_layers=1",
                           "speech_decoder.mtp_modules=1"])
 
 
+def jitted(module, method=None):
+    """`module.apply` as one compiled program (eager dispatch compiles every op on its own, far slower here)."""
+    return jax.jit(functools.partial(module.apply, method=method))
+
+
 @pytest.fixture(scope="module")
 def params():
-    return init_params(CFG, jax.random.key(0))
+    return init_params(CFG, jax.random.key(0))  # Flax's own init: the reference of `random_params` below
+
+
+def test_random_params_draw_what_the_flax_initializers_draw(params):
+    """Same tree, shapes, dtypes and boxes; Flax's fixed leaves (norms, biases, position table) equal, its random
+    ones matched in mean, std and truncation (max |x| under 2.5 std exactly when Flax's is), 6 standard errors."""
+    ours = random_params(CFG)
+    assert jax.tree.structure(ours) == jax.tree.structure(params)
+    assert jax.tree.structure(random_params(CFG, boxed=True)) == jax.tree.structure(abstract_params(CFG, boxed=True))
+    for (path, ref), x in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(ours)):
+        ref, x, name = np.asarray(ref), np.asarray(x), jax.tree_util.keystr(path)
+        assert x.shape == ref.shape and x.dtype == ref.dtype, name
+        if np.array_equal(x, ref):
+            continue
+        tol = 6 / np.sqrt(x.size)
+        assert ref.std() > 0 and abs(x.std() / ref.std() - 1) < tol and abs(x.mean()) < tol * ref.std(), name
+        assert (np.abs(x).max() < 2.5 * x.std()) == (np.abs(ref).max() < 2.5 * ref.std()), name
+    embedding = lambda p: p["llm"]["embed"]["embedding"]  # noqa: E731
+    assert not np.array_equal(embedding(random_params(CFG, seed=1)), embedding(ours))
 
 
 def test_attention_matches_naive_gqa():
@@ -60,20 +84,19 @@ def test_rope_is_a_rotation_that_depends_on_relative_position():
 
 
 def test_llm_kv_cache_decoding_equals_full_forward(params):
-    llm, p = LLM(CFG.llm), {"params": params["llm"]}
+    llm, p = jitted(LLM(CFG.llm), LLM.forward_ids), {"params": params["llm"]}
     ids = jax.random.randint(jax.random.key(1), (2, 12), 0, CFG.llm.vocab_size)
     pos = jnp.broadcast_to(jnp.arange(12), (2, 12))
-    full, _, _ = llm.apply(p, ids, pos, causal_mask(2, 12), method=LLM.forward_ids)
+    full, _, _ = llm(p, ids, pos, causal_mask(2, 12))
 
     cache_len = 16
     caches = [init_cache(2, cache_len, CFG.llm.num_kv_heads, CFG.llm.head_dim)] * CFG.llm.num_layers
     visible = lambda start, n: jnp.broadcast_to(  # noqa: E731
         jnp.arange(cache_len)[None] <= (start + jnp.arange(n))[:, None], (2, n, cache_len))
-    logits, _, caches = llm.apply(p, ids[:, :7], pos[:, :7], visible(0, 7), caches, 0, method=LLM.forward_ids)
+    logits, _, caches = llm(p, ids[:, :7], pos[:, :7], visible(0, 7), caches, 0)
     steps = [logits]
     for t in range(7, 12):
-        logits, _, caches = llm.apply(p, ids[:, t:t + 1], pos[:, t:t + 1], visible(t, 1), caches, t,
-                                      method=LLM.forward_ids)
+        logits, _, caches = llm(p, ids[:, t:t + 1], pos[:, t:t + 1], visible(t, 1), caches, t)
         steps.append(logits)
     np.testing.assert_allclose(np.concatenate(steps, 1), full, atol=1e-5)
 
@@ -91,11 +114,11 @@ def test_speech_placeholders_are_replaced_in_order(params):
 def test_whole_model_forward_shapes_and_finite(params):
     model = VocalNet(CFG)
     mel = jax.random.normal(jax.random.key(3), (2, CFG.encoder.num_mel_bins, 200))
-    speech = model.apply({"params": params}, mel, method=VocalNet.encode_speech)
+    speech = jitted(model, VocalNet.encode_speech)({"params": params}, mel)
     assert speech.shape == (2, 200 // 2 // CFG.adaptor.downsample, CFG.llm.d_model)
     ids = jnp.concatenate([jnp.ones((2, 2), jnp.int32), jnp.full((2, 20), SPEECH_PLACEHOLDER), jnp.ones((2, 3), jnp.int32)], 1)
     tokens = jnp.full((2, 6), CFG.speech_decoder.sos_id)
-    logits, mtp, states = model.apply({"params": params}, mel, ids, tokens)
+    logits, mtp, states = jitted(model)({"params": params}, mel, ids, tokens)
     assert logits.shape == (2, 6, CFG.speech_decoder.output_vocab) and len(mtp) == 1
     assert states.shape == (2, 1 + ids.shape[1] + 6, CFG.llm.d_model)
     assert np.isfinite(np.asarray(logits)).all()
@@ -104,8 +127,8 @@ def test_whole_model_forward_shapes_and_finite(params):
 def test_bf16_compute_keeps_f32_params_and_stays_close(params):
     ids = jax.random.randint(jax.random.key(4), (2, 10), 0, CFG.llm.vocab_size)
     pos, mask = jnp.broadcast_to(jnp.arange(10), (2, 10)), causal_mask(2, 10)
-    f32, _, _ = LLM(CFG.llm).apply({"params": params["llm"]}, ids, pos, mask, method=LLM.forward_ids)
-    bf16, h, _ = LLM(CFG.llm, jnp.bfloat16).apply({"params": params["llm"]}, ids, pos, mask, method=LLM.forward_ids)
+    f32, _, _ = jitted(LLM(CFG.llm), LLM.forward_ids)({"params": params["llm"]}, ids, pos, mask)
+    bf16, h, _ = jitted(LLM(CFG.llm, jnp.bfloat16), LLM.forward_ids)({"params": params["llm"]}, ids, pos, mask)
     assert h.dtype == jnp.bfloat16 and bf16.dtype == jnp.float32
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
     np.testing.assert_allclose(bf16, f32, atol=0.05 * float(jnp.abs(f32).max()))
@@ -119,8 +142,9 @@ def test_remat_gives_identical_loss_and_grads(params):
         logits, _, _ = LLM(CFG.llm, remat=remat).apply({"params": p}, ids, pos, mask, method=LLM.forward_ids)
         return jax.nn.logsumexp(logits, -1).mean()
 
-    l0, g0 = jax.value_and_grad(loss)(params["llm"], False)
-    l1, g1 = jax.value_and_grad(loss)(params["llm"], True)
+    grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
+    l0, g0 = grad(params["llm"], False)
+    l1, g1 = grad(params["llm"], True)
     np.testing.assert_allclose(l0, l1, rtol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g0, g1)
 
@@ -134,10 +158,10 @@ TENSOR_PARALLEL_SCRIPT = textwrap.dedent("""
     from mdm_jax.llm import LLM
     from mdm_jax.sharding import logical_specs
     from mdm_jax.speech_decoder import causal_mask
-    from mdm_jax.vocalnet import init_params
+    from mdm_jax.vocalnet import random_params
 
     cfg = get_config("tiny", ["llm.num_layers=2"]).llm
-    boxed = init_params(get_config("tiny", ["llm.num_layers=2"]), jax.random.key(0), boxed=True)["llm"]
+    boxed = random_params(get_config("tiny", ["llm.num_layers=2"]), boxed=True)["llm"]
     params, specs = jax.tree.map(lambda b: b.unbox(), boxed, is_leaf=lambda x: hasattr(x, "unbox")), logical_specs(boxed)
     ids = jax.random.randint(jax.random.key(1), (4, 9), 0, cfg.vocab_size)
     pos, mask = jnp.broadcast_to(jnp.arange(9), (4, 9)), causal_mask(4, 9)

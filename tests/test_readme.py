@@ -1,5 +1,6 @@
 """Everything the README shows is run here: its Python blocks in order, then its CLI lines."""
 
+import importlib
 import re
 import shlex
 import subprocess
@@ -7,10 +8,37 @@ import sys
 from pathlib import Path
 
 README = (Path(__file__).parents[1] / "README.md").read_text()
+# Modules whose `python -m` is `main(argv)`: run in this process (JAX imported and compiled once), not one
+# process each. Any other command, or one with shell operators, runs in its own process.
+IN_PROCESS = ("mdm_jax.cli", "mdm_jax.train", "data_pipelines.build_corpus")
+# End-to-end runs that have their own tests: tests/test_demo.py runs experiments.demo, tests/test_sweep.py
+# experiments.sweep (both on the shared `demo_run` of tests/conftest.py).
+COVERED_ELSEWHERE = ("experiments.demo", "experiments.sweep")
 
 
 def _blocks(lang):
     return re.findall(rf"```{lang}\n(.*?)```", README, flags=re.S)
+
+
+def _expand(args: str, cwd) -> list[str]:
+    """The words bash makes of `args` (quotes, $(...), globs), as the shell would pass them to python."""
+    out = subprocess.run(["bash", "-c", f"printf '%s\\0' {args}"], capture_output=True, text=True, cwd=cwd,
+                         check=True)
+    return out.stdout.split("\0")[:-1]
+
+
+def _has_shell_operator(args: str) -> bool:
+    lexer = shlex.shlex(args, posix=True, punctuation_chars=True)
+    return any(set(token) <= set("();<>|&") for token in lexer)
+
+
+def _run_in_process(module: str, argv: list[str]) -> int:
+    """`python -m module *argv`'s exit status, from `main(argv)` (None or a SystemExit code)."""
+    try:
+        status = importlib.import_module(module).main(argv)
+    except SystemExit as e:
+        status = e.code
+    return 0 if status is None else status
 
 
 def test_readme_python_then_cli(tmp_path, monkeypatch):
@@ -24,7 +52,20 @@ def test_readme_python_then_cli(tmp_path, monkeypatch):
     assert commands, "the README shows no CLI command"
     root = Path(__file__).parents[1]
     for cmd in commands:
-        line = shlex.quote(sys.executable) + cmd[len("python"):]  # the shell expands what the README shows
+        args = cmd[len("python"):]
+        words = shlex.split(args)
+        module = words[1] if words[0] == "-m" else None
+        if module in COVERED_ELSEWHERE:
+            continue
+        if module in IN_PROCESS and not _has_shell_operator(args):
+            try:
+                status = _run_in_process(module, _expand(args, tmp_path)[2:])
+            except Exception as e:
+                e.add_note(f"README command: {cmd}")
+                raise
+            assert status == 0, f"{cmd}: exit status {status}"
+            continue
+        line = shlex.quote(sys.executable) + args  # the shell expands what the README shows
         out = subprocess.run(["bash", "-c", line], capture_output=True, text=True, cwd=tmp_path, timeout=600,
                              env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu"})
         assert out.returncode == 0, f"{cmd}\n{out.stderr[-2000:]}"

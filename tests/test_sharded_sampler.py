@@ -13,6 +13,7 @@ SCRIPT = textwrap.dedent("""
     from jax.sharding import AxisType, PartitionSpec as P
     from mdm_jax.block_diffusion import BlockDiffusionConfig, generate
     from mdm_jax.config import SpeechDecoderConfig
+    from mdm_jax.random_init import random_init
     from mdm_jax.sharding import for_mesh, logical_specs
     from mdm_jax.speech_decoder import SpeechDecoder
 
@@ -22,7 +23,7 @@ SCRIPT = textwrap.dedent("""
     text = jnp.asarray(rng.standard_normal((8, 6, 64)).astype(np.float32))
     valid = jnp.asarray(np.arange(6)[None] < rng.integers(2, 7, (8, 1)))
     streaming = jnp.asarray(rng.random(8) < 0.5)
-    boxed = jax.jit(lambda k: SpeechDecoder(cfg).init(k, text, jnp.zeros((8, 4), jnp.int32))["params"])(jax.random.key(0))
+    boxed = random_init(SpeechDecoder(cfg).init, text, jnp.zeros((8, 4), jnp.int32), boxed=True)
     specs = logical_specs(boxed)
     params = jax.tree.map(lambda p: p * 3.0 if p.ndim == 2 else p, nn.unbox(boxed))
     sampler = BlockDiffusionConfig(steps=2)

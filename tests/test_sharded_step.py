@@ -27,7 +27,7 @@ SCRIPT = textwrap.dedent("""
     from mdm_jax.train_data import SYNTHETIC_SPEECH_ID, SyntheticSource, model_batch
     from mdm_jax.train_step import (batch_sharding, init_state, make_grad_fn, make_mesh, make_train_step, shardings,
                                     state_specs)
-    from mdm_jax.vocalnet import init_params
+    from mdm_jax.vocalnet import random_params
 
     MESHES = [(8, 1), (4, 2), (2, 4), (1, 8)]
     SMALL = sys.argv[1].split()
@@ -36,7 +36,7 @@ SCRIPT = textwrap.dedent("""
         a, b = np.asarray(a), np.asarray(b)
         assert a.shape == b.shape and np.allclose(a, b, rtol=1e-4, atol=atol), float(np.abs(a - b).max())
 
-    params = jax.jit(lambda: init_params(get_train_config("tiny", SMALL).model, jax.random.key(0)))()
+    params = random_params(get_train_config("tiny", SMALL).model)
 
     def setup(stage):
         cfg = get_train_config("tiny", SMALL + [stage])

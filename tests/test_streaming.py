@@ -1,6 +1,7 @@
 """Streaming: speech blocks decoded while the text still arrives equal the blocks decoded after it."""
 
-import flax.linen as nn
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,9 +10,10 @@ import pytest
 from mdm_jax import block_diffusion
 from mdm_jax.block_diffusion import BlockDiffusionConfig
 from mdm_jax.config import SPEECH_PLACEHOLDER, SpeechDecoderConfig, get_config
+from mdm_jax.random_init import random_init
 from mdm_jax.speech_decoder import SpeechDecoder
 from mdm_jax.streaming import stream
-from mdm_jax.vocalnet import VocalNet, init_params
+from mdm_jax.vocalnet import VocalNet, random_params
 
 SAMPLER = BlockDiffusionConfig(steps=2)
 
@@ -21,8 +23,8 @@ def _decoder(offset):
                               num_layers=2, mtp_modules=0, block_size=5, text_per_block=2,
                               speech_position_offset=offset)
     text = jnp.asarray(np.random.default_rng(0).standard_normal((2, 6, 64)).astype(np.float32))
-    init = jax.jit(lambda k: SpeechDecoder(cfg).init(k, text, jnp.zeros((2, 4), jnp.int32))["params"])
-    return cfg, jax.tree.map(lambda p: p * 3.0 if p.ndim == 2 else p, nn.unbox(init(jax.random.key(0)))), text
+    params = random_init(SpeechDecoder(cfg).init, text, jnp.zeros((2, 4), jnp.int32))
+    return cfg, jax.tree.map(lambda p: p * 3.0 if p.ndim == 2 else p, params), text
 
 
 def _chunked(cfg, params, text, blocks):
@@ -59,7 +61,7 @@ def test_speech_to_speech_stream_matches_offline_decoding():
     cfg = get_config("tiny", ["llm.num_layers=2", "encoder.num_layers=1", "speech_decoder.num_layers=1",
                               "speech_decoder.mtp_modules=0", "speech_decoder.block_size=5",
                               "speech_decoder.text_per_block=2"])
-    params = init_params(cfg, jax.random.key(0))
+    params = random_params(cfg)
     mel = np.random.default_rng(0).standard_normal((cfg.encoder.num_mel_bins, 100)).astype(np.float32)
     prompt = [1, 3] + [SPEECH_PLACEHOLDER] * 10 + [4]
     chunks = list(stream(params, cfg, mel, prompt, eos_ids=set(), max_text_tokens=7, max_blocks=4, sampler=SAMPLER))
@@ -70,10 +72,12 @@ def test_speech_to_speech_stream_matches_offline_decoding():
     text_ids = chunks[-1].text_ids
 
     # Offline: the teacher-forced LLM over prompt + answer, then all blocks at once.
-    model = VocalNet(cfg)
-    speech = model.apply({"params": params}, jnp.asarray(mel)[None], method=VocalNet.encode_speech)
+    def apply(method):  # one compiled program each, not op-by-op dispatch
+        return jax.jit(functools.partial(VocalNet(cfg).apply, method=method))
+
+    speech = apply(VocalNet.encode_speech)({"params": params}, jnp.asarray(mel)[None])
     ids = jnp.asarray([prompt + text_ids])
-    logits, hidden, _ = model.apply({"params": params}, ids, speech, method=VocalNet.llm_forward)
+    logits, hidden, _ = apply(VocalNet.llm_forward)({"params": params}, ids, speech)
     assert text_ids[1:] == np.asarray(jnp.argmax(logits[0, len(prompt):-1], -1)).tolist()  # greedy text
     answer = hidden[:, len(prompt):]
     offline = block_diffusion.generate(params["speech_decoder"], answer, jnp.ones(answer.shape[:2], bool),

@@ -8,6 +8,8 @@ Padding (valid = False) is never masked and never a target; masked tokens are th
 - `hierarchical`: every block is a noised target block of the vectorised [x_t ; x_0] layout; its
   masked count is a state the sampler visits, n_j of `step_schedule` with j uniform in 0..S-1;
   the masked tokens are uniform, or the least confident under caller-supplied scores.
+- `hierarchical_confidence`: `hierarchical` with the model's scores, drawn in two halves (the
+  levels with the batch, the tokens inside the loss from the decoder's confidence): see `objectives`.
 - `hierarchical_single`: the same noise on one uniformly chosen target block; earlier blocks
   clean, later blocks fully masked but not targets (the sampler's view, non-vectorised layout).
 - `span`: MAGNeT-style spans of `span_length` tokens covering a fraction m(t) in expectation.
@@ -72,17 +74,30 @@ def hierarchical_mask(key, units, valid, cfg: MaskConfig, scores=None) -> Corrup
     the lowest score. A last block with v < B valid tokens keeps ceil(n_j v / B). ELBO weight:
     v / (masked count), i.e. B / n_j for a full block, so each block's weights sum to v.
     """
+    count, tiebreak = hierarchical_levels(key, valid, cfg)
+    return mask_least_confident(units, valid, count, tiebreak if scores is None else scores, tiebreak, cfg)
+
+
+def hierarchical_levels(key, valid, cfg: MaskConfig):
+    """The random half of `hierarchical`: valid (b, l) -> (count (b, blocks) int32 tokens each block
+    keeps masked, tiebreak (b, l) float32 uniform). `hierarchical_confidence` draws these with the
+    batch and picks the tokens later from the model's scores."""
     k_j, k_s = jax.random.split(key)
-    b, length = units.shape
     bs = cfg.block_size
-    num_blocks = -(-length // bs)
     n = jnp.asarray(step_schedule(bs, cfg.num_steps, cfg.schedule))
-    scores = jax.random.uniform(k_s, units.shape) if scores is None else scores
     v = _blocks(valid, bs, False).sum(-1)  # (b, blocks)
-    n_j = n[jax.random.randint(k_j, (b, num_blocks), 0, cfg.num_steps)]
-    count = (n_j * v + bs - 1) // bs  # ceil(n_j v / B), = n_j for a full block
+    n_j = n[jax.random.randint(k_j, v.shape, 0, cfg.num_steps)]
+    return (n_j * v + bs - 1) // bs, jax.random.uniform(k_s, valid.shape)  # ceil(n_j v / B), = n_j for a full block
+
+
+def mask_least_confident(units, valid, count, scores, tiebreak, cfg: MaskConfig) -> Corruption:
+    """Masks the `count` (b, blocks) valid tokens of each block with the lowest `scores` (b, l),
+    ties broken by the lowest `tiebreak` (b, l); ELBO weight as `hierarchical_mask`."""
+    bs, length = cfg.block_size, units.shape[1]
+    v = _blocks(valid, bs, False).sum(-1)  # (b, blocks)
     ranked = _blocks(jnp.where(valid, scores, jnp.inf), bs, jnp.inf)
-    rank = jnp.argsort(jnp.argsort(ranked, axis=-1), axis=-1)  # 0 = least confident
+    order = jnp.lexsort((_blocks(tiebreak, bs, jnp.inf), ranked), axis=-1)  # last key primary
+    rank = jnp.argsort(order, axis=-1)  # 0 = least confident
     masked = valid & _unblock(rank < count[..., None], length)
     block_weight = v / jnp.maximum(count, 1) if cfg.elbo else jnp.ones_like(v, jnp.float32)
     return _corrupt(units, masked, _per_token(block_weight, bs, length), cfg)

@@ -1,0 +1,331 @@
+"""Stage II ablation sweeps: masking strategy x block size x distillation rounds, each decoder evaluated
+at several sampler steps per block on held-out spoken questions (the demo's protocol).
+
+    python -m experiments.sweep --grid experiments/grids/masking.py --out runs/sweep [--quick]
+        [--corpus DIR] [--stage1 PARAMS_DIR [--llm-states FILE]] [--eval-dialogues N] [--answers reference]
+
+The grid file is plain Python defining MASKING, STEPS, BLOCK_SIZE, DISTILL_ROUNDS (sequences) and
+AR_REFERENCE (bool): see experiments/grids/masking.py. Every decoder trains in its own workdir
+named by its settings (OUT/mdm-<masking>-b<B>, OUT/mdm-<masking>-b<B>-distill<r>, OUT/ar-b<B>)
+through `recipe.run_stage`, so a rerun resumes or reuses it; evaluated rows are kept in
+OUT/rows.jsonl and not recomputed. `--stage1` starts from an existing stage I (e.g. a demo's
+OUT/stage1/params) instead of training one; `--llm-states` reuses that stage I's states cache.
+`--answers reference` decodes speech from the LLM's states on the reference answer (teacher-forced)
+instead of its own greedy answer: the speech decoder alone, even under a weak stage I.
+
+Writes OUT/results.csv, OUT/results.md (the table), OUT/quality_vs_steps.png (unit accuracy and
+WER vs steps per strategy) and OUT/speed_vs_quality.png (tokens/s vs unit accuracy, the frontier).
+Metrics as in the demo: unit accuracy and length ratio against the reference answer's units, WER
+of the resynthesised speech (the demo's flow-matching token2wav, trained once into
+OUT/token2wav.msgpack unless one is there, + the Whisper tiny.en judge) against the reference
+answer, tokens/s of the speech decoder alone (batch 1, after warm-up), speed-up vs the AR decoder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import os
+import runpy
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from data_pipelines.manifest import load_units
+from experiments import recipe
+from experiments.eval_data import fit_flow_token2wav, held_out_questions, reference_answers, spoken_answers
+from mdm_jax.config import ConfigError
+from mdm_jax.diffusion.masking import MASKING
+from mdm_jax.eval import SpeechMethod, decode_speech, speech_wer, text_accuracy, unit_accuracy
+from mdm_jax.objectives import CONFIDENCE_MASKING
+from mdm_jax.params_io import load_params, save_params
+from mdm_jax.train_config import get_train_config
+from mdm_jax.vocalnet import abstract_params
+
+COLUMNS = ("decoder", "method", "masking", "block_size", "distill_rounds", "steps", "unit_accuracy", "length_ratio",
+           "wer", "tokens_per_s", "first_chunk_s", "speedup_vs_ar", "eval_dialogues", "answers")
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    masking: tuple[str, ...]
+    steps: tuple[int, ...]
+    block_size: tuple[int, ...]
+    distill_rounds: tuple[int, ...]
+    ar_reference: bool = True
+
+
+def load_grid(path: str) -> Grid:
+    """A grid file's UPPER_CASE names -> Grid (unknown or missing names raise)."""
+    names = {k.lower(): v for k, v in runpy.run_path(path).items() if k.isupper()}
+    fields = {f.name for f in dataclasses.fields(Grid)}
+    if set(names) - fields:
+        raise ConfigError(f"{path}: unknown grid names {sorted(k.upper() for k in set(names) - fields)}")
+    try:
+        grid = Grid(**{k: v if isinstance(v, bool) else tuple(v) for k, v in names.items()})
+    except TypeError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    unknown = set(grid.masking) - {*MASKING, CONFIDENCE_MASKING}
+    if unknown:  # fail before hours of training, not at the first step of that decoder
+        raise ConfigError(f"{path}: unknown MASKING {sorted(unknown)}")
+    return grid
+
+
+@dataclasses.dataclass(frozen=True)
+class Decoder:
+    """One trained speech decoder of the sweep: AR, or MDM with `masking`, distilled `distill_rounds` rounds."""
+
+    method: str  # ar | mdm
+    block_size: int
+    masking: str = ""
+    distill_rounds: int = 0
+
+    @property
+    def name(self) -> str:  # its workdir under OUT
+        if self.method == "ar":
+            return f"ar-b{self.block_size}"
+        distilled = f"-distill{self.distill_rounds}" if self.distill_rounds else ""
+        return f"mdm-{self.masking}-b{self.block_size}{distilled}"
+
+    @property
+    def teacher(self) -> Decoder:  # the MDM decoder a distilled one starts from
+        return dataclasses.replace(self, distill_rounds=0)
+
+
+def decoders(grid: Grid, default_block: int) -> list[Decoder]:
+    """Every decoder to train, each after the one it starts from (AR first: the speed reference)."""
+    out = [Decoder("ar", default_block)] if grid.ar_reference else []
+    for block in grid.block_size:
+        for masking in grid.masking:
+            out += [Decoder("mdm", block, masking, r) for r in sorted(set(grid.distill_rounds) | {0})]
+    return out
+
+
+def evaluated(grid: Grid, todo: list[Decoder]) -> list[tuple[Decoder, SpeechMethod]]:
+    """The rows: AR once, every MDM decoder of the grid's rounds at every steps value."""
+    return [(d, SpeechMethod("ar")) if d.method == "ar" else (d, SpeechMethod("mdm", s))
+            for d in todo if d.method == "ar" or d.distill_rounds in grid.distill_rounds
+            for s in ((None,) if d.method == "ar" else grid.steps)]
+
+
+def stage1_with_block(stage1: str, block_size: int, out: Path) -> str:
+    """Stage I's params under a model config with speech blocks of `block_size` (written once), so an
+    MDM decoder of that block size can start from them: block size changes the decoder's attention
+    masks and sampler, not its params (checked)."""
+    meta = json.loads((Path(stage1) / "config.json").read_text())
+    if meta["config"]["speech_decoder"]["block_size"] == block_size:
+        return stage1
+    path = out / f"stage1-b{block_size}"
+    if not (path / "config.json").exists():
+        params, cfg = load_params(stage1)
+        new = dataclasses.replace(cfg, speech_decoder=dataclasses.replace(cfg.speech_decoder, block_size=block_size))
+        if jax.tree.map(lambda a: a.shape, abstract_params(new)) != jax.tree.map(lambda a: a.shape, params):
+            raise ConfigError(f"block_size={block_size} changes the params' shapes: cannot start from {stage1}")
+        save_params(path, params, new)
+    return str(path)
+
+
+def train(todo: list[Decoder], out: Path, base: list[str], budget: recipe.Budget, stage1: str,
+          log=tqdm.write) -> dict[Decoder, str]:
+    """Train (or resume, or reuse) every decoder; -> its exported params folder."""
+    exported = {}
+    for d in tqdm(todo, desc="sweep: train", unit="decoder"):
+        if d.method == "ar":
+            stage, init = recipe.stage_overrides("ar", budget), stage1
+        elif d.distill_rounds:
+            rounds = dataclasses.replace(budget, distill_start_steps=2 ** (d.distill_rounds - 1))
+            stage, init = recipe.stage_overrides("distill", rounds, block_size=d.block_size), exported[d.teacher]
+        else:
+            stage = recipe.stage_overrides("mdm", budget, masking=d.masking, block_size=d.block_size)
+            init = stage1_with_block(stage1, d.block_size, out)
+        exported[d] = recipe.run_stage(str(out / d.name), base + stage + [f"init_from={init}"], log=log)
+    return exported
+
+
+def evaluate(out: Path, corpus_dir: str, corpus: dict, stage1: str, trained: dict[Decoder, str], grid: Grid,
+             budget: recipe.Budget, eval_dialogues: int, answers: str, log=tqdm.write) -> tuple[list[dict], dict]:
+    """-> (rows in `evaluated` order, header facts). Rows already in OUT/rows.jsonl for the same
+    dialogues and answers are reused; the others are appended there as they finish."""
+    jobs = evaluated(grid, list(trained))
+    cache = out / "rows.jsonl"
+    done = [json.loads(line) for line in cache.read_text().splitlines()] if cache.exists() else []
+    done = {(r["decoder"], r["steps"]): r for r in done
+            if (r["eval_dialogues"], r["answers"]) == (eval_dialogues, answers)}
+    params, cfg = load_params(stage1)
+    records = held_out_questions(corpus_dir, eval_dialogues)
+    references = [r.assistant_text for r in records]
+    if answers == "spoken":
+        spoken, texts = spoken_answers(params, cfg, corpus_dir, records)
+        hiddens = [a.hidden for a in spoken]
+        header = {"text_accuracy": text_accuracy(texts, references)["text_accuracy"]}
+    else:
+        hiddens, header = reference_answers(params, cfg, corpus_dir, records), {"text_accuracy": None}
+    ref_units = [load_units(r, corpus["units"]["k"]) for r in records]
+    t2w = fit_flow_token2wav(corpus_dir, corpus, str(out / "token2wav.msgpack"), budget.token2mel_steps,
+                             small=budget is recipe.QUICK)
+    header["reference_units_wer"] = speech_wer(ref_units, references, t2w)["wer"]  # the ceiling of every row
+    max_tokens = budget.max_blocks * get_train_config(recipe.PRESET).model.speech_decoder.block_size
+    loaded = {}
+    for d, method in tqdm(jobs, desc="sweep: evaluate", unit="row"):
+        if (d.name, method.steps) in done:
+            continue
+        if d not in loaded:  # one decoder's params at a time
+            loaded = {d: load_params(trained[d])}
+        dec, dec_cfg = loaded[d][0]["speech_decoder"], loaded[d][1].speech_decoder
+        speech = decode_speech(dec, dec_cfg, hiddens, method,
+                               max_blocks=-(-max_tokens // dec_cfg.block_size))
+        row = {"decoder": d.name, "method": d.method, "masking": d.masking, "block_size": dec_cfg.block_size,
+               "distill_rounds": d.distill_rounds, "steps": method.steps,
+               **unit_accuracy(speech["units"], ref_units), "wer": speech_wer(speech["units"], references, t2w)["wer"],
+               "tokens_per_s": speech["tokens_per_s"], "first_chunk_s": speech["first_chunk_s"],
+               "eval_dialogues": eval_dialogues, "answers": answers}
+        log(f"{d.name} S={method.steps}: unit acc {row['unit_accuracy']:.3f}, WER {row['wer']:.3f}, "
+            f"{row['tokens_per_s']:.0f} tokens/s")
+        done[(d.name, method.steps)] = row
+        with cache.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+    rows = [dict(done[(d.name, m.steps)]) for d, m in jobs]
+    ar = next((r["tokens_per_s"] for r in rows if r["method"] == "ar"), None)
+    for r in rows:
+        r["speedup_vs_ar"] = r["tokens_per_s"] / ar if ar else None
+    return rows, header
+
+
+def write_csv(rows: list[dict], path: Path):
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, COLUMNS)
+        writer.writeheader()
+        writer.writerows({k: ("" if r[k] is None else r[k]) for k in COLUMNS} for r in rows)
+
+
+def markdown(rows: list[dict], header: dict) -> str:
+    source = ("the LLM's states on the reference answers (teacher-forced)" if header["text_accuracy"] is None else
+              f"the LLM's greedy answers (text accuracy {header['text_accuracy']:.3f}, the same for every row)")
+    lines = [f"Held-out test dialogues: {header['eval_dialogues']}, device: {header['device']}, budget: "
+             f"{header['budget']}, sweep wall time {header['wall_s'] / 60:.1f} min. Speech decoded from {source}. "
+             f"WER of resynthesised reference units (ceiling): {header['reference_units_wer']:.3f}.", "",
+             "| decoder | masking | block | distill rounds | steps | unit acc | length ratio | WER | tokens/s | "
+             "speed-up vs AR |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        speedup = "-" if r["speedup_vs_ar"] is None else f"{r['speedup_vs_ar']:.2f}x"
+        lines.append(f"| {r['method']} | {r['masking'] or '-'} | {r['block_size']} | {r['distill_rounds']} | "
+                     f"{r['steps'] or '-'} | {r['unit_accuracy']:.3f} | {r['length_ratio']:.2f} | {r['wer']:.3f} | "
+                     f"{r['tokens_per_s']:.0f} | {speedup} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], header: dict, out: Path):
+    """quality_vs_steps.png (a column per block size) and speed_vs_quality.png (with the frontier)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mdm = [r for r in rows if r["method"] == "mdm"]
+    ar = [r for r in rows if r["method"] == "ar"]
+    strategies = sorted({r["masking"] for r in mdm})
+    color = {s: f"C{i}" for i, s in enumerate(strategies)}
+    rounds = sorted({r["distill_rounds"] for r in mdm})
+    style = dict(zip(rounds, ("-", "--", ":", "-.")))
+    blocks = sorted({r["block_size"] for r in mdm})
+    metrics = (("unit_accuracy", "unit accuracy (higher is better)"), ("wer", "WER (lower is better)"))
+    fig, axes = plt.subplots(2, len(blocks), figsize=(5 * len(blocks), 7), squeeze=False)
+    for col, block in enumerate(blocks):
+        for row, (metric, name) in enumerate(metrics):
+            ax = axes[row, col]
+            for s in strategies:
+                for r in rounds:
+                    line = sorted((x["steps"], x[metric]) for x in mdm
+                                  if (x["masking"], x["distill_rounds"], x["block_size"]) == (s, r, block))
+                    ax.plot(*zip(*line), style[r], marker="o", color=color[s], label=f"{s}, {r} rounds")
+            for x in ar:
+                ax.axhline(x[metric], color="gray", lw=1, ls="--", label="AR")
+            if metric == "wer":
+                ax.axhline(header["reference_units_wer"], color="black", lw=1, ls=":", label="reference units")
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("sampler steps per block")
+            ax.set_ylabel(name)
+            ax.set_title(f"block {block}", fontsize=9)
+            ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7)
+    axes[1, 0].legend(fontsize=7)
+    fig.suptitle(f"quality vs steps ({header['device']}, {header['eval_dialogues']} dialogues)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "quality_vs_steps.png", dpi=120)
+    plt.close(fig)
+
+    speed = "speedup_vs_ar" if ar else "tokens_per_s"
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for r in rows:
+        c = "gray" if r["method"] == "ar" else color[r["masking"]]
+        ax.scatter(r[speed], r["unit_accuracy"], color=c, marker="os^D"[r["distill_rounds"] % 4], s=30)
+    for s in strategies:
+        ax.scatter([], [], color=color[s], label=s)
+    frontier, best = [], -np.inf  # points no faster point beats on quality, fastest first
+    for r in sorted(rows, key=lambda r: -r[speed]):
+        if r["unit_accuracy"] > best:
+            frontier.append(r)
+            best = r["unit_accuracy"]
+    ax.plot([r[speed] for r in frontier], [r["unit_accuracy"] for r in frontier], "k-", lw=1, label="frontier")
+    for r in frontier:
+        label = "AR" if r["method"] == "ar" else f"S={r['steps']} B={r['block_size']} r={r['distill_rounds']}"
+        ax.annotate(label, (r[speed], r["unit_accuracy"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("speech tokens/s vs AR (same run)" if ar else "speech tokens/s")
+    ax.set_ylabel("unit accuracy")
+    ax.set_title("speed vs quality (marker: distillation rounds 0 o, 1 s, 2 ^, 3 D)", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "speed_vs_quality.png", dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--grid", required=True, help="grid file (plain Python), e.g. experiments/grids/masking.py")
+    parser.add_argument("--out", default="runs/sweep")
+    parser.add_argument("--quick", action="store_true", help="the demo's QUICK budget: a smoke run")
+    parser.add_argument("--corpus", help="corpus folder (default: data/embedded, or OUT/corpus with --quick)")
+    parser.add_argument("--stage1", help="stage I params folder to start from instead of training one")
+    parser.add_argument("--llm-states", help="the LLM-states cache of --stage1's params (default: computed once)")
+    parser.add_argument("--eval-dialogues", type=int, help="held-out dialogues evaluated (default: the budget's)")
+    parser.add_argument("--answers", choices=("spoken", "reference"), default="spoken",
+                        help="decode speech from the LLM's greedy answers (the demo) or the reference answers")
+    args = parser.parse_args(argv)
+    if args.llm_states and not args.stage1:
+        parser.error("--llm-states needs the --stage1 it was computed from")
+    start = time.perf_counter()
+    grid = load_grid(args.grid)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    budget = recipe.QUICK if args.quick else recipe.FULL
+    corpus_dir = args.corpus or (str(out / "corpus") if args.quick else "data/embedded")
+    corpus = recipe.prepare_corpus(corpus_dir, budget, log=tqdm.write)
+    base = recipe.model_overrides(corpus) + recipe.data_overrides(corpus_dir, budget)
+    stage1 = args.stage1 or recipe.run_stage(
+        str(out / "stage1"), base + recipe.stage_overrides("stage1", budget)
+        + [f"init_from={recipe.initial_params(str(out / 'init'), base)}"], log=tqdm.write)
+    states = args.llm_states or recipe.llm_states(str(out / "llm_states.npz"), stage1, base)
+    default_block = get_train_config(recipe.PRESET, base).model.speech_decoder.block_size
+    trained = train(decoders(grid, default_block), out, base + [f"data.llm_states={states}"], budget, stage1)
+    eval_dialogues = args.eval_dialogues or budget.eval_dialogues
+    rows, header = evaluate(out, corpus_dir, corpus, stage1, trained, grid, budget, eval_dialogues, args.answers)
+    header.update(device=f"{jax.devices()[0].device_kind} ({jax.devices()[0].platform}, {os.cpu_count()} cores)",
+                  budget="QUICK" if args.quick else "FULL", eval_dialogues=eval_dialogues,
+                  wall_s=time.perf_counter() - start)
+    write_csv(rows, out / "results.csv")
+    (out / "results.md").write_text(markdown(rows, header))
+    plot(rows, header, out)
+    print(markdown(rows, header))
+    print(f"wrote {out / 'results.csv'}, {out / 'results.md'}, {out / 'quality_vs_steps.png'}, "
+          f"{out / 'speed_vs_quality.png'}")
+
+
+if __name__ == "__main__":
+    main()
