@@ -51,7 +51,6 @@ def _export_hf(args):
 
 
 def _generate(args):
-    import jax
     import numpy as np
 
     from data_pipelines.audio import load_audio

@@ -1,6 +1,6 @@
 """Random params drawn by numpy into the shapes of a Flax init, in about a second instead of Flax's eager init.
 
-    params = random_init(SpeechDecoder(cfg).init, text, tokens, seed=0)   # = init(key, text, tokens)["params"]
+    params = random_init(SpeechDecoder(cfg).init, text, tokens, seed=0)   # like init(key, text, tokens)["params"]
 
 Same tree, shapes, dtypes (and logical-axis boxes with `boxed=True`) and the same distributions
 as the modules' initializers: norm scales 1, biases 0, Whisper's sinusoidal position table,

@@ -79,6 +79,11 @@ def init_params(cfg: ModelConfig, key, boxed: bool = False):
     return params if boxed else nn.unbox(params)
 
 
+def random_params(cfg: ModelConfig, seed: int = 0, boxed: bool = False):
+    """`init_params`' tree and distributions drawn by numpy: seconds, not Flax's eager init (`mdm_jax.random_init`)."""
+    return random_init(VocalNet(cfg).init, *dummy_inputs(cfg), seed=seed, boxed=boxed)
+
+
 def abstract_params(cfg: ModelConfig, boxed: bool = False):
     """Shapes and dtypes of the params, without allocating them."""
     return jax.eval_shape(lambda k: init_params(cfg, k, boxed), jax.random.key(0))
@@ -90,8 +95,3 @@ def count_params(cfg: ModelConfig) -> dict[str, int]:
     counts = {name: sum(x.size for x in jax.tree.leaves(sub)) for name, sub in tree.items()}
     counts["total"] = sum(counts.values())
     return counts
-
-
-def random_params(cfg: ModelConfig, seed: int = 0, boxed: bool = False):
-    """`init_params`' tree and distributions drawn by numpy: seconds, not Flax's eager init (`mdm_jax.random_init`)."""
-    return random_init(VocalNet(cfg).init, *dummy_inputs(cfg), seed=seed, boxed=boxed)

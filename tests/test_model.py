@@ -6,14 +6,16 @@ import subprocess
 import sys
 import textwrap
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mdm_jax.attention import dot_product_attention, init_cache
+from mdm_jax.attention import Attention, dot_product_attention, init_cache
 from mdm_jax.config import get_config
 from mdm_jax.llm import LLM
+from mdm_jax.random_init import random_init
 from mdm_jax.rope import apply_rope, inverse_frequencies
 from mdm_jax.speech_decoder import causal_mask
 from mdm_jax.vocalnet import SPEECH_PLACEHOLDER, VocalNet, abstract_params, init_params, random_params
@@ -32,13 +34,11 @@ def params():
     return init_params(CFG, jax.random.key(0))  # Flax's own init: the reference of `random_params` below
 
 
-def test_random_params_draw_what_the_flax_initializers_draw(params):
-    """Same tree, shapes, dtypes and boxes; Flax's fixed leaves (norms, biases, position table) equal, its random
-    ones matched in mean, std and truncation (max |x| under 2.5 std exactly when Flax's is), 6 standard errors."""
-    ours = random_params(CFG)
-    assert jax.tree.structure(ours) == jax.tree.structure(params)
-    assert jax.tree.structure(random_params(CFG, boxed=True)) == jax.tree.structure(abstract_params(CFG, boxed=True))
-    for (path, ref), x in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(ours)):
+def assert_same_distributions(ours, flax_params):
+    """Leaf by leaf: same shapes and dtypes; Flax's fixed leaves (norms, biases, position table) equal, its random
+    ones matched in mean, std and truncation (max |x| under 2.5 std exactly when Flax's is), to 6 standard errors."""
+    assert jax.tree.structure(ours) == jax.tree.structure(flax_params)
+    for (path, ref), x in zip(jax.tree_util.tree_leaves_with_path(flax_params), jax.tree.leaves(ours)):
         ref, x, name = np.asarray(ref), np.asarray(x), jax.tree_util.keystr(path)
         assert x.shape == ref.shape and x.dtype == ref.dtype, name
         if np.array_equal(x, ref):
@@ -46,8 +46,20 @@ def test_random_params_draw_what_the_flax_initializers_draw(params):
         tol = 6 / np.sqrt(x.size)
         assert ref.std() > 0 and abs(x.std() / ref.std() - 1) < tol and abs(x.mean()) < tol * ref.std(), name
         assert (np.abs(x).max() < 2.5 * x.std()) == (np.abs(ref).max() < 2.5 * ref.std()), name
+
+
+def test_random_params_draw_what_the_flax_initializers_draw(params):
+    boxed = random_params(CFG, boxed=True)
+    assert jax.tree.structure(boxed) == jax.tree.structure(abstract_params(CFG, boxed=True))
+    assert_same_distributions(nn.unbox(boxed), params)
     embedding = lambda p: p["llm"]["embed"]["embedding"]  # noqa: E731
-    assert not np.array_equal(embedding(random_params(CFG, seed=1)), embedding(ours))
+    assert not np.array_equal(embedding(random_params(CFG, seed=1)), embedding(nn.unbox(boxed)))
+    # Qwen2's q/k/v biases, absent from CFG's LLaMA-style LLM
+    c = CFG.llm
+    attn = Attention(c.num_heads, c.num_kv_heads, c.head_dim, tuple(inverse_frequencies(c.head_dim, 1e4)), True)
+    x, pos = jnp.zeros((1, 3, c.d_model)), jnp.zeros((1, 3), jnp.int32)
+    flax_attn = nn.unbox(attn.init(jax.random.key(0), x, pos, causal_mask(1, 3))["params"])
+    assert_same_distributions(random_init(attn.init, x, pos, causal_mask(1, 3)), flax_attn)
 
 
 def test_attention_matches_naive_gqa():

@@ -46,44 +46,56 @@ SCRIPT = textwrap.dedent("""
         batches = [model_batch(next(source), cfg.model, SYNTHETIC_SPEECH_ID) for _ in range(3)]
         return cfg, opt, state, state_specs(cfg, state), batches
 
-    # Stage I: loss and every gradient leaf.
-    cfg, opt, state, specs, batches = setup("stage.name=text")
-    batch = jax.jit(lambda b: prepare(b, jax.random.key(1), cfg))(batches[0])
-    (ref_loss, _), ref_grads = jax.jit(make_grad_fn(cfg))(state.trainable, state.teacher, batch, jax.random.key(2))
-    trained = [g for g in jax.tree.leaves(ref_grads["lora"]) + jax.tree.leaves(ref_grads["params"]["adaptor"])]
-    assert all(float(np.abs(g).max()) > 0 for g in trained[1::2]), "stage I grads vanish: the test would be vacuous"
-    for shape in MESHES:
-        mesh = make_mesh(MeshConfig(*shape))
-        st = jax.device_put(state, shardings(mesh, specs))
-        fn = jax.jit(make_grad_fn(cfg, mesh, specs))
-        sharded_batch = jax.device_put(batch, batch_sharding(mesh))
-        (loss, _), grads = jax.block_until_ready(fn(st.trainable, st.teacher, sharded_batch, jax.random.key(2)))
-        close(loss, ref_loss, 1e-6)
-        jax.tree.map(lambda a, b: close(a, b, 1e-6), grads, ref_grads)
-        print("grads ok", shape, time.time() - t0, flush=True)
+    def stage_one():  # loss and every gradient leaf
+        cfg, opt, state, specs, batches = setup("stage.name=text")
+        batch = jax.jit(lambda b: prepare(b, jax.random.key(1), cfg))(batches[0])
+        (ref_loss, _), ref_grads = jax.jit(make_grad_fn(cfg))(state.trainable, state.teacher, batch, jax.random.key(2))
+        trained = [g for g in jax.tree.leaves(ref_grads["lora"]) + jax.tree.leaves(ref_grads["params"]["adaptor"])]
+        assert all(float(np.abs(g).max()) > 0 for g in trained[1::2]), "stage I grads vanish: the test would be vacuous"
+        for shape in MESHES:
+            mesh = make_mesh(MeshConfig(*shape))
+            st = jax.device_put(state, shardings(mesh, specs))
+            fn = jax.jit(make_grad_fn(cfg, mesh, specs))
+            sharded_batch = jax.device_put(batch, batch_sharding(mesh))
+            (loss, _), grads = jax.block_until_ready(fn(st.trainable, st.teacher, sharded_batch, jax.random.key(2)))
+            close(loss, ref_loss, 1e-6)
+            jax.tree.map(lambda a, b: close(a, b, 1e-6), grads, ref_grads)
+            print("grads ok", shape, time.time() - t0, flush=True)
 
-    # Stage II MDM: loss of step 1 and params after 3 AdamW steps.
-    cfg, opt, state, specs, batches = setup("stage.objective=mdm")
-    step = make_train_step(cfg, opt)
-    ref, ref_losses = state, []
-    for b in batches:
-        ref, m = step(ref, b)
-        ref_losses.append(float(m["loss"]))
-    for shape in MESHES:
-        mesh = make_mesh(MeshConfig(*shape))
-        st = jax.device_put(state, shardings(mesh, specs))
-        step = make_train_step(cfg, opt, mesh, specs)
-        for b, ref_loss in zip(batches, ref_losses):
-            st, m = step(st, jax.device_put(b, batch_sharding(mesh)))
-            close(jax.block_until_ready(m["loss"]), ref_loss, 1e-5)
-        jax.tree.map(lambda a, b: close(a, b, 2e-6), st.params, ref.params)
-        print("steps ok", shape, time.time() - t0, flush=True)
+    def stage_two():  # MDM: loss of step 1 and params after 3 AdamW steps
+        cfg, opt, state, specs, batches = setup("stage.objective=mdm")
+        step = make_train_step(cfg, opt)
+        ref, ref_losses = state, []
+        for b in batches:
+            ref, m = step(ref, b)
+            ref_losses.append(float(m["loss"]))
+        for shape in MESHES:
+            mesh = make_mesh(MeshConfig(*shape))
+            st = jax.device_put(state, shardings(mesh, specs))
+            step = make_train_step(cfg, opt, mesh, specs)
+            for b, ref_loss in zip(batches, ref_losses):
+                st, m = step(st, jax.device_put(b, batch_sharding(mesh)))
+                close(jax.block_until_ready(m["loss"]), ref_loss, 1e-5)
+            jax.tree.map(lambda a, b: close(a, b, 2e-6), st.params, ref.params)
+            print("steps ok", shape, time.time() - t0, flush=True)
+
+    {"text": stage_one, "mdm": stage_two}[sys.argv[2]]()
 """)
 
 
 def test_sharded_step_equals_unsharded_on_every_mesh():
+    """The two stages run side by side, one process each: their compiles are single-threaded."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", SCRIPT, " ".join(SMALL)], capture_output=True, text=True, env=env,
-                         timeout=600)
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
-    assert out.stdout.count("grads ok") == 4 and out.stdout.count("steps ok") == 4, out.stdout
+    procs = [subprocess.Popen([sys.executable, "-c", SCRIPT, " ".join(SMALL), stage], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for stage in ("text", "mdm")]
+    outs = []
+    try:
+        outs = [p.communicate(timeout=600) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, out[-2000:] + err[-4000:]
+    (stage_one, _), (stage_two, _) = outs
+    assert stage_one.count("grads ok") == 4 and stage_two.count("steps ok") == 4, stage_one + stage_two
