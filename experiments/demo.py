@@ -74,7 +74,7 @@ def evaluate(out: Path, corpus_dir: str, corpus: dict, stages: dict[str, str], b
         consistency = (word_error_rate([texts[i] for i in own], [judged["transcripts"][i] for i in own])
                        if own else None)
         rows.append({"method": method.name, "steps": method.steps, "label": label,
-                     "distill_rounds": budget.distill_start_steps.bit_length() if stage == "distill" else 0,
+                     "distill_rounds": budget.distill_rounds if stage == "distill" else 0,
                      "text_accuracy": text["text_accuracy"], **unit_accuracy(speech["units"], ref_units),
                      "wer": judged["wer"], "wer_vs_text": consistency,
                      "tokens_per_s": speech["tokens_per_s"], "first_chunk_s": speech["first_chunk_s"]})

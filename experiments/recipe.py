@@ -44,6 +44,10 @@ class Budget:
     eval_dialogues: int = 20  # held-out test dialogues evaluated
     max_blocks: int = 8  # speech blocks decoded per answer (8 x 0.6 s)
 
+    @property
+    def distill_rounds(self) -> int:
+        return self.distill_start_steps.bit_length()  # S, S/2, ..., 1
+
 
 FULL = Budget()
 QUICK = Budget(corpus_n=24, units=64, voices_per_dialogue=1, batch_size=8, stage1_steps=30, speech_steps=20,
@@ -102,10 +106,9 @@ def stage_overrides(stage: str, budget: Budget, masking: str = "hierarchical",
         return [*block, "stage.name=speech", f"stage.objective={stage}", f"stage.masking={masking}",
                 f"steps={budget.speech_steps}", f"optimizer.lr={budget.speech_lr}"]
     if stage == "distill":
-        rounds = budget.distill_start_steps.bit_length()
         return [*block, "stage.name=distill", f"stage.distill_start_steps={budget.distill_start_steps}",
                 f"stage.distill_round_steps={budget.distill_round_steps}",
-                f"steps={rounds * budget.distill_round_steps}", f"optimizer.lr={budget.speech_lr / 4}",
+                f"steps={budget.distill_rounds * budget.distill_round_steps}", f"optimizer.lr={budget.speech_lr / 4}",
                 "optimizer.warmup=0.0"]
     raise ValueError(f"unknown stage {stage!r}")
 
@@ -125,7 +128,9 @@ def run_stage(workdir: str, overrides: list[str], log=print) -> str:
         return out
     log(f"{workdir}: training {cfg.stage.name} ({cfg.stage.objective if cfg.stage.name == 'speech' else ''}) "
         f"for {cfg.steps} steps")
-    train(cfg, workdir, log=log)
+    done = train(cfg, workdir, log=log)["step"]
+    if done < cfg.steps:  # stopped by SIGTERM: exporting would pass the partial run off as finished
+        raise InterruptedError(f"{workdir}: stopped at step {done} of {cfg.steps}; rerun to resume it")
     return export(cfg, workdir, out)
 
 

@@ -7,8 +7,8 @@ at several sampler steps per block on held-out spoken questions (the demo's prot
 The grid file is plain Python defining MASKING, STEPS, BLOCK_SIZE, DISTILL_ROUNDS (sequences) and
 AR_REFERENCE (bool): see experiments/grids/masking.py. Every decoder trains in its own workdir
 named by its settings (OUT/mdm-<masking>-b<B>, OUT/mdm-<masking>-b<B>-distill<r>, OUT/ar-b<B>)
-through `recipe.run_stage`, so a rerun resumes or reuses it; evaluated rows are kept in
-OUT/rows.jsonl and not recomputed. `--stage1` starts from an existing stage I (e.g. a demo's
+through `recipe.run_stage`, so a rerun resumes or reuses it; its evaluated rows are kept there
+(eval_rows.jsonl) and not recomputed. `--stage1` starts from an existing stage I (e.g. a demo's
 OUT/stage1/params) instead of training one; `--llm-states` reuses that stage I's states cache.
 `--answers reference` decodes speech from the LLM's states on the reference answer (teacher-forced)
 instead of its own greedy answer: the speech decoder alone, even under a weak stage I.
@@ -149,13 +149,9 @@ def train(todo: list[Decoder], out: Path, base: list[str], budget: recipe.Budget
 
 def evaluate(out: Path, corpus_dir: str, corpus: dict, stage1: str, trained: dict[Decoder, str], grid: Grid,
              budget: recipe.Budget, eval_dialogues: int, answers: str, log=tqdm.write) -> tuple[list[dict], dict]:
-    """-> (rows in `evaluated` order, header facts). Rows already in OUT/rows.jsonl for the same
-    dialogues and answers are reused; the others are appended there as they finish."""
-    jobs = evaluated(grid, list(trained))
-    cache = out / "rows.jsonl"
-    done = [json.loads(line) for line in cache.read_text().splitlines()] if cache.exists() else []
-    done = {(r["decoder"], r["steps"]): r for r in done
-            if (r["eval_dialogues"], r["answers"]) == (eval_dialogues, answers)}
+    """-> (rows in `evaluated` order, header facts). A decoder's rows are kept beside its params in
+    OUT/<decoder>/eval_rows.jsonl, appended as they finish, and reused for the same dialogues and
+    answers: retraining a decoder (removing its workdir) drops them too."""
     params, cfg = load_params(stage1)
     records = held_out_questions(corpus_dir, eval_dialogues)
     references = [r.assistant_text for r in records]
@@ -170,9 +166,14 @@ def evaluate(out: Path, corpus_dir: str, corpus: dict, stage1: str, trained: dic
                              small=budget is recipe.QUICK)
     header["reference_units_wer"] = speech_wer(ref_units, references, t2w)["wer"]  # the ceiling of every row
     max_tokens = budget.max_blocks * get_train_config(recipe.PRESET).model.speech_decoder.block_size
-    loaded = {}
-    for d, method in tqdm(jobs, desc="sweep: evaluate", unit="row"):
-        if (d.name, method.steps) in done:
+    loaded, rows = {}, []
+    for d, method in tqdm(evaluated(grid, list(trained)), desc="sweep: evaluate", unit="row"):
+        cache = out / d.name / "eval_rows.jsonl"
+        key = (method.steps, eval_dialogues, answers)
+        cached = [json.loads(line) for line in cache.read_text().splitlines()] if cache.exists() else []
+        row = next((r for r in cached if (r["steps"], r["eval_dialogues"], r["answers"]) == key), None)
+        if row is not None:
+            rows.append(row)
             continue
         if d not in loaded:  # one decoder's params at a time
             loaded = {d: load_params(trained[d])}
@@ -186,10 +187,9 @@ def evaluate(out: Path, corpus_dir: str, corpus: dict, stage1: str, trained: dic
                "eval_dialogues": eval_dialogues, "answers": answers}
         log(f"{d.name} S={method.steps}: unit acc {row['unit_accuracy']:.3f}, WER {row['wer']:.3f}, "
             f"{row['tokens_per_s']:.0f} tokens/s")
-        done[(d.name, method.steps)] = row
+        rows.append(row)
         with cache.open("a") as f:
             f.write(json.dumps(row) + "\n")
-    rows = [dict(done[(d.name, m.steps)]) for d, m in jobs]
     ar = next((r["tokens_per_s"] for r in rows if r["method"] == "ar"), None)
     for r in rows:
         r["speedup_vs_ar"] = r["tokens_per_s"] / ar if ar else None
@@ -207,8 +207,8 @@ def markdown(rows: list[dict], header: dict) -> str:
     source = ("the LLM's states on the reference answers (teacher-forced)" if header["text_accuracy"] is None else
               f"the LLM's greedy answers (text accuracy {header['text_accuracy']:.3f}, the same for every row)")
     lines = [f"Held-out test dialogues: {header['eval_dialogues']}, device: {header['device']}, budget: "
-             f"{header['budget']}, sweep wall time {header['wall_s'] / 60:.1f} min. Speech decoded from {source}. "
-             f"WER of resynthesised reference units (ceiling): {header['reference_units_wer']:.3f}.", "",
+             f"{header['budget']}, wall time of this invocation {header['wall_s'] / 60:.1f} min. Speech decoded "
+             f"from {source}. WER of resynthesised reference units (ceiling): {header['reference_units_wer']:.3f}.", "",
              "| decoder | masking | block | distill rounds | steps | unit acc | length ratio | WER | tokens/s | "
              "speed-up vs AR |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

@@ -64,7 +64,11 @@ def _decoder(params, cfg: SpeechDecoderConfig, method: SpeechMethod, blocks: int
         heads = cfg.mtp_modules if method.name == "mtp" else 0
         run = lambda h, v: autoregressive.generate(params, h, v, streaming, key, cfg=cfg,  # noqa: E731
                                                    max_tokens=blocks * cfg.block_size, mtp_heads=heads)
-    return lambda h, v: jax.block_until_ready((lambda s: (s.tokens, s.lengths))(run(h, v)))
+    def decode(h, v):
+        state = run(h, v)
+        return jax.block_until_ready((state.tokens, state.lengths))
+
+    return decode
 
 
 def decode_speech(params, cfg: SpeechDecoderConfig, hiddens: Sequence[np.ndarray], method: SpeechMethod, *,

@@ -74,8 +74,8 @@ def test_source_batches_are_fixed_shape_deterministic_and_cover_each_epoch(setup
     for epoch in (batches[:2], batches[2:]):
         firsts = sorted(int(u[0]) for b in epoch for u in b["units"])
         assert firsts == list(range(N))
-    assert all((b["speech_valid"].sum(1) == b["units"].__ne__(cfg.model.speech_decoder.pad_id).sum(1)).all()
-               for b in batches)
+    pad = cfg.model.speech_decoder.pad_id
+    assert all((b["speech_valid"].sum(1) == (b["units"] != pad).sum(1)).all() for b in batches)
     again = llm_states.StatesSource(cfg)
     again.set_state({"index": 2})
     third = next(again)
