@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 test: $(STAMP)
+	$(PY) -m ruff check mdm_jax data_pipelines experiments tests
 	$(PY) -m pytest -q --durations=15
 
 demo: $(STAMP)

@@ -56,9 +56,10 @@ class Attention(nn.Module):
         """
         d, hd = x.shape[-1], self.head_dim
         h, kv = local(self.num_heads, "num_heads"), local(self.num_kv_heads, "num_kv_heads")
-        q = jnp.einsum("btD,Dhd->bthd", x, param(self, "wq", (d, h, hd), ("embed", "heads", "head_dim"), self.dtype))
-        k = jnp.einsum("btD,Dhd->bthd", x, param(self, "wk", (d, kv, hd), ("embed", "kv_heads", "head_dim"), self.dtype))
-        v = jnp.einsum("btD,Dhd->bthd", x, param(self, "wv", (d, kv, hd), ("embed", "kv_heads", "head_dim"), self.dtype))
+        heads, kv_heads = ("embed", "heads", "head_dim"), ("embed", "kv_heads", "head_dim")
+        q = jnp.einsum("btD,Dhd->bthd", x, param(self, "wq", (d, h, hd), heads, self.dtype))
+        k = jnp.einsum("btD,Dhd->bthd", x, param(self, "wk", (d, kv, hd), kv_heads, self.dtype))
+        v = jnp.einsum("btD,Dhd->bthd", x, param(self, "wv", (d, kv, hd), kv_heads, self.dtype))
         if self.qkv_bias:
             zeros = nn.initializers.zeros
             q = q + param(self, "bq", (h, hd), ("heads", "head_dim"), self.dtype, zeros)

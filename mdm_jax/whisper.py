@@ -31,11 +31,12 @@ class WhisperAttention(nn.Module):
     def __call__(self, x):
         d = x.shape[-1]
         h, hd = local(self.num_heads, "encoder.num_heads"), d // self.num_heads
+        heads = ("embed", "heads", "head_dim")
         proj = lambda name, bias: (  # noqa: E731
-            jnp.einsum("btD,Dhd->bthd", x, param(self, f"w{name}", (d, h, hd), ("embed", "heads", "head_dim"), self.dtype))
-            + (param(self, f"b{name}", (h, hd), ("heads", "head_dim"), self.dtype, _zeros) if bias else 0))
+            jnp.einsum("btD,Dhd->bthd", x, param(self, f"w{name}", (d, h, hd), heads, self.dtype))
+            + (param(self, f"b{name}", (h, hd), heads[1:], self.dtype, _zeros) if bias else 0))
         out = dot_product_attention(proj("q", True), proj("k", False), proj("v", True))
-        out = jnp.einsum("bthd,hdD->btD", out, param(self, "wo", (h, hd, d), ("heads", "head_dim", "embed"), self.dtype))
+        out = jnp.einsum("bthd,hdD->btD", out, param(self, "wo", (h, hd, d), (*heads[1:], "embed"), self.dtype))
         return psum_model(out) + param(self, "bo", (d,), ("embed",), self.dtype, _zeros)
 
 
@@ -46,7 +47,8 @@ class WhisperMLP(nn.Module):
     @nn.compact
     def __call__(self, x):
         d, f = x.shape[-1], local(self.ffn_dim, "encoder.ffn_dim")
-        x = x @ param(self, "w1", (d, f), ("embed", "mlp"), self.dtype) + param(self, "b1", (f,), ("mlp",), self.dtype, _zeros)
+        x = x @ param(self, "w1", (d, f), ("embed", "mlp"), self.dtype)
+        x = x + param(self, "b1", (f,), ("mlp",), self.dtype, _zeros)
         x = nn.gelu(x, approximate=False) @ param(self, "w2", (f, d), ("mlp", "embed"), self.dtype)
         return psum_model(x) + param(self, "b2", (d,), ("embed",), self.dtype, _zeros)
 

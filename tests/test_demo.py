@@ -23,6 +23,9 @@ def test_quick_demo_reports_real_numbers_for_every_decoder(demo_run):
     assert rows[0]["speedup_vs_ar"] == 1.0 and rows[0]["first_chunk_vs_ar"] == 1.0
     assert math.isfinite(report["reference_units_wer"])
     assert len(report["dialogues"]) == report["eval_dialogues"]
+    losing = [r["label"] for r in rows if r["method"] == "mdm" and r["unit_accuracy"] < rows[0]["unit_accuracy"]]
+    assert ("MDM loses to AR on unit accuracy (decoder alone) at: " + ", ".join(losing) if losing
+            else "MDM matches or beats AR on unit accuracy") in report["verdict"]
 
 
 def test_quick_demo_writes_table_plot_wavs_and_resumable_stages(demo_run):

@@ -128,7 +128,8 @@ def test_whole_model_forward_shapes_and_finite(params):
     mel = jax.random.normal(jax.random.key(3), (2, CFG.encoder.num_mel_bins, 200))
     speech = jitted(model, VocalNet.encode_speech)({"params": params}, mel)
     assert speech.shape == (2, 200 // 2 // CFG.adaptor.downsample, CFG.llm.d_model)
-    ids = jnp.concatenate([jnp.ones((2, 2), jnp.int32), jnp.full((2, 20), SPEECH_PLACEHOLDER), jnp.ones((2, 3), jnp.int32)], 1)
+    ones = jnp.ones((2, 2), jnp.int32)
+    ids = jnp.concatenate([ones, jnp.full((2, 20), SPEECH_PLACEHOLDER), jnp.ones((2, 3), jnp.int32)], 1)
     tokens = jnp.full((2, 6), CFG.speech_decoder.sos_id)
     logits, mtp, states = jitted(model)({"params": params}, mel, ids, tokens)
     assert logits.shape == (2, 6, CFG.speech_decoder.output_vocab) and len(mtp) == 1
@@ -174,7 +175,8 @@ TENSOR_PARALLEL_SCRIPT = textwrap.dedent("""
 
     cfg = get_config("tiny", ["llm.num_layers=2"]).llm
     boxed = random_params(get_config("tiny", ["llm.num_layers=2"]), boxed=True)["llm"]
-    params, specs = jax.tree.map(lambda b: b.unbox(), boxed, is_leaf=lambda x: hasattr(x, "unbox")), logical_specs(boxed)
+    params = jax.tree.map(lambda b: b.unbox(), boxed, is_leaf=lambda x: hasattr(x, "unbox"))
+    specs = logical_specs(boxed)
     ids = jax.random.randint(jax.random.key(1), (4, 9), 0, cfg.vocab_size)
     pos, mask = jnp.broadcast_to(jnp.arange(9), (4, 9)), causal_mask(4, 9)
     fwd = lambda p, i, q, m: LLM(cfg).apply({"params": p}, i, q, m, method=LLM.forward_ids)[0]

@@ -108,11 +108,13 @@ def test_conversion_errors_name_the_key_and_shape():
 
     missing = dict(state)
     del missing["model.layers.1.mlp.up_proj.weight"]
-    with pytest.raises(ConversionError, match=r"missing key 'model.layers.1.mlp.up_proj.weight' \(expected shape \(96, 64\)\)"):
+    expected = r"missing key 'model.layers.1.mlp.up_proj.weight' \(expected shape \(96, 64\)\)"
+    with pytest.raises(ConversionError, match=expected):
         llm_from_hf(missing, cfg)
 
     bad = dict(state, **{"model.layers.0.self_attn.k_proj.weight": np.zeros((64, 64), np.float32)})
-    with pytest.raises(ConversionError, match=r"'model.layers.0.self_attn.k_proj.weight' has shape \(64, 64\), expected \(32, 64\)"):
+    expected = r"'model.layers.0.self_attn.k_proj.weight' has shape \(64, 64\), expected \(32, 64\)"
+    with pytest.raises(ConversionError, match=expected):
         llm_from_hf(bad, cfg)
 
     extra = dict(state, **{"model.layers.2.mlp.up_proj.weight": np.zeros((96, 64), np.float32)})

@@ -45,8 +45,8 @@ def test_stage_masks_freeze_and_decay_the_right_leaves():
     stage1 = {names(p) for p, t in jax.tree_util.tree_leaves_with_path(trainable(tree, StageConfig("text"))) if t}
     assert stage1 and all(n.startswith(("params/adaptor/", "lora/llm/")) for n in stage1)
     assert any(n.startswith("lora/") for n in stage1) and any(n.startswith("params/adaptor") for n in stage1)
-    full = {names(p) for p, t in jax.tree_util.tree_leaves_with_path(trainable(tree, StageConfig("text", train_llm=True)))
-            if t}
+    whole_llm = trainable(tree, StageConfig("text", train_llm=True))
+    full = {names(p) for p, t in jax.tree_util.tree_leaves_with_path(whole_llm) if t}
     assert full - stage1 and all(n.startswith(("params/adaptor/", "params/llm/", "lora/")) for n in full)
     assert "params/llm/layers/layers_0/attn/wq" in full and "params/encoder" not in str(full)
     stage2 = {names(p) for p, t in jax.tree_util.tree_leaves_with_path(trainable(tree, StageConfig("speech"))) if t}
