@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from mdm_jax.config import ConfigError
 from mdm_jax.train_config import TrainConfig
-from mdm_jax.train_data import _local_rows, grain_source, model_batch
+from mdm_jax.train_data import local_rows, grain_source, model_batch
 
 FIELDS = ("hidden", "text_lengths", "units", "unit_lengths")
 
@@ -86,7 +86,7 @@ class StatesSource:
         states = load(cfg.data.llm_states, cfg)
         sd = cfg.model.speech_decoder
         self.seed, self.batch_size = cfg.data.seed, cfg.data.batch_size
-        self.rows = _local_rows(cfg.data.batch_size, process_index, process_count)
+        self.rows = local_rows(cfg.data.batch_size, process_index, process_count)
         self.hidden = np.split(states["hidden"], np.cumsum(states["text_lengths"])[:-1])
         self.units = np.split(states["units"], np.cumsum(states["unit_lengths"])[:-1])
         self.text_len = int(states["text_lengths"].max())

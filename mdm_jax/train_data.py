@@ -28,7 +28,7 @@ class SyntheticSource:
 
     def __init__(self, cfg: TrainConfig, process_index: int = 0, process_count: int = 1):
         self.model, self.data = cfg.model, cfg.data
-        self.rows = _local_rows(cfg.data.batch_size, process_index, process_count)
+        self.rows = local_rows(cfg.data.batch_size, process_index, process_count)
         self.index = 0
         self.frames = int(self.data.max_seconds * 100)
         self.speech_slots = (self.frames + 1) // 2 // self.model.adaptor.downsample
@@ -89,7 +89,7 @@ def grain_source(cfg: TrainConfig, bad, process_index: int = 0, process_count: i
     if tokenizer.get_vocab_size() > m.llm.vocab_size:
         raise ConfigError(f"tokenizer has {tokenizer.get_vocab_size()} ids > model.llm.vocab_size={m.llm.vocab_size}")
     data_cfg = DataConfig(
-        batch_size=len(_local_rows(d.batch_size, process_index, process_count)), batching="bucket",
+        batch_size=len(local_rows(d.batch_size, process_index, process_count)), batching="bucket",
         n_mels=m.encoder.num_mel_bins, adaptor_k=m.adaptor.downsample, unit_vocab=m.speech_decoder.num_units,
         max_seconds=d.max_seconds, max_text=d.max_text, max_units=d.max_units, pad_multiple=d.pad_multiple,
         seed=d.seed, num_epochs=epochs,
@@ -131,7 +131,8 @@ def batch_stats(batch: dict) -> dict:
     return {"tokens": real, "padding": 1.0 - real / slots}
 
 
-def _local_rows(batch_size: int, process_index: int, process_count: int) -> range:
+def local_rows(batch_size: int, process_index: int, process_count: int) -> range:
+    """The rows of each global batch this process feeds (its contiguous share)."""
     if batch_size % process_count:
         raise ConfigError(f"data.batch_size={batch_size} is not divisible by {process_count} processes")
     per = batch_size // process_count
