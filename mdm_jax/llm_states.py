@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from mdm_jax.config import ConfigError
 from mdm_jax.train_config import TrainConfig
-from mdm_jax.train_data import local_rows, grain_source, model_batch
+from mdm_jax.train_data import grain_source, local_rows, model_batch
 
 FIELDS = ("hidden", "text_lengths", "units", "unit_lengths")
 
