@@ -16,8 +16,9 @@ teacher-forced, against the reference's units; the end-to-end speech follows the
 answer, whose units have no reference), wer (judge transcript of the end-to-end resynthesised
 speech vs the reference answer), wer_vs_text (vs the model's own text answer),
 tokens/s and first-chunk latency of the speech decoder alone (batch 1, after warm-up) as ratios
-to AR in this run. `reference_units_wer` resynthesises the reference units: the ceiling of this
-token2wav.
+to AR in this run, and the first packet: the end of the question to the first chunk's audio (the
+LLM's first text_per_block tokens + the decoder's first block + token2wav of it, each timed warm).
+`reference_units_wer` resynthesises the reference units: the ceiling of this token2wav.
 """
 
 from __future__ import annotations
@@ -40,12 +41,22 @@ from experiments.eval_data import (
     held_out_questions,
     reference_answers,
     spoken_answers,
+    spoken_questions,
 )
 from mdm_jax.asr import normalize, word_error_rate
-from mdm_jax.eval import SpeechMethod, decode_speech, speech_wer, text_accuracy, unit_accuracy
+from mdm_jax.eval import (
+    SpeechMethod,
+    decode_speech,
+    first_audio_seconds,
+    first_text_seconds,
+    speech_wer,
+    text_accuracy,
+    unit_accuracy,
+)
 from mdm_jax.params_io import load_params
 
 WAVS_PER_METHOD = 3
+PACKET_DIALOGUES = 5  # first-packet shares of the LLM and token2wav: a median over this many questions
 
 
 def methods(budget: recipe.Budget) -> list[tuple[str, SpeechMethod, str]]:
@@ -71,6 +82,11 @@ def evaluate(out: Path, corpus_dir: str, corpus: dict, stages: dict[str, str], b
                              small=budget is recipe.QUICK)
     reference = speech_wer(ref_units, references, t2w)  # the ceiling of every row below
     spoken = [i for i, t in enumerate(texts) if normalize(t)]  # answers a WER can be measured against
+    questions, end = spoken_questions(cfg, corpus_dir, records[:PACKET_DIALOGUES])
+    sd = cfg.speech_decoder  # the first packet = the first text_per_block tokens, one speech block, its audio
+    packet = {"text_s": first_text_seconds(params, cfg, questions[:PACKET_DIALOGUES], eos_id=end,
+                                           tokens=sd.text_per_block),
+              "token2wav_s": first_audio_seconds(t2w, ref_units[:PACKET_DIALOGUES], sd.block_size)}
 
     rows, examples = [], []
     for label, method, stage in methods(budget):
@@ -87,7 +103,8 @@ def evaluate(out: Path, corpus_dir: str, corpus: dict, stages: dict[str, str], b
                      "distill_rounds": budget.distill_rounds if stage == "distill" else 0,
                      "text_accuracy": text["text_accuracy"], **unit_accuracy(alone["units"], ref_units),
                      "wer": judged["wer"], "wer_vs_text": consistency,
-                     "tokens_per_s": speech["tokens_per_s"], "first_chunk_s": speech["first_chunk_s"]})
+                     "tokens_per_s": speech["tokens_per_s"], "first_chunk_s": speech["first_chunk_s"],
+                     "first_packet_s": packet["text_s"] + speech["first_chunk_s"] + packet["token2wav_s"]})
         for i in range(min(WAVS_PER_METHOD, len(records))):
             path = out / "wavs" / label.replace(" ", "_").replace("=", "") / f"{i}.wav"
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,26 +113,33 @@ def evaluate(out: Path, corpus_dir: str, corpus: dict, stages: dict[str, str], b
     for r in rows:
         r["speedup_vs_ar"] = r["tokens_per_s"] / rows[0]["tokens_per_s"]
         r["first_chunk_vs_ar"] = r["first_chunk_s"] / rows[0]["first_chunk_s"]
+        r["first_packet_vs_ar"] = r["first_packet_s"] / rows[0]["first_packet_s"]
     dialogues = [{"question": r.user_text, "reference": r.assistant_text, "answer": t}
                  for r, t in zip(records, texts)]
     return {"rows": rows, "reference_units_wer": reference["wer"], "reference_units_wer_centroid": baseline["wer"],
-            "text_wer": text["text_wer"], "verdict": verdict(rows),
+            "text_wer": text["text_wer"], "first_packet_parts_s": packet, "verdict": verdict(rows),
             "dialogues": dialogues, "examples": examples}
 
 
 def markdown(report: dict) -> str:
+    parts = report["first_packet_parts_s"]
     lines = [f"Held-out test dialogues: {report['eval_dialogues']}, device: {report['device']}, "
              f"demo wall time {report['wall_s'] / 60:.1f} min. Text accuracy (exact answer): "
              f"{report['rows'][0]['text_accuracy']:.3f}. WER of resynthesised reference units (ceiling): "
              f"{report['reference_units_wer']:.3f}. Unit accuracy and length ratio: the speech decoder alone, "
-             "from the LLM's states on the reference answer.", "",
+             "from the LLM's states on the reference answer. First chunk: the speech decoder's first block; "
+             f"first packet: end of the question to the first block's audio = the LLM's first text tokens "
+             f"({parts['text_s'] * 1e3:.0f} ms) + the first chunk + token2wav of it "
+             f"({parts['token2wav_s'] * 1e3:.0f} ms).", "",
              "| decoder | unit acc (alone) | length ratio (alone) | WER | WER vs own text | tokens/s "
-             "| speed-up vs AR | first chunk vs AR |", "|---|---|---|---|---|---|---|---|"]
+             "| speed-up vs AR | first chunk vs AR | first packet (ms) | first packet vs AR |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         consistency = "-" if r["wer_vs_text"] is None else f"{r['wer_vs_text']:.3f}"
         lines.append(f"| {r['label']} | {r['unit_accuracy']:.3f} | {r['length_ratio']:.2f} | {r['wer']:.3f} | "
                      f"{consistency} | {r['tokens_per_s']:.0f} | {r['speedup_vs_ar']:.2f}x | "
-                     f"{r['first_chunk_vs_ar']:.2f} |")
+                     f"{r['first_chunk_vs_ar']:.2f} | {r['first_packet_s'] * 1e3:.0f} | "
+                     f"{r['first_packet_vs_ar']:.2f} |")
     return "\n".join(lines + ["", report["verdict"]]) + "\n"
 
 

@@ -62,14 +62,21 @@ def _training_answers(corpus_dir: str, corpus: dict) -> tuple[list[np.ndarray], 
     return units, audio
 
 
-def spoken_answers(params, cfg, corpus_dir: str, records) -> tuple[list[Answer], list[str]]:
-    """The model's greedy answers to the records' spoken questions: (answers, their decoded texts)."""
+def spoken_questions(cfg, corpus_dir: str, records) -> tuple[list[tuple[np.ndarray, list[int]]], int]:
+    """-> ((log-mel of each record's spoken question, its prompt ids), the answer's end-of-text id)."""
     tok = load_tokenizer(os.path.join(corpus_dir, "tokenizer.json"))
     questions, end = [], None
     for r in records:
         mel, num_speech = _question(r, cfg)
         prompt, end = encode_prompt(tok, TEMPLATES["tiny"], num_speech)
         questions.append((mel, prompt))
+    return questions, end
+
+
+def spoken_answers(params, cfg, corpus_dir: str, records) -> tuple[list[Answer], list[str]]:
+    """The model's greedy answers to the records' spoken questions: (answers, their decoded texts)."""
+    tok = load_tokenizer(os.path.join(corpus_dir, "tokenizer.json"))
+    questions, end = spoken_questions(cfg, corpus_dir, records)
     answers = answer_texts(params, cfg, questions, eos_id=end)
     return answers, [tok.decode([t for t in a.text_ids if t != end]) for a in answers]
 

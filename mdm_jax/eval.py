@@ -5,6 +5,7 @@ Whisper's English normaliser, so "seven" and "7" agree."""
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 from collections.abc import Sequence
@@ -93,6 +94,29 @@ def decode_speech(params, cfg: SpeechDecoderConfig, hiddens: Sequence[np.ndarray
         units.append(np.asarray(tokens[0, : int(lengths[0])]))
     return {"units": units, "tokens_per_s": sum(map(len, units)) / sum(seconds),
             "first_chunk_s": statistics.median(first_chunk)}
+
+
+def first_text_seconds(params, cfg: ModelConfig, questions: Sequence[tuple[np.ndarray, Sequence[int]]], *,
+                       eos_id: int, tokens: int) -> float:
+    """Median seconds from a spoken question to its first `tokens` answer tokens: the LLM's share of
+    the first speech chunk (prefill + greedy steps)."""
+    def first(mel, prompt):
+        return list(itertools.islice(text_tokens(params, cfg, mel, prompt, eos_ids={eos_id}), tokens))
+
+    return statistics.median(_warm_seconds(first, mel, prompt) for mel, prompt in questions)
+
+
+def first_audio_seconds(token2wav: Token2Wav, units: Sequence[np.ndarray], chunk: int) -> float:
+    """Median seconds token2wav takes for the first `chunk` units of each sequence."""
+    return statistics.median(_warm_seconds(token2wav, np.asarray(u[:chunk])) for u in units)
+
+
+def _warm_seconds(run, *args) -> float:
+    """Seconds of run(*args) called a second time (the first compiles)."""
+    run(*args)
+    start = time.perf_counter()
+    run(*args)
+    return time.perf_counter() - start
 
 
 def text_accuracy(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, float]:

@@ -3,9 +3,11 @@
 import json
 import math
 
+import pytest
 import soundfile as sf
 
-FIELDS = ("text_accuracy", "unit_accuracy", "wer", "tokens_per_s", "speedup_vs_ar", "first_chunk_vs_ar")
+FIELDS = ("text_accuracy", "unit_accuracy", "wer", "tokens_per_s", "speedup_vs_ar", "first_chunk_vs_ar",
+          "first_packet_vs_ar")
 
 
 def test_quick_demo_reports_real_numbers_for_every_decoder(demo_run):
@@ -20,7 +22,10 @@ def test_quick_demo_reports_real_numbers_for_every_decoder(demo_run):
             assert isinstance(r[field], float) and math.isfinite(r[field]), (r["label"], field)
         assert 0 <= r["text_accuracy"] <= 1 and 0 <= r["unit_accuracy"] <= 1 and r["wer"] >= 0
         assert r["tokens_per_s"] > 0 and r["first_chunk_s"] > 0
-    assert rows[0]["speedup_vs_ar"] == 1.0 and rows[0]["first_chunk_vs_ar"] == 1.0
+        parts = report["first_packet_parts_s"]  # the first packet adds the LLM's and token2wav's shares
+        assert r["first_packet_s"] == pytest.approx(parts["text_s"] + r["first_chunk_s"] + parts["token2wav_s"])
+        assert min(parts.values()) > 0
+    assert rows[0]["speedup_vs_ar"] == rows[0]["first_chunk_vs_ar"] == rows[0]["first_packet_vs_ar"] == 1.0
     assert math.isfinite(report["reference_units_wer"])
     assert len(report["dialogues"]) == report["eval_dialogues"]
     losing = [r["label"] for r in rows if r["method"] == "mdm" and r["unit_accuracy"] < rows[0]["unit_accuracy"]]
