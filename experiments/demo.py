@@ -84,17 +84,15 @@ def evaluate(out: Path, corpus_dir: str, corpus: dict, stages: dict[str, str], b
     spoken = [i for i, t in enumerate(texts) if normalize(t)]  # answers a WER can be measured against
     questions, end = spoken_questions(cfg, corpus_dir, records[:PACKET_DIALOGUES])
     sd = cfg.speech_decoder  # the first packet = the first text_per_block tokens, one speech block, its audio
-    packet = {"text_s": first_text_seconds(params, cfg, questions[:PACKET_DIALOGUES], eos_id=end,
-                                           tokens=sd.text_per_block),
+    packet = {"text_s": first_text_seconds(params, cfg, questions, eos_id=end, tokens=sd.text_per_block),
               "token2wav_s": first_audio_seconds(t2w, ref_units[:PACKET_DIALOGUES], sd.block_size)}
 
     rows, examples = [], []
     for label, method, stage in methods(budget):
         dec = load_params(stages[stage])[0]["speech_decoder"]
         log(f"decoding speech: {label}")
-        speech = decode_speech(dec, cfg.speech_decoder, [a.hidden for a in answers], method,
-                               max_blocks=budget.max_blocks)
-        alone = decode_speech(dec, cfg.speech_decoder, forced, method, max_blocks=budget.max_blocks)
+        speech = decode_speech(dec, sd, [a.hidden for a in answers], method, max_blocks=budget.max_blocks)
+        alone = decode_speech(dec, sd, forced, method, max_blocks=budget.max_blocks)
         judged = speech_wer(speech["units"], references, t2w)
         own = [i for i in spoken if len(speech["units"][i])]
         consistency = (word_error_rate([texts[i] for i in own], [judged["transcripts"][i] for i in own])

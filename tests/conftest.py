@@ -29,16 +29,16 @@ def pytest_collection_modifyitems(session, config, items):
 
 def pytest_unconfigure(config):
     if hasattr(config, "demo"):
-        config.demo[2].kill()  # a no-op once it has finished
-        config.demo[1].close()
+        _, log, demo = config.demo
+        demo.kill()  # a no-op once it has finished
+        log.close()
 
 
 @pytest.fixture(scope="session")
 def demo_run(pytestconfig) -> Path:
     """The one `python -m experiments.demo --quick` run (corpus, every stage, evaluation) started at
     collection, shared by the demo, sweep and notebook tests."""
-    out, log, demo = pytestconfig.demo
+    out, _, demo = pytestconfig.demo
     returncode = demo.wait(timeout=900)
-    log.flush()
     assert returncode == 0, (out / "demo.log").read_text()[-4000:]
     return out

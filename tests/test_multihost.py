@@ -2,12 +2,10 @@
 (2, 1) mesh, each feeding only its own rows; every step's loss and the params after 2 steps equal
 a single-process unsharded run over the whole batch."""
 
-import os
 import socket
-import subprocess
-import sys
 import textwrap
 
+from processes import run_together
 from small_train import small_overrides
 
 SMALL = small_overrides()
@@ -61,17 +59,6 @@ def free_port() -> int:
 
 
 def test_two_processes_data_parallel_equals_single_process():
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
     port = str(free_port())
-    procs = [subprocess.Popen([sys.executable, "-c", SCRIPT, str(i), port, " ".join(SMALL)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=env) for i in range(2)]
-    outs = []
-    try:
-        outs = [p.communicate(timeout=300) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for p, (out, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-4000:]
+    for out in run_together([[SCRIPT, str(i), port, " ".join(SMALL)] for i in range(2)], 300):
         assert "multihost ok" in out

@@ -5,11 +5,9 @@ every gradient leaf. Stage II MDM (speech decoder, heads and FFN split over 'mod
 the params after 3 AdamW steps. Each run blocks on its outputs (CPU collective deadlock, DESIGN §3).
 """
 
-import os
-import subprocess
-import sys
 import textwrap
 
+from processes import run_together
 from small_train import small_overrides
 
 # every head count and the text vocabulary divide 8
@@ -85,17 +83,5 @@ SCRIPT = textwrap.dedent("""
 
 def test_sharded_step_equals_unsharded_on_every_mesh():
     """The two stages run side by side, one process each: their compiles are single-threaded."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    procs = [subprocess.Popen([sys.executable, "-c", SCRIPT, " ".join(SMALL), stage], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=env) for stage in ("text", "mdm")]
-    outs = []
-    try:
-        outs = [p.communicate(timeout=600) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for p, (out, err) in zip(procs, outs):
-        assert p.returncode == 0, out[-2000:] + err[-4000:]
-    (stage_one, _), (stage_two, _) = outs
+    stage_one, stage_two = run_together([[SCRIPT, " ".join(SMALL), stage] for stage in ("text", "mdm")], 600)
     assert stage_one.count("grads ok") == 4 and stage_two.count("steps ok") == 4, stage_one + stage_two
