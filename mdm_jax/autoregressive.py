@@ -48,7 +48,7 @@ def generate(params, text_hidden, text_valid, streaming, key, *, cfg: SpeechDeco
     n, P = 1 + mtp_heads, t + 2
     width = max_tokens + n  # the last forward may overshoot by up to k tokens
     q_all, k_all, positions = am.layout(text_valid, jnp.ones((b, width), bool), streaming, (am.CLEAN,),
-                                        cfg.block_size, cfg.text_per_block)
+                                        cfg.block_size, cfg.text_per_block, cfg.speech_position_offset)
 
     def forward(x, start, caches):
         """x: (b, r, d) inputs at slots [start, start + r) -> logits (b, n, V) for the next n tokens."""

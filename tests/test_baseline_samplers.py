@@ -1,4 +1,7 @@
-"""AR and MTP baselines: cached decoding equals an uncached greedy re-run of the teacher-forced pass."""
+"""AR and MTP baselines: cached decoding equals an uncached greedy re-run of the teacher-forced pass
+(the training form, at the training positions: `speech_position_offset` 0 and the `tiny` preset's kind)."""
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +18,7 @@ from mdm_jax.speech_decoder import SpeechDecoder
 CFG = SpeechDecoderConfig(num_units=40, d_model=64, num_heads=4, num_kv_heads=2, ffn_dim=96, prenn_layers=1,
                           num_layers=2, mtp_modules=2, block_size=5, text_per_block=2)
 MAX = 12
+OFFSET = 256  # > 0: SOS at a fixed RoPE position whatever the text length, as the `tiny` preset trains
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +28,10 @@ def setup():
     text_valid = jnp.asarray(np.arange(6)[None] < np.array([[6], [3], [5]]))
     streaming = jnp.array([True, False, True])
     params = random_init(SpeechDecoder(CFG).init, text, jnp.zeros((3, 4), jnp.int32))
-    params = jax.tree.map(lambda p: p * 3.0 if p.ndim == 2 else p, params)
+    # Sharp attention (q and k scaled up): logits then depend on RoPE positions, so a decode at the
+    # wrong positions shows in its tokens (with the init's weights it differs by ~0.02 in a logit).
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, p: p * (10.0 if path[-1].key in ("wq", "wk") else 3.0) if p.ndim >= 2 else p, params)
     return params, text, text_valid, streaming
 
 
@@ -34,7 +41,7 @@ def _teacher_forced(params, text, tokens, mask, positions):
     return logits, mtp
 
 
-def reference(params, text, text_valid, streaming, heads, penalty=1.0, window=15):
+def reference(params, text, text_valid, streaming, heads, penalty=1.0, window=15, offset=0):
     """Greedy, re-running `[BOS][text][SOS][tokens so far]` from scratch for every forward."""
     b = text.shape[0]
     allowed = np.r_[np.ones(CFG.num_units, bool), [False, False, True, False]]
@@ -43,7 +50,8 @@ def reference(params, text, text_valid, streaming, heads, penalty=1.0, window=15
         now = out.shape[1]  # padded to one length: one compiled shape for the whole loop
         tokens = np.concatenate([np.full((b, 1), CFG.sos_id), out, np.zeros((b, 2 * MAX - now), int)], axis=1)
         mask, pos = autoregressive_mask(text_valid, jnp.asarray(np.arange(2 * MAX)[None] < now).repeat(b, 0),
-                                        streaming, chunk_size=CFG.block_size, text_per_chunk=CFG.text_per_block)
+                                        streaming, chunk_size=CFG.block_size, text_per_chunk=CFG.text_per_block,
+                                        speech_offset=offset)
         logits, mtp = _teacher_forced(params, text, jnp.asarray(tokens), mask, pos)
         new = []
         for lg in [logits] + mtp[:heads]:
@@ -67,11 +75,13 @@ def reference(params, text, text_valid, streaming, heads, penalty=1.0, window=15
     return out[:, :MAX], np.stack(gaps, 1)[:, :MAX]
 
 
-@pytest.mark.parametrize("heads,penalty", [(0, 1.0), (2, 1.0), (1, 1.5)])
-def test_cached_equals_uncached(setup, heads, penalty):
+@pytest.mark.parametrize("heads,penalty,offset", [(0, 1.0, 0), (2, 1.0, 0), (1, 1.5, 0), (0, 1.0, OFFSET),
+                                                  (2, 1.0, OFFSET)])
+def test_cached_equals_uncached(setup, heads, penalty, offset):
     params, text, text_valid, streaming = setup
-    ref, gaps = reference(params, text, text_valid, streaming, heads, penalty)
-    out = generate(params, text, text_valid, streaming, jax.random.key(0), cfg=CFG, max_tokens=MAX,
+    ref, gaps = reference(params, text, text_valid, streaming, heads, penalty, offset=offset)
+    cfg = dataclasses.replace(CFG, speech_position_offset=offset)
+    out = generate(params, text, text_valid, streaming, jax.random.key(0), cfg=cfg, max_tokens=MAX,
                    mtp_heads=heads, sampling=TokenSampling(repetition_penalty=penalty))
     tokens = np.asarray(out.tokens)[:, :ref.shape[1]]
     for r in range(tokens.shape[0]):
