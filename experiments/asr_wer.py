@@ -19,7 +19,7 @@ import jiwer
 from data_pipelines.audio import load_audio
 from data_pipelines.manifest import read_manifest
 from data_pipelines.validation import BadRecords
-from mdm_jax.asr import load_asr, transcribe, word_error_rate
+from mdm_jax.eval.asr import load_asr, transcribe, word_error_rate
 
 
 def main(argv=None) -> None:

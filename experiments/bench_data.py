@@ -20,7 +20,7 @@ import grain
 import numpy as np
 
 from data_pipelines.batching import BucketIterDataset, pack, padding_fraction
-from data_pipelines.build_corpus import build
+from data_pipelines.corpus.build import build
 from data_pipelines.manifest import read_manifest
 from data_pipelines.pipeline import DataConfig, decode, make_dataset
 from data_pipelines.tokenizer import TEMPLATES, train_bpe

@@ -20,10 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mdm_jax import autoregressive, block_diffusion
-from mdm_jax.block_diffusion import BlockDiffusionConfig
-from mdm_jax.config import get_config
-from mdm_jax.speech_decoder import SpeechDecoder
+from mdm_jax.config.model import get_config
+from mdm_jax.decode import autoregressive, block_diffusion
+from mdm_jax.decode.block_diffusion import BlockDiffusionConfig
+from mdm_jax.model.speech_decoder import SpeechDecoder
 
 
 def random_params(cfg, dtype, seed=0):

@@ -17,10 +17,10 @@ import json  # noqa: E402
 import os  # noqa: E402
 import time  # noqa: E402
 
-from mdm_jax.optimizer import make_optimizer  # noqa: E402
-from mdm_jax.train_config import MeshConfig, get_train_config  # noqa: E402
-from mdm_jax.train_data import SYNTHETIC_SPEECH_ID, SyntheticSource, model_batch  # noqa: E402
-from mdm_jax.train_step import batch_sharding, init_state, make_mesh, make_train_step, shardings, state_specs  # noqa: E402
+from mdm_jax.config.train import MeshConfig, get_train_config  # noqa: E402
+from mdm_jax.train.data import SYNTHETIC_SPEECH_ID, SyntheticSource, model_batch  # noqa: E402
+from mdm_jax.train.optimizer import make_optimizer  # noqa: E402
+from mdm_jax.train.step import batch_sharding, init_state, make_mesh, make_train_step, shardings, state_specs  # noqa: E402
 
 
 def time_steps(step, state, batches, place):

@@ -31,12 +31,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mdm_jax.config import SpeechDecoderConfig, get_config
+from mdm_jax.config.model import SpeechDecoderConfig, get_config
 from mdm_jax.diffusion.attention_masks import autoregressive_mask
-from mdm_jax.diffusion.distill import denoiser
 from mdm_jax.diffusion.losses import ar_loss, mdm_loss, mtp_loss
 from mdm_jax.diffusion.masking import MaskConfig, hierarchical_mask
-from mdm_jax.speech_decoder import SpeechDecoder
+from mdm_jax.model.speech_decoder import SpeechDecoder
+from mdm_jax.train.distill import denoiser
 
 SHAPES = {  # preset, speech-decoder overrides, batch, text states, speech blocks
     "tiny": ("tiny", [], 4, 40, 8),

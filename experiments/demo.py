@@ -43,8 +43,9 @@ from experiments.eval_data import (
     spoken_answers,
     spoken_questions,
 )
-from mdm_jax.asr import normalize, word_error_rate
-from mdm_jax.eval import (
+from mdm_jax.convert.params_io import load_params
+from mdm_jax.eval.asr import normalize, word_error_rate
+from mdm_jax.eval.metrics import (
     SpeechMethod,
     decode_speech,
     first_audio_seconds,
@@ -53,7 +54,6 @@ from mdm_jax.eval import (
     text_accuracy,
     unit_accuracy,
 )
-from mdm_jax.params_io import load_params
 
 WAVS_PER_METHOD = 3
 PACKET_DIALOGUES = 5  # first-packet shares of the LLM and token2wav: a median over this many questions

@@ -15,10 +15,10 @@ from data_pipelines.features import log_mel
 from data_pipelines.manifest import load_units, read_manifest
 from data_pipelines.tokenizer import TEMPLATES, encode_dialogue, encode_prompt, load_tokenizer, num_speech_frames
 from data_pipelines.validation import BadRecords
-from mdm_jax.eval import Answer, answer_texts
-from mdm_jax.token2mel import FlowToken2Wav
-from mdm_jax.token2wav import CentroidGriffinLim
-from mdm_jax.vocalnet import VocalNet
+from mdm_jax.eval.metrics import Answer, answer_texts
+from mdm_jax.model.vocalnet import VocalNet
+from mdm_jax.vocoder.centroid import CentroidGriffinLim
+from mdm_jax.vocoder.flow import FlowToken2Wav
 
 
 def held_out_questions(corpus_dir: str, n: int):

@@ -2,7 +2,7 @@
 
     init     random tiny + Whisper tiny.en's encoder (frozen everywhere)
     stage1   speech -> text: adaptor + the whole LLM (tiny has no pretrained LLM to adapt with LoRA)
-    states   the frozen encoder + LLM's answer states, computed once (`mdm_jax.llm_states`)
+    states   the frozen encoder + LLM's answer states, computed once (`mdm_jax.train.llm_states`)
     mdm/ar/mtp  stage II speech decoders on the same states (MDM with `masking`)
     distill  self-distillation rounds from the MDM decoder (student steps S, S/2, ..., 1)
 
@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 import jax
 
-from mdm_jax.config import ConfigError
-from mdm_jax.params_io import save_params
-from mdm_jax.train_config import get_train_config
-from mdm_jax.trainer import export, train
+from mdm_jax.config.overrides import ConfigError
+from mdm_jax.config.train import get_train_config
+from mdm_jax.convert.params_io import save_params
+from mdm_jax.train.loop import export, train
 
 PRESET = "tiny"
 
@@ -57,7 +57,7 @@ QUICK = Budget(corpus_n=24, units=64, voices_per_dialogue=1, batch_size=8, stage
 
 def prepare_corpus(corpus_dir: str, budget: Budget, log=print) -> dict:
     """Builds the embedded corpus in `corpus_dir` unless it is there, and its BPE tokenizer; -> corpus.json."""
-    from data_pipelines import build_corpus
+    from data_pipelines.corpus import build as build_corpus
     from data_pipelines.manifest import read_manifest
     from data_pipelines.tokenizer import train_bpe
     from data_pipelines.validation import BadRecords
@@ -79,8 +79,8 @@ def llm_states(path: str, stage1: str, overrides: list[str]) -> str:
     """The stage II inputs of every training record under stage I's params, computed once."""
     if not os.path.exists(path):
         from data_pipelines.validation import BadRecords
-        from mdm_jax import llm_states as states
-        from mdm_jax.params_io import load_params
+        from mdm_jax.convert.params_io import load_params
+        from mdm_jax.train import llm_states as states
 
         states.save(path, states.compute(load_params(stage1)[0], get_train_config(PRESET, overrides),
                                          BadRecords(strict=False)))
@@ -139,8 +139,8 @@ def initial_params(path: str, overrides: list[str]) -> str:
     """Random `tiny` params with Whisper tiny.en's encoder (same shapes), written once to `path`."""
     if os.path.exists(os.path.join(path, "config.json")):
         return path
-    from mdm_jax.asr import load_asr
-    from mdm_jax.vocalnet import init_params
+    from mdm_jax.eval.asr import load_asr
+    from mdm_jax.model.vocalnet import init_params
 
     cfg = get_train_config(PRESET, overrides).model
     whisper = load_asr()

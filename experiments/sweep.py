@@ -39,13 +39,13 @@ from tqdm import tqdm
 from data_pipelines.manifest import load_units
 from experiments import recipe
 from experiments.eval_data import fit_flow_token2wav, held_out_questions, reference_answers, spoken_answers
-from mdm_jax.config import ConfigError
+from mdm_jax.config.overrides import ConfigError
+from mdm_jax.config.train import get_train_config
+from mdm_jax.convert.params_io import load_params, save_params
 from mdm_jax.diffusion.masking import MASKING
-from mdm_jax.eval import SpeechMethod, decode_speech, speech_wer, text_accuracy, unit_accuracy
-from mdm_jax.objectives import CONFIDENCE_MASKING
-from mdm_jax.params_io import load_params, save_params
-from mdm_jax.train_config import get_train_config
-from mdm_jax.vocalnet import abstract_params
+from mdm_jax.eval.metrics import SpeechMethod, decode_speech, speech_wer, text_accuracy, unit_accuracy
+from mdm_jax.model.vocalnet import abstract_params
+from mdm_jax.train.objectives import CONFIDENCE_MASKING
 
 COLUMNS = ("decoder", "method", "masking", "block_size", "distill_rounds", "steps", "unit_accuracy", "length_ratio",
            "wer", "tokens_per_s", "first_chunk_s", "speedup_vs_ar", "eval_dialogues", "answers")

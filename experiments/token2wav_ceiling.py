@@ -20,9 +20,9 @@ from tqdm import tqdm
 from data_pipelines.audio import load_audio
 from data_pipelines.manifest import load_units, read_manifest
 from data_pipelines.validation import BadRecords
-from mdm_jax.asr import transcribe, word_error_rate
-from mdm_jax.token2mel import FlowToken2Wav
-from mdm_jax.token2wav import CentroidGriffinLim
+from mdm_jax.eval.asr import transcribe, word_error_rate
+from mdm_jax.vocoder.centroid import CentroidGriffinLim
+from mdm_jax.vocoder.flow import FlowToken2Wav
 
 
 def answers(manifest: Path, limit: int | None = None):

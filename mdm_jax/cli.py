@@ -6,12 +6,13 @@ import argparse
 import json
 import sys
 
-from mdm_jax.config import config_keys, get_config
+from mdm_jax.config.model import get_config
+from mdm_jax.config.overrides import config_keys
 
 
 def _info(args):
     cfg = get_config(args.config, args.overrides)
-    from mdm_jax.vocalnet import count_params
+    from mdm_jax.model.vocalnet import count_params
 
     print(cfg.to_json())
     for name, n in count_params(cfg).items():
@@ -20,7 +21,7 @@ def _info(args):
 
 def _convert(args):
     from mdm_jax.convert.hf_files import load_hf_folder
-    from mdm_jax.params_io import save_params
+    from mdm_jax.convert.params_io import save_params
 
     hf_config, state = load_hf_folder(args.src)
     if args.kind == "hf-llm":
@@ -38,10 +39,10 @@ def _convert(args):
 
 
 def _export_hf(args):
-    from mdm_jax.config import ModelConfig
+    from mdm_jax.config.model import ModelConfig
     from mdm_jax.convert import llm_config_to_hf, llm_to_hf
     from mdm_jax.convert.hf_files import save_hf_folder
-    from mdm_jax.params_io import load_params
+    from mdm_jax.convert.params_io import load_params
 
     params, cfg = load_params(args.ckpt)
     if isinstance(cfg, ModelConfig):  # a whole VocalNet: its text LLM
@@ -55,18 +56,17 @@ def _generate(args):
 
     from data_pipelines.audio import load_audio
     from data_pipelines.features import log_mel
-    from data_pipelines.tokenizer import TEMPLATES, encode_prompt, load_tokenizer, num_speech_frames
-    from mdm_jax.block_diffusion import BlockDiffusionConfig
-    from mdm_jax.config import SPEECH_PLACEHOLDER
-    from mdm_jax.streaming import stream
+    from data_pipelines.tokenizer import SPEECH_PLACEHOLDER, TEMPLATES, encode_prompt, load_tokenizer, num_speech_frames
+    from mdm_jax.decode.block_diffusion import BlockDiffusionConfig
+    from mdm_jax.decode.streaming import stream
 
     if args.ckpt.startswith("random:"):  # a smoke run of the machinery, no trained weights
-        from mdm_jax.vocalnet import random_params
+        from mdm_jax.model.vocalnet import random_params
 
         cfg = get_config(args.ckpt.split(":", 1)[1], args.overrides)
         params = random_params(cfg)
     else:
-        from mdm_jax.params_io import load_params
+        from mdm_jax.convert.params_io import load_params
 
         params, cfg = load_params(args.ckpt)
     audio, _ = load_audio(args.audio, args.audio, max_seconds=30.0)

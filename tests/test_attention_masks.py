@@ -140,8 +140,8 @@ def test_vectorised_forward_equals_blockwise_forward():
     clean prefix (the state of block-autoregressive decoding with a KV cache)."""
     from flax import linen as nn
 
-    from mdm_jax.config import SpeechDecoderConfig
-    from mdm_jax.speech_decoder import SpeechDecoder
+    from mdm_jax.config.model import SpeechDecoderConfig
+    from mdm_jax.model.speech_decoder import SpeechDecoder
 
     cfg = SpeechDecoderConfig(
         num_units=20, d_model=32, num_heads=4, num_kv_heads=2, ffn_dim=64, num_layers=2, mtp_modules=0

@@ -8,12 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mdm_jax.autoregressive import generate
-from mdm_jax.config import SpeechDecoderConfig
+from mdm_jax.config.model import SpeechDecoderConfig
+from mdm_jax.decode.autoregressive import generate
+from mdm_jax.decode.sampling import TokenSampling
 from mdm_jax.diffusion.attention_masks import autoregressive_mask
-from mdm_jax.random_init import random_init
-from mdm_jax.sampling import TokenSampling
-from mdm_jax.speech_decoder import SpeechDecoder
+from mdm_jax.model.init import random_init
+from mdm_jax.model.speech_decoder import SpeechDecoder
 
 CFG = SpeechDecoderConfig(num_units=40, d_model=64, num_heads=4, num_kv_heads=2, ffn_dim=96, prenn_layers=1,
                           num_layers=2, mtp_modules=2, block_size=5, text_per_block=2)

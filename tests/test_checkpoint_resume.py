@@ -14,8 +14,8 @@ import jax
 import numpy as np
 from small_train import small_overrides
 
-from mdm_jax.checkpointing import Checkpointer
-from mdm_jax.train_config import CheckpointConfig
+from mdm_jax.config.train import CheckpointConfig
+from mdm_jax.train.checkpointing import Checkpointer
 
 SMALL = small_overrides() + ["log_every=1", "checkpoint.every=2"]
 ENV = dict(os.environ, JAX_PLATFORMS="cpu")
@@ -79,11 +79,11 @@ RESHARD_SCRIPT = textwrap.dedent("""
     jax.config.update("jax_num_cpu_devices", 8)
     import numpy as np
     from jax.sharding import PartitionSpec as P
-    from mdm_jax.checkpointing import Checkpointer
-    from mdm_jax.optimizer import make_optimizer
-    from mdm_jax.train_config import MeshConfig, get_train_config
-    from mdm_jax.train_step import init_state, make_mesh, shardings, state_specs
-    from mdm_jax.trainer import train
+    from mdm_jax.train.checkpointing import Checkpointer
+    from mdm_jax.train.optimizer import make_optimizer
+    from mdm_jax.config.train import MeshConfig, get_train_config
+    from mdm_jax.train.step import init_state, make_mesh, shardings, state_specs
+    from mdm_jax.train.loop import train
 
     workdir, overrides = sys.argv[1], sys.argv[2].split()
     cfg = get_train_config("tiny", overrides + ["mesh.data=8", "mesh.model=1", "steps=2"])

@@ -2,8 +2,9 @@
 
 import pytest
 
-from mdm_jax.config import PRESETS, ConfigError, ModelConfig, config_keys, get_config
-from mdm_jax.vocalnet import count_params
+from mdm_jax.config.model import PRESETS, ModelConfig, get_config
+from mdm_jax.config.overrides import ConfigError, config_keys
+from mdm_jax.model.vocalnet import count_params
 
 # Published sizes (Hugging Face model cards / safetensors headers).
 LLAMA_3_2_1B = 1_235_814_400  # tied embeddings
@@ -83,7 +84,7 @@ def test_special_speech_ids_follow_vocalnet():
 def test_optional_fields_take_none_or_their_type():
     from dataclasses import dataclass
 
-    from mdm_jax.config import apply_overrides
+    from mdm_jax.config.overrides import apply_overrides
 
     @dataclass(frozen=True)
     class Data:

@@ -10,9 +10,14 @@ import numpy as np
 import optax
 import pytest
 
-from mdm_jax.block_diffusion import BlockDiffusionConfig, generate
-from mdm_jax.config import SpeechDecoderConfig
-from mdm_jax.diffusion.distill import (
+from mdm_jax.config.model import SpeechDecoderConfig
+from mdm_jax.decode.block_diffusion import BlockDiffusionConfig, generate
+from mdm_jax.diffusion.ema import ema_update
+from mdm_jax.diffusion.losses import mdm_loss
+from mdm_jax.diffusion.masking import MaskConfig, hierarchical_mask
+from mdm_jax.diffusion.schedules import step_schedule
+from mdm_jax.model.speech_decoder import SpeechDecoder
+from mdm_jax.train.distill import (
     DistillConfig,
     after_update,
     denoiser,
@@ -22,11 +27,6 @@ from mdm_jax.diffusion.distill import (
     start,
     teacher_counts,
 )
-from mdm_jax.diffusion.ema import ema_update
-from mdm_jax.diffusion.losses import mdm_loss
-from mdm_jax.diffusion.masking import MaskConfig, hierarchical_mask
-from mdm_jax.diffusion.schedules import step_schedule
-from mdm_jax.speech_decoder import SpeechDecoder
 
 CFG = SpeechDecoderConfig(num_units=40, d_model=64, num_heads=4, num_kv_heads=2, ffn_dim=96, prenn_layers=1,
                           num_layers=2, mtp_modules=0, block_size=5, text_per_block=2)

@@ -12,12 +12,12 @@ from small_train import small_overrides
 
 from data_pipelines.tokenizer import train_bpe
 from data_pipelines.validation import BadRecords
-from mdm_jax import llm_states
-from mdm_jax.config import ConfigError
-from mdm_jax.objectives import speech_inputs
-from mdm_jax.train_config import get_train_config
-from mdm_jax.train_data import grain_source, model_batch
-from mdm_jax.vocalnet import init_params
+from mdm_jax.config.overrides import ConfigError
+from mdm_jax.config.train import get_train_config
+from mdm_jax.model.vocalnet import init_params
+from mdm_jax.train import llm_states
+from mdm_jax.train.data import grain_source, model_batch
+from mdm_jax.train.objectives import speech_inputs
 
 N = 10
 

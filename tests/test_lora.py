@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from mdm_jax import lora
-from mdm_jax.config import get_config
-from mdm_jax.llm import LLM
-from mdm_jax.random_init import random_init
-from mdm_jax.speech_decoder import causal_mask
+from mdm_jax.config.model import get_config
+from mdm_jax.model import lora
+from mdm_jax.model.init import random_init
+from mdm_jax.model.llm import LLM
+from mdm_jax.model.speech_decoder import causal_mask
 
 CFG = get_config("tiny", ["llm.num_layers=1"])
 TARGETS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from small_train import small_overrides
 
-from mdm_jax import objectives
-from mdm_jax.diffusion.distill import denoiser
+from mdm_jax.config.train import get_train_config
+from mdm_jax.decode.sampling import speech_only
 from mdm_jax.diffusion.losses import mdm_loss
 from mdm_jax.diffusion.masking import MASKING, MaskConfig, corrupt, hierarchical_levels, hierarchical_mask
 from mdm_jax.diffusion.schedules import elbo_weight, mask_prob, sample_t, step_schedule
-from mdm_jax.sampling import speech_only
-from mdm_jax.train_config import get_train_config
-from mdm_jax.vocalnet import random_params
+from mdm_jax.model.vocalnet import random_params
+from mdm_jax.train import objectives
+from mdm_jax.train.distill import denoiser
 
 MASK = 1000
 

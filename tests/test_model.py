@@ -12,13 +12,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mdm_jax.attention import Attention, dot_product_attention, init_cache
-from mdm_jax.config import get_config
-from mdm_jax.llm import LLM
-from mdm_jax.random_init import random_init
-from mdm_jax.rope import apply_rope, inverse_frequencies
-from mdm_jax.speech_decoder import causal_mask
-from mdm_jax.vocalnet import SPEECH_PLACEHOLDER, VocalNet, abstract_params, init_params, random_params
+from data_pipelines.tokenizer import SPEECH_PLACEHOLDER
+from mdm_jax.config.model import get_config
+from mdm_jax.model.attention import Attention, dot_product_attention, init_cache
+from mdm_jax.model.init import random_init
+from mdm_jax.model.llm import LLM
+from mdm_jax.model.rope import apply_rope, inverse_frequencies
+from mdm_jax.model.speech_decoder import causal_mask
+from mdm_jax.model.vocalnet import VocalNet, abstract_params, init_params, random_params
 
 CFG = get_config("tiny", ["llm.num_layers=2", "encoder.num_layers=1", "speech_decoder.num_layers=1",
                           "speech_decoder.mtp_modules=1"])
@@ -167,11 +168,11 @@ TENSOR_PARALLEL_SCRIPT = textwrap.dedent("""
     jax.config.update("jax_num_cpu_devices", 4)
     import jax.numpy as jnp, numpy as np
     from jax.sharding import AxisType, PartitionSpec as P
-    from mdm_jax.config import get_config
-    from mdm_jax.llm import LLM
-    from mdm_jax.sharding import logical_specs
-    from mdm_jax.speech_decoder import causal_mask
-    from mdm_jax.vocalnet import random_params
+    from mdm_jax.config.model import get_config
+    from mdm_jax.model.llm import LLM
+    from mdm_jax.model.sharding import logical_specs
+    from mdm_jax.model.speech_decoder import causal_mask
+    from mdm_jax.model.vocalnet import random_params
 
     cfg = get_config("tiny", ["llm.num_layers=2"]).llm
     boxed = random_params(get_config("tiny", ["llm.num_layers=2"]), boxed=True)["llm"]

@@ -15,15 +15,15 @@ SCRIPT = textwrap.dedent("""
     import jax
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     pid, port, overrides = int(sys.argv[1]), sys.argv[2], sys.argv[3].split()
-    from mdm_jax.train_config import get_train_config
+    from mdm_jax.config.train import get_train_config
     cfg = get_train_config("tiny", overrides + ["mesh.data=2", f"distributed.coordinator=127.0.0.1:{port}",
                                                 "distributed.num_processes=2", f"distributed.process_id={pid}"])
-    from mdm_jax.trainer import initialize_distributed
+    from mdm_jax.train.loop import initialize_distributed
     initialize_distributed(cfg.distributed)
     import numpy as np
-    from mdm_jax.optimizer import make_optimizer
-    from mdm_jax.train_data import SYNTHETIC_SPEECH_ID, SyntheticSource, model_batch
-    from mdm_jax.train_step import batch_sharding, init_state, make_mesh, make_train_step, shardings, state_specs
+    from mdm_jax.train.optimizer import make_optimizer
+    from mdm_jax.train.data import SYNTHETIC_SPEECH_ID, SyntheticSource, model_batch
+    from mdm_jax.train.step import batch_sharding, init_state, make_mesh, make_train_step, shardings, state_specs
 
     assert jax.process_count() == 2 and jax.device_count() == 2
     opt = make_optimizer(cfg)

@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from mdm_jax.config import ModelConfig, SpeechDecoderConfig  # noqa: E402
+from mdm_jax.config.model import ModelConfig, SpeechDecoderConfig  # noqa: E402
 from mdm_jax.convert import (  # noqa: E402
     ConversionError,
     encoder_config_from_hf,
@@ -20,9 +20,9 @@ from mdm_jax.convert import (  # noqa: E402
 )
 from mdm_jax.convert.rules import export_tensors  # noqa: E402
 from mdm_jax.convert.vocalnet_release import speech_generator_rules  # noqa: E402
-from mdm_jax.llm import LLM  # noqa: E402
-from mdm_jax.speech_decoder import SpeechDecoder  # noqa: E402
-from mdm_jax.whisper import WhisperEncoder, sinusoids  # noqa: E402
+from mdm_jax.model.llm import LLM  # noqa: E402
+from mdm_jax.model.speech_decoder import SpeechDecoder  # noqa: E402
+from mdm_jax.model.whisper import WhisperEncoder, sinusoids  # noqa: E402
 
 torch.manual_seed(0)
 LLAMA3_SCALING = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,

@@ -10,9 +10,8 @@ import soundfile as sf
 from data_pipelines.batching import BucketIterDataset, pack, padding_fraction
 from data_pipelines.manifest import read_manifest
 from data_pipelines.pipeline import DataConfig, make_dataset
-from data_pipelines.tokenizer import TEMPLATES, encode_dialogue, num_speech_frames, train_bpe
+from data_pipelines.tokenizer import SPEECH_PLACEHOLDER, TEMPLATES, encode_dialogue, num_speech_frames, train_bpe
 from data_pipelines.validation import BadRecords
-from mdm_jax.config import SPEECH_PLACEHOLDER
 
 
 def _synthetic(n: int, seed: int = 0) -> list[dict]:

@@ -1,6 +1,7 @@
 """Everything the README shows is run here: its Python blocks in order, then its CLI lines."""
 
 import importlib
+import importlib.util
 import re
 import shlex
 import subprocess
@@ -10,7 +11,7 @@ from pathlib import Path
 README = (Path(__file__).parents[1] / "README.md").read_text()
 # Modules whose `python -m` is `main(argv)`: run in this process (JAX imported and compiled once), not one
 # process each. Any other command, or one with shell operators, runs in its own process.
-IN_PROCESS = ("mdm_jax.cli", "mdm_jax.train", "data_pipelines.build_corpus")
+IN_PROCESS = ("mdm_jax.cli", "mdm_jax.train", "data_pipelines.corpus.build")
 # End-to-end runs that have their own tests: tests/test_demo.py runs experiments.demo, tests/test_sweep.py
 # experiments.sweep (both on the shared `demo_run` of tests/conftest.py).
 COVERED_ELSEWHERE = ("experiments.demo", "experiments.sweep")
@@ -34,8 +35,9 @@ def _has_shell_operator(args: str) -> bool:
 
 def _run_in_process(module: str, argv: list[str]) -> int:
     """`python -m module *argv`'s exit status, from `main(argv)` (None or a SystemExit code)."""
+    package = importlib.util.find_spec(module).submodule_search_locations is not None
     try:
-        status = importlib.import_module(module).main(argv)
+        status = importlib.import_module(f"{module}.__main__" if package else module).main(argv)
     except SystemExit as e:
         status = e.code
     return 0 if status is None else status

@@ -11,11 +11,11 @@ SCRIPT = textwrap.dedent("""
     jax.config.update("jax_num_cpu_devices", 8)
     import flax.linen as nn, jax.numpy as jnp, numpy as np
     from jax.sharding import AxisType, PartitionSpec as P
-    from mdm_jax.block_diffusion import BlockDiffusionConfig, generate
-    from mdm_jax.config import SpeechDecoderConfig
-    from mdm_jax.random_init import random_init
-    from mdm_jax.sharding import for_mesh, logical_specs
-    from mdm_jax.speech_decoder import SpeechDecoder
+    from mdm_jax.decode.block_diffusion import BlockDiffusionConfig, generate
+    from mdm_jax.config.model import SpeechDecoderConfig
+    from mdm_jax.model.init import random_init
+    from mdm_jax.model.sharding import for_mesh, logical_specs
+    from mdm_jax.model.speech_decoder import SpeechDecoder
 
     cfg = SpeechDecoderConfig(num_units=40, d_model=64, num_heads=8, num_kv_heads=4, ffn_dim=128, prenn_layers=1,
                               num_layers=2, mtp_modules=0, block_size=5, text_per_block=2)

@@ -19,13 +19,13 @@ SCRIPT = textwrap.dedent("""
     import jax
     jax.config.update("jax_num_cpu_devices", 8)
     import numpy as np
-    from mdm_jax.objectives import prepare
-    from mdm_jax.optimizer import make_optimizer
-    from mdm_jax.train_config import MeshConfig, get_train_config
-    from mdm_jax.train_data import SYNTHETIC_SPEECH_ID, SyntheticSource, model_batch
-    from mdm_jax.train_step import (batch_sharding, init_state, make_grad_fn, make_mesh, make_train_step, shardings,
+    from mdm_jax.train.objectives import prepare
+    from mdm_jax.train.optimizer import make_optimizer
+    from mdm_jax.config.train import MeshConfig, get_train_config
+    from mdm_jax.train.data import SYNTHETIC_SPEECH_ID, SyntheticSource, model_batch
+    from mdm_jax.train.step import (batch_sharding, init_state, make_grad_fn, make_mesh, make_train_step, shardings,
                                     state_specs)
-    from mdm_jax.vocalnet import random_params
+    from mdm_jax.model.vocalnet import random_params
 
     MESHES = [(8, 1), (4, 2), (2, 4), (1, 8)]
     SMALL = sys.argv[1].split()

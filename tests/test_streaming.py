@@ -7,13 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mdm_jax import block_diffusion
-from mdm_jax.block_diffusion import BlockDiffusionConfig
-from mdm_jax.config import SPEECH_PLACEHOLDER, SpeechDecoderConfig, get_config
-from mdm_jax.random_init import random_init
-from mdm_jax.speech_decoder import SpeechDecoder
-from mdm_jax.streaming import stream
-from mdm_jax.vocalnet import VocalNet, random_params
+from data_pipelines.tokenizer import SPEECH_PLACEHOLDER
+from mdm_jax.config.model import SpeechDecoderConfig, get_config
+from mdm_jax.decode import block_diffusion
+from mdm_jax.decode.block_diffusion import BlockDiffusionConfig
+from mdm_jax.decode.streaming import stream
+from mdm_jax.model.init import random_init
+from mdm_jax.model.speech_decoder import SpeechDecoder
+from mdm_jax.model.vocalnet import VocalNet, random_params
 
 SAMPLER = BlockDiffusionConfig(steps=2)
 

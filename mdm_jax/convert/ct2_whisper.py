@@ -25,11 +25,11 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from mdm_jax.config import EncoderConfig, WhisperDecoderConfig
+from mdm_jax.config.model import EncoderConfig, WhisperDecoderConfig
 from mdm_jax.convert.hf_whisper import whisper_decoder_rules, whisper_encoder_rules
 from mdm_jax.convert.rules import ConversionError, import_tensors
-from mdm_jax.whisper import WhisperEncoder
-from mdm_jax.whisper_decoder import WhisperDecoder
+from mdm_jax.model.whisper import WhisperEncoder
+from mdm_jax.model.whisper_decoder import WhisperDecoder
 
 # dtype ids of `ctranslate2.specs.model_spec._dtype_to_type_id`; bfloat16 is read as raw uint16.
 _DTYPES = (np.float32, np.int8, np.int16, np.int32, np.float16, np.uint16)

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from mdm_jax.config import LLMConfig
+from mdm_jax.config.model import LLMConfig
 from mdm_jax.convert.rules import (
     ConversionError,
     Rule,
@@ -17,7 +17,7 @@ from mdm_jax.convert.rules import (
     reshape,
     transpose,
 )
-from mdm_jax.llm import abstract_llm_params
+from mdm_jax.model.llm import abstract_llm_params
 
 
 def llm_config_from_hf(hf: Mapping) -> LLMConfig:

@@ -8,9 +8,9 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from mdm_jax.config import EncoderConfig, WhisperDecoderConfig
+from mdm_jax.config.model import EncoderConfig, WhisperDecoderConfig
 from mdm_jax.convert.rules import Rule, export_tensors, import_tensors, linear, linear_in, reshape, transpose
-from mdm_jax.whisper import WhisperEncoder
+from mdm_jax.model.whisper import WhisperEncoder
 
 
 def encoder_config_from_hf(hf: Mapping) -> EncoderConfig:

@@ -24,11 +24,11 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from mdm_jax.config import ModelConfig, SpeechDecoderConfig
+from mdm_jax.config.model import ModelConfig, SpeechDecoderConfig
 from mdm_jax.convert.hf_llm import decoder_layer_rules, llm_rules
 from mdm_jax.convert.hf_whisper import whisper_encoder_rules
 from mdm_jax.convert.rules import Rule, export_tensors, import_tensors, transpose
-from mdm_jax.vocalnet import abstract_params
+from mdm_jax.model.vocalnet import abstract_params
 
 
 def _prefixed(rules: list[Rule], path: str) -> list[Rule]:

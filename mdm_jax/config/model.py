@@ -1,0 +1,211 @@
+"""Model configuration: frozen dataclasses, named presets and `key=value` overrides.
+
+    cfg = get_config("tiny", ["llm.num_layers=2", "dtype=bfloat16"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+
+from mdm_jax.config.overrides import ConfigError, apply_overrides, from_dict
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Whisper encoder (frozen in every stage)."""
+
+    num_mel_bins: int = 80
+    d_model: int = 384
+    num_layers: int = 4
+    num_heads: int = 6
+    ffn_dim: int = 1536
+    max_source_positions: int = 1500  # 30 s at 50 Hz after the stride-2 conv
+    layer_norm_eps: float = 1e-5
+
+
+@dataclass(frozen=True)
+class WhisperDecoderConfig:
+    """Whisper's text decoder (the ASR judge); defaults: Whisper tiny.en."""
+
+    vocab_size: int = 51864
+    d_model: int = 384
+    num_layers: int = 4
+    num_heads: int = 6
+    ffn_dim: int = 1536
+    max_target_positions: int = 448
+    layer_norm_eps: float = 1e-5
+
+
+@dataclass(frozen=True)
+class AdaptorConfig:
+    """Concatenate `downsample` encoder frames (50 Hz -> 10 Hz), then Linear-ReLU-Linear."""
+
+    downsample: int = 5
+    hidden_dim: int = 2048
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    """Decoder-only LLM of the LLaMA (3.x) or Qwen2 family."""
+
+    family: str = "llama"  # "llama" | "qwen2"
+    vocab_size: int = 2048
+    d_model: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    ffn_dim: int = 768
+    rope_theta: float = 10_000.0
+    rope_scaling: str = "none"  # "none" | "llama3"
+    rope_factor: float = 8.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_positions: int = 8192
+    rms_norm_eps: float = 1e-5
+    qkv_bias: bool = False
+    tie_embeddings: bool = True
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.num_heads
+
+
+@dataclass(frozen=True)
+class SpeechDecoderConfig:
+    """VocalNet speech decoder ("talker"): pre-NN over text states, LLaMA layers, MTP modules.
+
+    Speech ids: units 0..num_units-1, then BOS, SOS, EOS, PAD (VocalNet) and MASK (ours).
+    The head predicts units + the four specials; MASK is an input-only id.
+    """
+
+    num_units: int = 512
+    d_model: int = 256  # = LLM width in VocalNet (the text states are fed as they are)
+    num_heads: int = 4
+    num_kv_heads: int = 4
+    ffn_dim: int = 768
+    prenn_layers: int = 1
+    num_layers: int = 2
+    mtp_modules: int = 3
+    rope_theta: float = 10_000.0
+    rms_norm_eps: float = 1e-6
+    block_size: int = 15  # speech tokens per block = one 0.6 s streaming chunk
+    text_per_block: int = 5  # text positions visible per extra speech block (5 : 15)
+    # 0: SOS right after the real text (VocalNet). > 0: SOS at this RoPE position whatever the text
+    # length, which streaming needs: the text length is unknown when the first block is decoded.
+    speech_position_offset: int = 0
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.num_heads
+
+    @property
+    def bos_id(self) -> int:
+        return self.num_units
+
+    @property
+    def sos_id(self) -> int:
+        return self.num_units + 1
+
+    @property
+    def eos_id(self) -> int:
+        return self.num_units + 2
+
+    @property
+    def pad_id(self) -> int:
+        return self.num_units + 3
+
+    @property
+    def mask_id(self) -> int:
+        return self.num_units + 4
+
+    @property
+    def output_vocab(self) -> int:
+        return self.num_units + 4
+
+    @property
+    def input_vocab(self) -> int:
+        return self.num_units + 5
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "tiny"
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    adaptor: AdaptorConfig = field(default_factory=AdaptorConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    speech_decoder: SpeechDecoderConfig = field(default_factory=SpeechDecoderConfig)
+    dtype: str = "float32"  # compute dtype; params stay float32
+    remat: bool = False  # jax.checkpoint around every transformer layer
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelConfig:
+        return from_dict(cls, json.loads(text))
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets
+
+WHISPER_TINY_EN = EncoderConfig()
+WHISPER_LARGE_V3 = EncoderConfig(
+    num_mel_bins=128, d_model=1280, num_layers=32, num_heads=20, ffn_dim=5120
+)
+
+LLAMA_3_2_1B = LLMConfig(
+    vocab_size=128_256, d_model=2048, num_layers=16, num_heads=32, num_kv_heads=8,
+    ffn_dim=8192, rope_theta=500_000.0, rope_scaling="llama3", rope_factor=32.0,
+    tie_embeddings=True,
+)
+LLAMA_3_1_8B = LLMConfig(
+    vocab_size=128_256, d_model=4096, num_layers=32, num_heads=32, num_kv_heads=8,
+    ffn_dim=14_336, rope_theta=500_000.0, rope_scaling="llama3", rope_factor=8.0,
+    tie_embeddings=False,
+)
+QWEN2_5_7B = LLMConfig(
+    family="qwen2", vocab_size=152_064, d_model=3584, num_layers=28, num_heads=28,
+    num_kv_heads=4, ffn_dim=18_944, rope_theta=1_000_000.0, rms_norm_eps=1e-6,
+    qkv_bias=True, tie_embeddings=False,
+)
+
+
+def _vocalnet_decoder(llm: LLMConfig) -> SpeechDecoderConfig:
+    """Published VocalNet talker: width of the LLM, 32 heads (28 for Qwen), FFN 8192, 2 + 4 layers."""
+    heads = 32 if llm.d_model % 32 == 0 else llm.num_heads
+    return SpeechDecoderConfig(
+        num_units=6561, d_model=llm.d_model, num_heads=heads, num_kv_heads=heads,
+        ffn_dim=8192, prenn_layers=2, num_layers=4, mtp_modules=5,
+    )
+
+
+PRESETS: dict[str, ModelConfig] = {
+    "tiny": ModelConfig(
+        name="tiny",
+        encoder=WHISPER_TINY_EN,
+        adaptor=AdaptorConfig(downsample=5, hidden_dim=512),
+        llm=LLMConfig(),
+        speech_decoder=SpeechDecoderConfig(speech_position_offset=256),
+    ),
+    "vocalnet-1b": ModelConfig(
+        name="vocalnet-1b", encoder=WHISPER_LARGE_V3, llm=LLAMA_3_2_1B,
+        speech_decoder=_vocalnet_decoder(LLAMA_3_2_1B), dtype="bfloat16",
+    ),
+    "vocalnet-8b": ModelConfig(
+        name="vocalnet-8b", encoder=WHISPER_LARGE_V3, llm=LLAMA_3_1_8B,
+        speech_decoder=_vocalnet_decoder(LLAMA_3_1_8B), dtype="bfloat16", remat=True,
+    ),
+    "vocalnet-qwen2.5-7b": ModelConfig(
+        name="vocalnet-qwen2.5-7b", encoder=WHISPER_LARGE_V3, llm=QWEN2_5_7B,
+        speech_decoder=_vocalnet_decoder(QWEN2_5_7B), dtype="bfloat16", remat=True,
+    ),
+}
+
+
+def get_config(name: str, overrides: typing.Sequence[str] = ()) -> ModelConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return apply_overrides(PRESETS[name], overrides)

@@ -1,0 +1,83 @@
+"""`key=value` overrides of nested frozen config dataclasses, and their JSON round trip.
+
+    cfg = apply_overrides(cfg, ["llm.num_layers=2", "dtype=bfloat16"])   # unknown keys, bad values: ConfigError
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+
+class ConfigError(ValueError):
+    """A preset name, override key or override value that cannot be applied."""
+
+
+def config_keys(cfg: object, prefix: str = "") -> dict[str, type]:
+    """Every overridable dotted key and its type, e.g. {'llm.num_layers': int, ...}."""
+    keys = {}
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            keys.update(config_keys(value, f"{prefix}{f.name}."))
+        else:
+            keys[prefix + f.name] = hints[f.name]
+    return keys
+
+
+def apply_overrides(cfg, overrides: typing.Sequence[str]):
+    """Apply `a.b=value` strings; unknown keys and ill-typed values raise `ConfigError`."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        types_ = config_keys(cfg)
+        if key not in types_:
+            raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(sorted(types_))}")
+        cfg = _replace_path(cfg, key.split("."), _parse(key, raw, types_[key]))
+    return cfg
+
+
+def _replace_path(cfg, path: list[str], value):
+    head, *rest = path
+    new = _replace_path(getattr(cfg, head), rest, value) if rest else value
+    return dataclasses.replace(cfg, **{head: new})
+
+
+def _parse(key: str, raw: str, typ):
+    args = typing.get_args(typ)
+    if type(None) in args:  # `T | None`: "none" or a T
+        if raw.lower() in ("none", "null"):
+            return None
+        (typ,) = [a for a in args if a is not type(None)]
+    if typ is bool:
+        if raw.lower() in ("true", "1", "yes"):
+            return True
+        if raw.lower() in ("false", "0", "no"):
+            return False
+    elif typ is int:
+        try:
+            return int(raw)
+        except ValueError:
+            pass
+    elif typ is float:
+        try:
+            return float(raw)
+        except ValueError:
+            pass
+    elif typ is str:
+        return raw
+    raise ConfigError(f"config key {key!r} expects {typ.__name__}, got {raw!r}")
+
+
+def from_dict(cls, data: dict):
+    """Rebuild a (nested) config dataclass from `dataclasses.asdict` output; unknown keys raise."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in data.items():
+        typ = hints.get(name)
+        if typ is None:
+            raise ConfigError(f"unknown config key {name!r} for {cls.__name__}")
+        kwargs[name] = from_dict(typ, value) if dataclasses.is_dataclass(typ) else value
+    return cls(**kwargs)

@@ -1,0 +1,1 @@
+"""Speech tokens from a trained decoder: block diffusion, the AR/MTP baselines, streaming, sharded sampling."""

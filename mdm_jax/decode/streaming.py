@@ -1,0 +1,109 @@
+"""Streaming speech-to-speech: speech in -> text tokens (LLM, autoregressive) -> a block of speech
+tokens every `text_per_block` text tokens, each yielded as soon as it is final.
+
+    for chunk in stream(params, cfg, mel, prompt_ids, eos_ids={2}):
+        print(chunk.text_ids, chunk.speech)          # first chunk after chunk.elapsed_s seconds
+
+Block c of the speech decoder reads the first (c + 1)·text_per_block text states under the
+streaming mask, so each block is decoded the moment its text exists; with a fixed
+`speech_position_offset` the result equals decoding after the whole text (tested).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mdm_jax.config.model import ModelConfig
+from mdm_jax.decode import block_diffusion
+from mdm_jax.decode.block_diffusion import BlockDiffusionConfig
+from mdm_jax.model.attention import init_cache
+from mdm_jax.model.vocalnet import VocalNet
+
+
+@dataclass(frozen=True)
+class StreamChunk:
+    block: int
+    text_ids: list[int]  # the whole answer text so far
+    speech: np.ndarray  # (<= block_size,) units of this block (EOS and what follows removed)
+    elapsed_s: float  # since the call started, i.e. since the end of the input audio
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "capacity"))
+def _prefill(params, mel, ids, *, cfg: ModelConfig, capacity: int):
+    """Encode speech, run the prompt; -> (last logits (V,), caches)."""
+    model = VocalNet(cfg)
+    speech = model.apply({"params": params}, mel, method=VocalNet.encode_speech)
+    t = ids.shape[1]
+    caches = [init_cache(1, capacity, cfg.llm.num_kv_heads, cfg.llm.head_dim, jnp.dtype(cfg.dtype))
+              for _ in range(cfg.llm.num_layers)]
+    mask = (jnp.arange(capacity)[None] <= jnp.arange(t)[:, None])[None]
+    logits, _, caches = model.apply({"params": params}, ids, speech, jnp.arange(t)[None], mask, caches, 0,
+                                    method=VocalNet.llm_forward)
+    return logits[0, -1], caches
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _llm_step(params, token, index, caches, *, cfg: ModelConfig):
+    """Feed one text token at position `index` -> (next logits (V,), its hidden state (d,), caches)."""
+    capacity = caches[0]["k"].shape[1]
+    mask = (jnp.arange(capacity) <= index)[None, None]
+    logits, hidden, caches = VocalNet(cfg).apply({"params": params}, token.reshape(1, 1), None,
+                                                 index.reshape(1, 1), mask, caches, index,
+                                                 method=VocalNet.llm_forward)
+    return logits[0, -1], hidden[0, -1], caches
+
+
+def text_tokens(params, cfg: ModelConfig, mel, prompt_ids: Sequence[int], *, eos_ids: set[int],
+                max_text_tokens: int = 64) -> Iterator[tuple[int, np.ndarray]]:
+    """Greedy answer text, one (token id, its LLM hidden state (d,)) at a time, up to and including
+    an id of `eos_ids`. mel: (n_mels, frames); prompt_ids with SPEECH_PLACEHOLDER once per adaptor frame."""
+    ids = jnp.asarray([list(prompt_ids)], jnp.int32)
+    logits, caches = _prefill(params, jnp.asarray(mel)[None], ids, cfg=cfg, capacity=ids.shape[1] + max_text_tokens)
+    for n in range(max_text_tokens):
+        token = int(jnp.argmax(logits))
+        logits, h, caches = _llm_step(params, jnp.int32(token), jnp.int32(ids.shape[1] + n), caches, cfg=cfg)
+        yield token, np.asarray(h)  # the answer's states include its end-of-text token
+        if token in eos_ids:
+            return
+
+
+def stream(params, cfg: ModelConfig, mel, prompt_ids: Sequence[int], *, eos_ids: set[int],
+           max_text_tokens: int = 64, max_blocks: int = 16, sampler: BlockDiffusionConfig = BlockDiffusionConfig(),
+           key=None) -> Iterator[StreamChunk]:
+    """mel: (n_mels, frames) of one utterance; prompt_ids with SPEECH_PLACEHOLDER once per adaptor
+    frame. Greedy text; speech by block diffusion. Yields one StreamChunk per speech block."""
+    start = time.perf_counter()
+    sd, tpb = cfg.speech_decoder, cfg.speech_decoder.text_per_block
+    key = jax.random.key(0) if key is None else key
+    dec_params = params["speech_decoder"]
+    text = text_tokens(params, cfg, mel, prompt_ids, eos_ids=eos_ids, max_text_tokens=max_text_tokens)
+    state = block_diffusion.begin(dec_params, jnp.ones((1,), bool), key, cfg=sd, num_blocks=max_blocks,
+                                  text_capacity=max_text_tokens)
+    text_ids: list[int] = []
+    hidden = np.zeros((1, max_text_tokens, cfg.llm.d_model), np.float32)
+    written = 0
+    for block in range(max_blocks):
+        for token, h in itertools.islice(text, max(0, min((block + 1) * tpb, max_text_tokens) - len(text_ids))):
+            hidden[0, len(text_ids)] = h
+            text_ids.append(token)
+        if written < len(text_ids):
+            valid = jnp.asarray(np.arange(max_text_tokens)[None] < len(text_ids))
+            count = min(tpb * -(-(len(text_ids) - written) // tpb), max_text_tokens - written)
+            state = block_diffusion.add_text(dec_params, state, jnp.asarray(hidden), valid, start=written,
+                                             count=count, cfg=sd)
+            written = len(text_ids)
+        step = block_diffusion.first_block if block == 0 else block_diffusion.next_block
+        state = step(dec_params, state, cfg=sd, sampler=sampler)
+        tokens = np.asarray(state.tokens[0, block * sd.block_size:(block + 1) * sd.block_size])
+        speech = tokens[: int(np.argmax(tokens >= sd.num_units)) if (tokens >= sd.num_units).any() else len(tokens)]
+        yield StreamChunk(block, list(text_ids), speech, time.perf_counter() - start)
+        if bool(state.done[0]):
+            return

@@ -1,0 +1,1 @@
+"""Evaluation: the Whisper ASR judge and the metrics of the demo and the sweeps."""

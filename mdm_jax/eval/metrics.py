@@ -1,0 +1,148 @@
+"""Evaluators shared by the demo, the sweeps and the tests: the model's answers to spoken
+questions (`answer_texts`), its speech decoded and timed by one method (`decode_speech`), and
+small functions from outputs (and references) to a dict of numbers. Text is compared after
+Whisper's English normaliser, so "seven" and "7" agree."""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from mdm_jax.config.model import ModelConfig, SpeechDecoderConfig
+from mdm_jax.decode import autoregressive, block_diffusion
+from mdm_jax.decode.streaming import text_tokens
+from mdm_jax.eval.asr import WhisperASR, normalize, transcribe, word_error_rate
+from mdm_jax.vocoder.base import Token2Wav
+
+METHODS = ("ar", "mtp", "mdm")
+
+
+@dataclass(frozen=True)
+class SpeechMethod:
+    """How speech tokens are decoded: AR (one per forward), MTP (1 + mtp_modules per forward) or
+    block diffusion with `steps` denoising forwards per block."""
+
+    name: str
+    steps: int | None = None
+
+    def __post_init__(self):
+        if self.name not in METHODS or (self.name == "mdm") != (self.steps is not None):
+            raise ValueError(f"{self}: expected ar, mtp, or mdm with steps")
+
+
+@dataclass(frozen=True)
+class Answer:
+    text_ids: list[int]  # greedy answer, end token included
+    hidden: np.ndarray  # (len(text_ids), d) the LLM states the speech decoder reads
+
+
+def answer_texts(params, cfg: ModelConfig, questions: Sequence[tuple[np.ndarray, Sequence[int]]], *, eos_id: int,
+                 max_text_tokens: int = 32) -> list[Answer]:
+    """questions: (mel (n_mels, frames), prompt ids) pairs -> the LLM's greedy answers."""
+    answers = []
+    for mel, prompt in tqdm(questions, desc="answers", unit="question"):
+        steps = list(text_tokens(params, cfg, mel, prompt, eos_ids={eos_id}, max_text_tokens=max_text_tokens))
+        answers.append(Answer([t for t, _ in steps], np.stack([h for _, h in steps])))
+    return answers
+
+
+def _decoder(params, cfg: SpeechDecoderConfig, method: SpeechMethod, blocks: int):
+    """-> f(text_hidden (1, T, d), text_valid (1, T)) -> (tokens (1, N), lengths (1,)), streaming mask."""
+    streaming, key = jnp.ones((1,), bool), jax.random.key(0)
+    if method.name == "mdm":
+        sampler = block_diffusion.BlockDiffusionConfig(steps=method.steps)
+        run = lambda h, v: block_diffusion.generate(params, h, v, streaming, key, cfg=cfg, num_blocks=blocks,  # noqa: E731
+                                                    sampler=sampler)
+    else:
+        heads = cfg.mtp_modules if method.name == "mtp" else 0
+        run = lambda h, v: autoregressive.generate(params, h, v, streaming, key, cfg=cfg,  # noqa: E731
+                                                   max_tokens=blocks * cfg.block_size, mtp_heads=heads)
+    def decode(h, v):
+        state = run(h, v)
+        return jax.block_until_ready((state.tokens, state.lengths))
+
+    return decode
+
+
+def decode_speech(params, cfg: SpeechDecoderConfig, hiddens: Sequence[np.ndarray], method: SpeechMethod, *,
+                  max_blocks: int = 8, text_capacity: int = 32) -> dict:
+    """Speech units for each answer's states (batch 1, greedy, streaming mask), timed after a
+    warm-up: {'units': [(U,)], 'tokens_per_s': all units / all decoding seconds, 'first_chunk_s':
+    median seconds to the first `block_size` units}. Text is padded to `text_capacity` (one compile)."""
+    whole, first = _decoder(params, cfg, method, max_blocks), _decoder(params, cfg, method, 1)
+    units, seconds, first_chunk = [], [], []
+    for i, h in enumerate(hiddens):
+        t = min(len(h), text_capacity)
+        text = jnp.asarray(np.pad(h[:t], ((0, text_capacity - t), (0, 0)))[None])
+        valid = jnp.asarray(np.arange(text_capacity)[None] < t)
+        if i == 0:  # compile both programs outside the clock
+            whole(text, valid), first(text, valid)
+        start = time.perf_counter()
+        tokens, lengths = whole(text, valid)
+        seconds.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        first(text, valid)
+        first_chunk.append(time.perf_counter() - start)
+        units.append(np.asarray(tokens[0, : int(lengths[0])]))
+    return {"units": units, "tokens_per_s": sum(map(len, units)) / sum(seconds),
+            "first_chunk_s": statistics.median(first_chunk)}
+
+
+def first_text_seconds(params, cfg: ModelConfig, questions: Sequence[tuple[np.ndarray, Sequence[int]]], *,
+                       eos_id: int, tokens: int) -> float:
+    """Median seconds from a spoken question to its first `tokens` answer tokens: the LLM's share of
+    the first speech chunk (prefill + greedy steps)."""
+    def first(mel, prompt):
+        return list(itertools.islice(text_tokens(params, cfg, mel, prompt, eos_ids={eos_id}), tokens))
+
+    return statistics.median(_warm_seconds(first, mel, prompt) for mel, prompt in questions)
+
+
+def first_audio_seconds(token2wav: Token2Wav, units: Sequence[np.ndarray], chunk: int) -> float:
+    """Median seconds token2wav takes for the first `chunk` units of each sequence."""
+    return statistics.median(_warm_seconds(token2wav, np.asarray(u[:chunk])) for u in units)
+
+
+def _warm_seconds(run, *args) -> float:
+    """Seconds of run(*args) called a second time (the first compiles)."""
+    run(*args)
+    start = time.perf_counter()
+    run(*args)
+    return time.perf_counter() - start
+
+
+def text_accuracy(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Exact match of normalised answers, and their word error rate."""
+    exact = [normalize(h) == normalize(r) for h, r in zip(hypotheses, references, strict=True)]
+    return {"text_accuracy": float(np.mean(exact)), "text_wer": word_error_rate(references, hypotheses)}
+
+
+def unit_accuracy(generated: Sequence[np.ndarray], references: Sequence[np.ndarray]) -> dict[str, float]:
+    """Position-aligned agreement with the reference units over the reference length (a missing
+    position counts as wrong), and generated / reference length."""
+    hits = total = 0
+    ratios = []
+    for g, r in zip(generated, references, strict=True):
+        g, r = np.asarray(g), np.asarray(r)
+        n = min(len(g), len(r))
+        hits += int((g[:n] == r[:n]).sum())
+        total += len(r)
+        ratios.append(len(g) / max(len(r), 1))
+    return {"unit_accuracy": hits / max(total, 1), "length_ratio": float(np.mean(ratios))}
+
+
+def speech_wer(units: Sequence[np.ndarray], references: Sequence[str], token2wav: Token2Wav,
+               asr: WhisperASR | None = None, max_new_tokens: int = 64) -> dict[str, float]:
+    """Units -> waveform -> the ASR judge -> WER against the reference answers. Transcripts stop
+    at `max_new_tokens`: unintelligible speech makes Whisper repeat itself up to the limit."""
+    wavs = [token2wav(np.asarray(u)) if len(u) else np.zeros(1600, np.float32) for u in units]
+    hypotheses = transcribe(wavs, asr, batch_size=min(8, len(wavs)), max_new_tokens=max_new_tokens)
+    return {"wer": word_error_rate(references, hypotheses), "transcripts": hypotheses}

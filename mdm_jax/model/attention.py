@@ -1,0 +1,77 @@
+"""Grouped-query attention with RoPE, an explicit boolean mask and an optional fixed-size KV cache."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+from einops import rearrange
+from jax import lax
+
+from mdm_jax.model.layers import param
+from mdm_jax.model.rope import apply_rope
+from mdm_jax.model.sharding import local, psum_model
+
+KVCache = dict  # {'k': (b, s, kv, d), 'v': (b, s, kv, d)}: one per layer, a plain pytree
+
+
+def init_cache(batch: int, length: int, num_kv_heads: int, head_dim: int, dtype=jnp.float32) -> KVCache:
+    """Zeros for `length` slots; under shard_map this device's share of the kv heads."""
+    zeros = jnp.zeros((batch, length, local(num_kv_heads, "num_kv_heads"), head_dim), dtype)
+    return {"k": zeros, "v": zeros}
+
+
+def dot_product_attention(q, k, v, mask=None):
+    """q: (b, t, h, d); k, v: (b, s, kv, d); mask: (b, t, s) bool, True = may attend, or None
+    for full attention -> (b, t, h, d).
+
+    Softmax in float32; fully masked rows give a uniform average instead of NaN.
+    """
+    groups = q.shape[2] // k.shape[2]
+    q = rearrange(q, "b t (kv g) d -> b kv g t d", g=groups)
+    scores = jnp.einsum("bkgtd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+    scores = scores * (q.shape[-1] ** -0.5)
+    if mask is not None:
+        scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->bkgtd", probs, v)
+    return rearrange(out, "b kv g t d -> b t (kv g) d")
+
+
+class Attention(nn.Module):
+    """LLaMA / Qwen2 self-attention; heads column-parallel, output row-parallel over 'model'."""
+
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    inv_freq: tuple  # RoPE inverse frequencies (static)
+    qkv_bias: bool = False
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, positions, mask, cache: KVCache | None = None, cache_index=None):
+        """x: (b, t, D); positions: (b, t); mask: (b, t, s) where s = t, or the cache length.
+
+        With a cache, the new keys/values are written at `cache_index` (scalar) and the queries
+        attend over the whole cache. Returns (out (b, t, D), new cache or None).
+        """
+        d, hd = x.shape[-1], self.head_dim
+        h, kv = local(self.num_heads, "num_heads"), local(self.num_kv_heads, "num_kv_heads")
+        heads, kv_heads = ("embed", "heads", "head_dim"), ("embed", "kv_heads", "head_dim")
+        q = jnp.einsum("btD,Dhd->bthd", x, param(self, "wq", (d, h, hd), heads, self.dtype))
+        k = jnp.einsum("btD,Dhd->bthd", x, param(self, "wk", (d, kv, hd), kv_heads, self.dtype))
+        v = jnp.einsum("btD,Dhd->bthd", x, param(self, "wv", (d, kv, hd), kv_heads, self.dtype))
+        if self.qkv_bias:
+            zeros = nn.initializers.zeros
+            q = q + param(self, "bq", (h, hd), ("heads", "head_dim"), self.dtype, zeros)
+            k = k + param(self, "bk", (kv, hd), ("kv_heads", "head_dim"), self.dtype, zeros)
+            v = v + param(self, "bv", (kv, hd), ("kv_heads", "head_dim"), self.dtype, zeros)
+        q = apply_rope(q, positions, self.inv_freq)
+        k = apply_rope(k, positions, self.inv_freq)
+        if cache is not None:
+            start = (0, cache_index, 0, 0)
+            cache = {"k": lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start),
+                     "v": lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)}
+            k, v = cache["k"].astype(self.dtype), cache["v"].astype(self.dtype)
+        out = dot_product_attention(q, k, v, mask)
+        wo = param(self, "wo", (h, hd, d), ("heads", "head_dim", "embed"), self.dtype)
+        return psum_model(jnp.einsum("bthd,hdD->btD", out, wo)), cache

@@ -1,0 +1,112 @@
+"""VocalNet speech decoder ("talker") over `[BOS][pre-NN(text states)][speech ids]`.
+
+The pre-NN (causal LLaMA layers) refines the LLM's text states; the decoder layers run over the
+concatenation under whatever mask the objective needs (AR causal, MDM block-causal [x_t ; x_0],
+streaming or not); the head reads the normed states; MTP modules (VocalNet's baseline) each add
+one LLaMA layer + norm + head over the previous module's states.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from mdm_jax.config.model import SpeechDecoderConfig
+from mdm_jax.model.layers import Embed, RMSNorm, param
+from mdm_jax.model.llm import layer_kwargs
+from mdm_jax.model.rope import inverse_frequencies
+from mdm_jax.model.transformer import DecoderLayer, DecoderStack
+
+
+def causal_mask(batch: int, length: int):
+    return jnp.broadcast_to(jnp.tril(jnp.ones((length, length), bool)), (batch, length, length))
+
+
+class Head(nn.Module):
+    """RMSNorm + Linear (with bias, as VocalNet's output_proj) -> float32 logits."""
+
+    cfg: SpeechDecoderConfig
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, h):
+        c = self.cfg
+        h = RMSNorm(c.rms_norm_eps, self.dtype, name="norm")(h)
+        w = param(self, "w", (c.d_model, c.output_vocab), ("embed", "speech_vocab"), self.dtype)
+        b = param(self, "b", (c.output_vocab,), ("speech_vocab",), self.dtype, nn.initializers.zeros)
+        return (h @ w + b).astype(jnp.float32)
+
+
+class MTPModule(nn.Module):
+    """One LLaMA layer over the previous states, then its own head (predicts k tokens further)."""
+
+    cfg: SpeechDecoderConfig
+    layer: dict
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, h, positions, mask, cache=None, cache_index=None):
+        h, cache = DecoderLayer(**self.layer, name="layer")(h, positions, mask, cache, cache_index)
+        return h, Head(self.cfg, self.dtype, name="head")(h), cache
+
+
+class SpeechDecoder(nn.Module):
+    cfg: SpeechDecoderConfig
+    dtype: jnp.dtype = jnp.float32
+    remat: bool = False
+
+    def setup(self):
+        c = self.cfg
+        layer = layer_kwargs(c.num_heads, c.num_kv_heads, c.head_dim, c.ffn_dim,
+                             inverse_frequencies(c.head_dim, c.rope_theta), c.rms_norm_eps, False, self.dtype)
+        self.embed = Embed(c.input_vocab, c.d_model, "speech_vocab", self.dtype)
+        self.prenn = DecoderStack(c.prenn_layers, layer, self.remat)
+        self.decoder = DecoderStack(c.num_layers, layer, self.remat)
+        self.head = Head(c, self.dtype)
+        self.mtp = [MTPModule(c, layer, self.dtype) for _ in range(c.mtp_modules)]
+
+    def encode_text(self, text_hidden):
+        """Pre-NN, causal over the text states: (b, t, d) -> (b, t, d)."""
+        b, t, _ = text_hidden.shape
+        positions = jnp.broadcast_to(jnp.arange(t), (b, t))
+        return self.prenn(text_hidden.astype(self.dtype), positions, causal_mask(b, t))[0]
+
+    def prefix(self, text_hidden):
+        """`[BOS][pre-NN(text)]`: (b, t, d) -> (b, 1 + t, d)."""
+        bos = self.embed(jnp.full((text_hidden.shape[0], 1), self.cfg.bos_id))
+        return jnp.concatenate([bos, self.encode_text(text_hidden)], axis=1)
+
+    def embed_tokens(self, ids):
+        return self.embed(ids)
+
+    def backbone(self, x, positions, mask, caches=None, cache_index=None):
+        """Decoder layers: x (b, n, d) -> (states (b, n, d) before the final norm, caches)."""
+        return self.decoder(x, positions, mask, caches, cache_index)
+
+    def logits(self, h):
+        return self.head(h)
+
+    def mtp_step(self, k: int, h, positions, mask, cache=None, cache_index=None):
+        """MTP module k over states h -> (states, logits, cache)."""
+        return self.mtp[k](h, positions, mask, cache, cache_index)
+
+    def __call__(self, text_hidden, tokens, mask=None, positions=None):
+        """Teacher-forced pass over `[BOS][pre-NN(text)][tokens]`.
+
+        text_hidden: (b, t, d) LLM states; tokens: (b, l) speech input ids (e.g. `[SOS] units` for
+        AR, `[x_t ; x_0]` for MDM); mask: (b, n, n) with n = 1 + t + l (default causal); positions:
+        (b, n) (default 0..n-1). Returns (speech logits (b, l, V), mtp logits [(b, l, V)] * modules,
+        states (b, n, d)); the MTP modules reuse `mask` (objectives that need shifted masks call
+        `mtp_step`).
+        """
+        x = jnp.concatenate([self.prefix(text_hidden), self.embed(tokens)], axis=1)
+        b, n, _ = x.shape
+        mask = causal_mask(b, n) if mask is None else mask
+        positions = jnp.broadcast_to(jnp.arange(n), (b, n)) if positions is None else positions
+        h, _ = self.backbone(x, positions, mask)
+        speech = n - tokens.shape[1]  # first row of the speech ids
+        mtp_logits, hk = [], h
+        for k in range(self.cfg.mtp_modules):
+            hk, logits_k, _ = self.mtp_step(k, hk, positions, mask)
+            mtp_logits.append(logits_k[:, speech:])
+        return self.logits(h)[:, speech:], mtp_logits, h

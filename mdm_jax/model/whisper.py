@@ -1,0 +1,98 @@
+"""Whisper encoder: two conv1d (stride 1, 2) + position table + pre-LN layers + final LayerNorm."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+from einops import rearrange
+
+from mdm_jax.config.model import EncoderConfig
+from mdm_jax.model.attention import dot_product_attention
+from mdm_jax.model.layers import param
+from mdm_jax.model.sharding import local, psum_model
+
+_zeros = nn.initializers.zeros
+
+
+def sinusoids(length: int, channels: int, max_timescale: float = 10_000.0) -> np.ndarray:
+    """Whisper's fixed position table: (length, channels), sin half then cos half."""
+    log_inc = np.log(max_timescale) / (channels // 2 - 1)
+    inv = np.exp(-log_inc * np.arange(channels // 2))
+    t = np.arange(length)[:, None] * inv[None, :]
+    return np.concatenate([np.sin(t), np.cos(t)], axis=1).astype(np.float32)
+
+
+class WhisperAttention(nn.Module):
+    num_heads: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        d = x.shape[-1]
+        h, hd = local(self.num_heads, "encoder.num_heads"), d // self.num_heads
+        heads = ("embed", "heads", "head_dim")
+        proj = lambda name, bias: (  # noqa: E731
+            jnp.einsum("btD,Dhd->bthd", x, param(self, f"w{name}", (d, h, hd), heads, self.dtype))
+            + (param(self, f"b{name}", (h, hd), heads[1:], self.dtype, _zeros) if bias else 0))
+        out = dot_product_attention(proj("q", True), proj("k", False), proj("v", True))
+        out = jnp.einsum("bthd,hdD->btD", out, param(self, "wo", (h, hd, d), (*heads[1:], "embed"), self.dtype))
+        return psum_model(out) + param(self, "bo", (d,), ("embed",), self.dtype, _zeros)
+
+
+class WhisperMLP(nn.Module):
+    ffn_dim: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        d, f = x.shape[-1], local(self.ffn_dim, "encoder.ffn_dim")
+        x = x @ param(self, "w1", (d, f), ("embed", "mlp"), self.dtype)
+        x = x + param(self, "b1", (f,), ("mlp",), self.dtype, _zeros)
+        x = nn.gelu(x, approximate=False) @ param(self, "w2", (f, d), ("mlp", "embed"), self.dtype)
+        return psum_model(x) + param(self, "b2", (d,), ("embed",), self.dtype, _zeros)
+
+
+def layer_norm(eps, dtype, name):
+    return nn.LayerNorm(eps, dtype=dtype, name=name,
+                        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)))
+
+
+class WhisperLayer(nn.Module):
+    cfg: EncoderConfig
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        c = self.cfg
+        x = x + WhisperAttention(c.num_heads, self.dtype, name="attn")(
+            layer_norm(c.layer_norm_eps, self.dtype, "attn_norm")(x))
+        return x + WhisperMLP(c.ffn_dim, self.dtype, name="mlp")(
+            layer_norm(c.layer_norm_eps, self.dtype, "mlp_norm")(x))
+
+
+class WhisperEncoder(nn.Module):
+    cfg: EncoderConfig
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, mel):
+        """mel: (b, n_mels, frames) log-mel at 100 Hz -> (b, ceil(frames / 2), d) at 50 Hz."""
+        c = self.cfg
+        conv = lambda name, stride: nn.Conv(  # noqa: E731
+            c.d_model, (3,), strides=(stride,), padding=((1, 1),), dtype=self.dtype, name=name,
+            kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("conv", None, "embed")),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
+        x = rearrange(mel, "b c t -> b t c").astype(self.dtype)
+        x = nn.gelu(conv("conv1", 1)(x), approximate=False)
+        x = nn.gelu(conv("conv2", 2)(x), approximate=False)
+        if x.shape[1] > c.max_source_positions:
+            raise ValueError(f"{mel.shape[-1]} mel frames give {x.shape[1]} encoder positions, more than "
+                             f"max_source_positions={c.max_source_positions} (30 s for Whisper)")
+        table = param(self, "embed_positions", (c.max_source_positions, c.d_model), ("positions", "embed"),
+                      self.dtype, lambda *_: jnp.asarray(sinusoids(c.max_source_positions, c.d_model)))
+        x = x + table[: x.shape[1]]
+        for i in range(c.num_layers):
+            x = WhisperLayer(c, self.dtype, name=f"layers_{i}")(x)
+        return layer_norm(c.layer_norm_eps, self.dtype, "final_norm")(x)

@@ -1,0 +1,149 @@
+"""Stage II inputs computed once: the frozen encoder + LLM's answer states for every record.
+
+Stage II and distillation train only the speech decoder, yet each step would re-run the frozen
+Whisper encoder and LLM over the same audio. `compute` runs them once over the manifest (the
+training pipeline's batches, so padding matches stage I); `StatesSource` then serves the speech
+objective's model batches directly, at one fixed shape (one compilation).
+
+    python -m mdm_jax.train.llm_states --config tiny --params runs/stage1/params --out states.npz data.manifest=...
+    python -m mdm_jax.train --config tiny --workdir runs/stage2 stage.name=speech data.llm_states=states.npz ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from mdm_jax.config.overrides import ConfigError
+from mdm_jax.config.train import TrainConfig
+from mdm_jax.train.data import grain_source, local_rows, model_batch
+
+FIELDS = ("hidden", "text_lengths", "units", "unit_lengths")
+
+
+def compute(params, cfg: TrainConfig, bad) -> dict[str, np.ndarray]:
+    """Every record of `cfg.data.manifest` once -> ragged arrays: hidden (sum T, d) float32 answer
+    states (end token included), text_lengths (N,), units (sum U,) int32 (EOS included), unit_lengths (N,)."""
+    from mdm_jax.train.objectives import speech_inputs
+
+    source, speech_id = grain_source(cfg, bad, epochs=1)
+    run = jax.jit(lambda p, b: speech_inputs(p, b, cfg))
+    hidden, units, text_lengths, unit_lengths = [], [], [], []
+    for raw in tqdm(source, desc="LLM states", unit="batch"):
+        batch = model_batch(raw, cfg.model, speech_id)
+        rows = np.flatnonzero(batch["text_valid"].any(1))  # the last batch has padding rows
+        out = jax.device_get(run(params, dict(batch, streaming=np.zeros(len(batch["text"]), bool))))
+        for r in rows:
+            t, u = int(out["text_valid"][r].sum()), int(out["speech_valid"][r].sum())
+            hidden.append(out["text_hidden"][r, :t].astype(np.float32))
+            units.append(out["units"][r, :u])
+            text_lengths.append(t)
+            unit_lengths.append(u)
+    return {"hidden": np.concatenate(hidden), "text_lengths": np.asarray(text_lengths, np.int32),
+            "units": np.concatenate(units).astype(np.int32), "unit_lengths": np.asarray(unit_lengths, np.int32)}
+
+
+def save(path: str, states: dict[str, np.ndarray]) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    np.savez(path + ".tmp.npz", **states)
+    os.replace(path + ".tmp.npz", path)  # a killed run never leaves half a cache behind
+    return path
+
+
+def load(path: str, cfg: TrainConfig) -> dict[str, np.ndarray]:
+    """The cache at `path`, checked against the model config (clear errors naming the file)."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"data.llm_states={path!r}: no such file (make it with `python -m mdm_jax.train.llm_states`)")
+    with np.load(path) as f:
+        missing = [k for k in FIELDS if k not in f]
+        if missing:
+            raise ConfigError(f"data.llm_states={path!r} is not an LLM-states cache: missing {missing}")
+        states = {k: f[k] for k in FIELDS}
+    d, sd = cfg.model.llm.d_model, cfg.model.speech_decoder
+    if states["hidden"].shape[1:] != (d,):
+        raise ConfigError(f"data.llm_states={path!r} holds states of width {states['hidden'].shape[1:]}, "
+                          f"the model's LLM has d_model={d}")
+    if states["text_lengths"].sum() != len(states["hidden"]) or states["unit_lengths"].sum() != len(states["units"]):
+        raise ConfigError(f"data.llm_states={path!r}: lengths do not add up to the stored arrays (truncated file?)")
+    if states["units"].max(initial=0) > sd.eos_id:
+        raise ConfigError(f"data.llm_states={path!r} holds unit ids above EOS={sd.eos_id}: another speech vocabulary")
+    return states
+
+
+class StatesSource:
+    """Model batches of the speech objective over a states cache; batch i is a pure function of
+    (seed, i) (a fresh permutation every epoch), so checkpoints hold just the index.
+
+    Shapes: text_hidden (b, T, d), text_valid (b, T), units and speech_valid (b, U) with T, U the
+    longest in the cache (U rounded up to whole blocks): one shape for the whole run.
+    """
+
+    def __init__(self, cfg: TrainConfig, process_index: int = 0, process_count: int = 1):
+        states = load(cfg.data.llm_states, cfg)
+        sd = cfg.model.speech_decoder
+        self.seed, self.batch_size = cfg.data.seed, cfg.data.batch_size
+        self.rows = local_rows(cfg.data.batch_size, process_index, process_count)
+        self.hidden = np.split(states["hidden"], np.cumsum(states["text_lengths"])[:-1])
+        self.units = np.split(states["units"], np.cumsum(states["unit_lengths"])[:-1])
+        self.text_len = int(states["text_lengths"].max())
+        self.unit_len = -(-int(states["unit_lengths"].max()) // sd.block_size) * sd.block_size
+        self.pad_id, self.index = sd.pad_id, 0
+
+    def __len__(self) -> int:
+        return len(self.hidden)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        n, b = len(self), len(self.rows)
+        batch = {"text_hidden": np.zeros((b, self.text_len, self.hidden[0].shape[1]), np.float32),
+                 "text_valid": np.zeros((b, self.text_len), bool),
+                 "units": np.full((b, self.unit_len), self.pad_id, np.int32),
+                 "speech_valid": np.zeros((b, self.unit_len), bool)}
+        for row, r in enumerate(self.rows):
+            g = self.index * self.batch_size + r  # global example counter
+            i = np.random.default_rng([self.seed, g // n]).permutation(n)[g % n]
+            t, u = len(self.hidden[i]), len(self.units[i])
+            batch["text_hidden"][row, :t], batch["text_valid"][row, :t] = self.hidden[i], True
+            batch["units"][row, :u], batch["speech_valid"][row, :u] = self.units[i], True
+        self.index += 1
+        return batch
+
+    def get_state(self) -> dict:
+        return {"index": self.index}
+
+    def set_state(self, state: dict):
+        self.index = int(state["index"])
+
+
+def main(argv=None):
+    from data_pipelines.validation import BadRecords
+    from mdm_jax.config.train import get_train_config
+    from mdm_jax.convert.params_io import load_params
+
+    parser = argparse.ArgumentParser(prog="python -m mdm_jax.train.llm_states", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="tiny")
+    parser.add_argument("--params", required=True, help="params_io folder with the trained encoder, adaptor and LLM")
+    parser.add_argument("--out", required=True, help=".npz file to write")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="training config keys (data.manifest, ...)")
+    args = parser.parse_args(argv)
+    try:
+        cfg = get_train_config(args.config, args.overrides)
+        params, model_cfg = load_params(args.params)
+        if model_cfg != cfg.model:
+            raise ConfigError(f"--params {args.params} holds params of another model config: {model_cfg}")
+        bad = BadRecords(strict=False)
+        states = compute(params, cfg, bad)
+    except ConfigError as e:
+        parser.exit(2, f"error: {e}\n")
+    print(f"wrote {save(args.out, states)}: {len(states['text_lengths'])} records, skipped {bad.counts()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""The training loop: input, sharded steps, checkpoints, metrics, fault handling.
+
+    summary = train(get_train_config("tiny", overrides), "runs/x")
+
+Resumes from the latest checkpoint in `workdir/checkpoints` (train state, input position,
+distillation round), so a killed run restarted with the same command continues exactly. SIGTERM
+saves a checkpoint and returns normally. A non-finite loss or gradient skips the update (counted);
+`max_bad_steps` in a row stop the run with `TrainingDiverged`. Metrics go to
+`workdir/metrics.jsonl` and TensorBoard (`workdir/tb`), progress to a tqdm bar.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from mdm_jax.config.overrides import ConfigError
+from mdm_jax.config.train import DistributedConfig, TrainConfig
+from mdm_jax.model.sharding import DATA
+from mdm_jax.train.checkpointing import Checkpointer
+from mdm_jax.train.data import SYNTHETIC_SPEECH_ID, SyntheticSource, batch_stats, grain_source, model_batch
+from mdm_jax.train.optimizer import make_optimizer
+from mdm_jax.train.step import batch_sharding, init_state, make_mesh, make_train_step, shardings, state_specs
+
+PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "v6": 918e12, "v5p": 459e12, "v5 lite": 197e12,
+              "v5e": 197e12, "v4": 275e12}  # dense bf16 per device, by device-kind substring
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive non-finite losses or gradients."""
+
+
+def initialize_distributed(cfg: DistributedConfig):
+    """Start jax.distributed for multi-host runs (before any other JAX call); a no-op for one process."""
+    if cfg.coordinator:
+        jax.distributed.initialize(cfg.coordinator, cfg.num_processes, cfg.process_id)
+    elif cfg.auto:
+        jax.distributed.initialize()
+
+
+def train(cfg: TrainConfig, workdir: str, source=None, log=print) -> dict:
+    """Run (or resume) to `cfg.steps`. `source`: an iterator of pipeline batches with get/set_state
+    (default: Grain over `cfg.data.manifest`, or synthetic batches). Returns a summary dict."""
+    os.makedirs(workdir, exist_ok=True)
+    mesh = make_mesh(cfg.mesh)
+    if cfg.data.batch_size % (mesh.shape[DATA] * cfg.optimizer.accum_steps):
+        raise ConfigError(f"data.batch_size={cfg.data.batch_size} must be a multiple of the 'data' mesh axis "
+                          f"({mesh.shape[DATA]}) x optimizer.accum_steps ({cfg.optimizer.accum_steps})")
+    speech_id, bad = SYNTHETIC_SPEECH_ID, None
+    if source is None and cfg.data.llm_states:
+        from mdm_jax.train.llm_states import StatesSource
+
+        source = StatesSource(cfg, jax.process_index(), jax.process_count())
+        log(f"data: {len(source)} cached LLM states from {cfg.data.llm_states}")
+    elif source is None and cfg.data.manifest:
+        from data_pipelines.validation import BadRecords
+
+        bad = BadRecords(strict=False)
+        source, speech_id = grain_source(cfg, bad, jax.process_index(), jax.process_count())
+        log(f"data: Grain pipeline over {cfg.data.manifest}")
+    elif source is None:
+        source = SyntheticSource(cfg, jax.process_index(), jax.process_count())
+        log("data: synthetic batches (no data.manifest given): for tests and smoke runs, not for real training")
+
+    optimizer = make_optimizer(cfg)
+    make = lambda params=None: init_state(cfg, optimizer, jax.random.key(cfg.seed), params)
+    abstract = jax.eval_shape(make)
+    specs = state_specs(cfg, abstract)
+    state_shardings = shardings(mesh, specs)
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), cfg.checkpoint)
+    restored = ckpt.restore(jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                         abstract, state_shardings), cfg)
+    if restored is None:
+        state = jax.jit(make, out_shardings=state_shardings)(load_init_params(cfg))
+        start, meta = 0, {"distill_round": 0}
+    else:
+        state, start, meta = restored.state, restored.step, restored.meta
+        source.set_state(restored.data)
+        log(f"resumed from step {start} ({ckpt.manager.directory})")
+
+    writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
+    stop = {"signal": None}
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
+    steps_fns, flops = {}, None
+    summary = {"start_step": start}
+    bar = tqdm(total=cfg.steps, initial=start, disable=jax.process_index() != 0, dynamic_ncols=True)
+    try:
+        step_i, logged, t_last, tokens_since = start, start, time.perf_counter(), 0
+        while step_i < cfg.steps:
+            if distill_round(cfg, step_i) != meta["distill_round"]:  # next round: teacher <- student, S halves
+                state = state.replace(teacher=jax.tree.map(lambda x: x.copy(), state.params["speech_decoder"]))
+                meta["distill_round"] = distill_round(cfg, step_i)
+            steps = distill_steps(cfg, meta["distill_round"])
+            if steps not in steps_fns:
+                steps_fns[steps] = make_train_step(cfg, optimizer, mesh, specs, distill_steps=steps)
+            step_fn = steps_fns[steps]
+
+            raw = next(source)
+            host = raw if "text_hidden" in raw else model_batch(raw, cfg.model, speech_id)
+            stats = batch_stats(host)
+            batch = jax.tree.map(lambda x: jax.make_array_from_process_local_data(batch_sharding(mesh), x), host)
+            if flops is None:
+                flops = step_flops(step_fn, state, batch)
+            state, metrics = step_fn(state, batch)
+            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}  # blocks: CPU collectives need it
+            step_i += 1
+            tokens_since += stats["tokens"] * jax.process_count()
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}", refresh=False)
+
+            if step_i == start + 1:  # leave the compilation out of tokens/s and step time
+                logged, t_last, tokens_since = step_i, time.perf_counter(), 0
+            if step_i % cfg.log_every == 0 or step_i == cfg.steps:
+                metrics.update(padding=stats["padding"], distill_round=meta["distill_round"])
+                if step_i > logged:  # throughput since the last log; the first step (compilation) is left out
+                    elapsed = time.perf_counter() - t_last
+                    metrics.update(tokens_per_s=tokens_since / elapsed, step_time=elapsed / (step_i - logged))
+                    if flops and peak_flops(cfg):
+                        metrics["mfu"] = flops / metrics["step_time"] / (peak_flops(cfg) * jax.device_count())
+                    bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
+                writer.write(step_i, metrics)
+                t_last, tokens_since, logged = time.perf_counter(), 0, step_i
+            if metrics["bad_streak"] >= cfg.max_bad_steps:
+                raise TrainingDiverged(
+                    f"{int(metrics['bad_streak'])} consecutive non-finite losses/gradients up to step {step_i} "
+                    f"(max_bad_steps={cfg.max_bad_steps}); updates were skipped, the last checkpoint "
+                    f"({ckpt.latest_step()}) holds finite params. Lower optimizer.lr or check the data.")
+            if step_i % cfg.checkpoint.every == 0 or step_i == cfg.steps or stop["signal"]:
+                ckpt.save(step_i, state, source.get_state(), cfg, meta)
+            if stop["signal"]:
+                log(f"SIGTERM: saved step {step_i}, exiting")
+                break
+        summary.update(step=step_i, skipped=int(state.skipped), loss=metrics["loss"] if step_i > start else None)
+    finally:
+        bar.close()
+        ckpt.close()
+        writer.close()
+        signal.signal(signal.SIGTERM, previous)
+        if bad is not None:
+            bad.write(os.path.join(workdir, "skipped_records.jsonl"))
+    return summary
+
+
+def load_init_params(cfg: TrainConfig):
+    """Params of `cfg.init_from` (checked against the model config), or None for random ones."""
+    if not cfg.init_from:
+        return None
+    from mdm_jax.convert.params_io import load_params
+
+    params, model_cfg = load_params(cfg.init_from)
+    if model_cfg != cfg.model:
+        raise ConfigError(f"init_from={cfg.init_from!r} holds params of another model config: {model_cfg}")
+    return params
+
+
+def export(cfg: TrainConfig, workdir: str, out: str) -> str:
+    """The latest checkpoint's model params, LoRA merged, as `params_io` files: `load_params(out)` in one call."""
+    from mdm_jax.convert.params_io import save_params
+    from mdm_jax.model import lora
+
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), cfg.checkpoint)
+    if ckpt.latest_step() is None:
+        raise ConfigError(f"no checkpoint in {workdir}/checkpoints to export")
+    state = ckpt.saved_state()
+    ckpt.close()
+    params = lora.merge(state["params"], state["lora"], cfg.stage.lora_alpha / cfg.stage.lora_rank)
+    return str(save_params(out, params, cfg.model))
+
+
+def distill_round(cfg: TrainConfig, step: int) -> int:
+    """Distillation round of `step` (0 outside distillation); the last round (1 step) lasts."""
+    if cfg.stage.name != "distill":
+        return 0
+    return min(step // cfg.stage.distill_round_steps, cfg.stage.distill_start_steps.bit_length() - 1)
+
+
+def distill_steps(cfg: TrainConfig, round_: int) -> int:
+    """Student steps per block in `round_`: start, start/2, ..., 1 (0 outside distillation)."""
+    return cfg.stage.distill_start_steps >> round_ if cfg.stage.name == "distill" else 0
+
+
+def step_flops(step_fn, state, batch) -> float | None:
+    """FLOPs of one step from XLA's cost analysis of the lowered program (no extra compile)."""
+    try:
+        return float(step_fn.lower(state, batch).cost_analysis()["flops"])
+    except (KeyError, TypeError, NotImplementedError):
+        return None
+
+
+def peak_flops(cfg: TrainConfig) -> float | None:
+    if cfg.peak_tflops > 0:
+        return cfg.peak_tflops * 1e12
+    kind = jax.devices()[0].device_kind
+    return next((v for k, v in PEAK_FLOPS.items() if k in kind), None)
+
+
+class MetricsWriter:
+    """One JSON line per logged step in metrics.jsonl, and the same scalars to TensorBoard."""
+
+    def __init__(self, workdir: str, enabled: bool = True):
+        self.enabled = enabled
+        if enabled:
+            from tensorboardX import SummaryWriter
+
+            self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+            self.tb = SummaryWriter(os.path.join(workdir, "tb"))
+
+    def write(self, step: int, metrics: dict):
+        if not self.enabled:
+            return
+        self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.jsonl.flush()
+        for name, value in metrics.items():
+            if np.isfinite(value):
+                self.tb.add_scalar(name, value, step)
+
+    def close(self):
+        if self.enabled:
+            self.jsonl.close()
+            self.tb.close()

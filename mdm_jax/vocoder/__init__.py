@@ -1,0 +1,1 @@
+"""Speech units -> waveform: the Token2Wav interface and its implementations."""

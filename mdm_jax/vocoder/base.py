@@ -1,0 +1,52 @@
+"""Speech units -> waveform: the `Token2Wav` interface the samplers' output goes through, and what
+every implementation shares (unit checks, the unit/frame alignment, Griffin-Lim inversion).
+
+A stronger model (e.g. converted CosyVoice2 flow + HiFT weights) plugs in by implementing
+`Token2Wav`. Here: `vocoder.centroid.CentroidGriffinLim` (the baseline) and `vocoder.flow.FlowToken2Wav`
+(trained flow matching to the mel); `vocoder.load.load_token2wav` opens a saved one of either kind.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from data_pipelines.features import HOP, N_FFT, SAMPLE_RATE
+
+FRAMES_PER_UNIT = 4  # 100 Hz mel frames per 25 Hz unit
+
+
+class Token2Wav(Protocol):
+    sample_rate: int
+
+    def __call__(self, units: np.ndarray) -> np.ndarray:
+        """units: (U,) ids in [0, num_units) -> (samples,) float32 waveform at `sample_rate`."""
+
+
+def check_units(units: np.ndarray, num_units: int) -> np.ndarray:
+    """(U,) ids -> the same as int32; empty, non-1-D or out-of-range ids raise ValueError."""
+    units = np.asarray(units)
+    if units.ndim != 1 or units.size == 0:
+        raise ValueError(f"expected a non-empty (U,) array of unit ids, got shape {units.shape}")
+    if not np.issubdtype(units.dtype, np.integer):
+        raise ValueError(f"unit ids must be integers, got {units.dtype}")
+    if units.min() < 0 or units.max() >= num_units:
+        raise ValueError(f"unit ids must lie in [0, {num_units}), got {units.min()} .. {units.max()}")
+    return units.astype(np.int32)
+
+
+def check_aligned(num_units: int, num_frames: int) -> None:
+    """Each 25 Hz unit covers 4 mel frames; the last may cover fewer."""
+    if num_units != -(-num_frames // FRAMES_PER_UNIT):
+        raise ValueError(f"{num_units} units for {num_frames} mel frames: expected ceil(frames / 4)")
+
+
+def griffin_lim(mel: np.ndarray, n_iter: int = 32) -> np.ndarray:
+    """(n_mels, F) Whisper-normalised log-mel -> (160·F,) float32 waveform at 16 kHz, peak 0.9."""
+    import librosa  # local: its first call compiles for ~30 s
+
+    power = 10.0 ** (np.asarray(mel, np.float64) * 4.0 - 4.0)  # undo Whisper's (log10 + 4) / 4
+    stft = librosa.feature.inverse.mel_to_stft(power, sr=SAMPLE_RATE, n_fft=N_FFT, power=2.0)
+    wav = librosa.griffinlim(stft, n_iter=n_iter, hop_length=HOP, win_length=N_FFT, n_fft=N_FFT, random_state=0)
+    return (0.9 * wav / max(np.abs(wav).max(), 1e-8)).astype(np.float32)
