@@ -11,6 +11,7 @@ finished block of `block_size` tokens (prefill included).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import time
@@ -21,8 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from mdm_jax.config.model import get_config
-from mdm_jax.decode import autoregressive, block_diffusion
-from mdm_jax.decode.block_diffusion import BlockDiffusionConfig
+from mdm_jax.config.sampler import SamplerConfig
+from mdm_jax.decode import speech
 from mdm_jax.model.speech_decoder import SpeechDecoder
 
 
@@ -58,42 +59,43 @@ def timed(fn, repeats):
 
 
 def bench(config: str, batch: int, text_len: int, num_blocks: int, steps, threshold: float, mtp_heads: int,
-          repeats: int, dtype=jnp.float32):
-    cfg = get_config(config).speech_decoder
-    B, L = cfg.block_size, num_blocks * cfg.block_size
-    params = random_params(cfg, dtype)
+          repeats: int, dtype: str = "float32"):
+    cfg = get_config(config, [f"dtype={dtype}"])
+    sd = cfg.speech_decoder
+    B, L = sd.block_size, num_blocks * sd.block_size
+    params = random_params(sd, jnp.dtype(dtype))
     rng = np.random.default_rng(1)
-    text = jnp.asarray(rng.standard_normal((batch, text_len, cfg.d_model)), dtype)
+    text = jnp.asarray(rng.standard_normal((batch, text_len, sd.d_model)), dtype)
     valid, streaming, key = jnp.ones((batch, text_len), bool), jnp.ones((batch,), bool), jax.random.key(0)
 
-    def ar(heads, max_tokens):
-        return lambda: autoregressive.generate(params, text, valid, streaming, key, cfg=cfg, max_tokens=max_tokens,
-                                               mtp_heads=heads, dtype=dtype)
+    def run(sampler: SamplerConfig):
+        sampled = dataclasses.replace(cfg, sampler=sampler)
+        return lambda blocks: lambda: speech.generate(params, text, valid, streaming, key, cfg=sampled,
+                                                      num_blocks=blocks)
 
-    def mdm(sampler, blocks):
-        return lambda: block_diffusion.generate(params, text, valid, streaming, key, cfg=cfg, num_blocks=blocks,
-                                                sampler=sampler, dtype=dtype)
-
-    methods = [("ar", None, None, lambda n: ar(0, n * B)), ("mtp", None, None, lambda n: ar(mtp_heads, n * B))]
-    methods += [("mdm", s, None, lambda n, s=s: mdm(BlockDiffusionConfig(steps=s), n)) for s in steps]
+    methods = [("ar", None, None, run(SamplerConfig(method="ar"))),
+               ("mtp", None, None, run(SamplerConfig(method="mtp", mtp_heads=mtp_heads)))]
+    methods += [("mdm", s, None, run(SamplerConfig(denoise_steps=s))) for s in steps]
     if threshold:
-        methods.append(("mdm", None, threshold, lambda n: mdm(BlockDiffusionConfig(threshold=threshold), n)))
+        methods.append(("mdm", None, threshold, run(SamplerConfig(threshold=threshold))))
     rows = []
     for method, s, tau, make in methods:
         compile_s, seconds, out = timed(make(num_blocks), repeats)
         _, first_chunk, _ = timed(make(1), repeats)
         tokens = int(np.asarray(out.lengths).min())
         assert tokens == L, f"{method} decoded {tokens} of {L} tokens"
-        rows.append({"method": method, "steps": s, "threshold": tau, "block": B, "tokens_per_s": batch * L / seconds,
-                     "forwards_per_token": int(out.forwards) / L, "first_chunk_s": first_chunk,
+        rows.append({"method": method, "denoise_steps": s, "threshold": tau, "block": B,
+                     "tokens_per_s": batch * L / seconds, "forwards_per_token": int(out.forwards) / L,
+                     "first_chunk_s": first_chunk,
                      "compile_s": compile_s, "seconds": seconds})
     ar_row = rows[0]
     for r in rows:
         r["speedup_vs_ar"] = r["tokens_per_s"] / ar_row["tokens_per_s"]
         r["first_chunk_vs_ar"] = r["first_chunk_s"] / ar_row["first_chunk_s"]
     return {"device": f"{jax.devices()[0].device_kind} ({jax.devices()[0].platform}, {jax.device_count()} device)",
-            "config": config, "batch": batch, "text_len": text_len, "num_blocks": num_blocks, "dtype": str(dtype),
-            "bare_block_forward_s": bare_forward(params, cfg, text, valid, streaming, num_blocks, repeats, dtype),
+            "config": config, "batch": batch, "text_len": text_len, "num_blocks": num_blocks, "dtype": dtype,
+            "bare_block_forward_s": bare_forward(params, sd, text, valid, streaming, num_blocks, repeats,
+                                                 jnp.dtype(dtype)),
             "rows": rows}
 
 
@@ -121,7 +123,7 @@ def print_table(result):
           f"{'1st chunk ms':>12} {'vs AR':>6} {'ms/step':>8} {'compile s':>9}")
     for r in result["rows"]:
         per_step = r["seconds"] / (r["forwards_per_token"] * result["num_blocks"] * r["block"])
-        print(f"{r['method']:>6} {r['steps'] or '-':>4} {r['threshold'] or '-':>5} {r['tokens_per_s']:>10.1f} "
+        print(f"{r['method']:>6} {r['denoise_steps'] or '-':>4} {r['threshold'] or '-':>5} {r['tokens_per_s']:>10.1f} "
               f"{r['forwards_per_token']:>8.3f} {r['speedup_vs_ar']:>7.2f}x {1e3 * r['first_chunk_s']:>12.1f} "
               f"{r['first_chunk_vs_ar']:>6.2f} {1e3 * per_step:>8.2f} {r['compile_s']:>9.1f}")
 
@@ -133,14 +135,15 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--text-len", type=int, default=40)
     parser.add_argument("--num-blocks", type=int, default=8)
-    parser.add_argument("--steps", default="1,2,4,8,16")
+    parser.add_argument("--denoise-steps", default="1,2,4,8,16", help="MDM rows: sampler.denoise_steps values")
     parser.add_argument("--threshold", type=float, default=0.9)
     parser.add_argument("--mtp-heads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dtype", default="float32")
     args = parser.parse_args(argv)
-    result = bench(args.config, args.batch, args.text_len, args.num_blocks, [int(s) for s in args.steps.split(",")],
-                   args.threshold, args.mtp_heads, args.repeats, jnp.dtype(args.dtype))
+    result = bench(args.config, args.batch, args.text_len, args.num_blocks,
+                   [int(s) for s in args.denoise_steps.split(",")], args.threshold, args.mtp_heads, args.repeats,
+                   args.dtype)
     print_table(result)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

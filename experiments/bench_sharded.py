@@ -18,9 +18,10 @@ import os  # noqa: E402
 import time  # noqa: E402
 
 from mdm_jax.config.train import MeshConfig, get_train_config  # noqa: E402
+from mdm_jax.model.sharding import batch_sharding, make_mesh, shardings  # noqa: E402
 from mdm_jax.train.data import SYNTHETIC_SPEECH_ID, SyntheticSource, model_batch  # noqa: E402
 from mdm_jax.train.optimizer import make_optimizer  # noqa: E402
-from mdm_jax.train.step import batch_sharding, init_state, make_mesh, make_train_step, shardings, state_specs  # noqa: E402
+from mdm_jax.train.step import init_state, make_train_step, state_specs  # noqa: E402
 
 
 def time_steps(step, state, batches, place):
@@ -29,7 +30,7 @@ def time_steps(step, state, batches, place):
     start = time.perf_counter()
     for b in batches[1:]:
         state, m = step(state, place(b))
-        jax.block_until_ready(m)  # fake CPU devices deadlock when collectives queue up (DESIGN §3)
+        jax.block_until_ready(m)  # fake CPU devices deadlock when collectives queue up
     return (time.perf_counter() - start) / (len(batches) - 1)
 
 

@@ -31,12 +31,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mdm_jax.config.model import SpeechDecoderConfig, get_config
+from mdm_jax.config.mask import MaskConfig
+from mdm_jax.config.model import ModelConfig, SpeechDecoderConfig, get_config
 from mdm_jax.diffusion.attention_masks import autoregressive_mask
 from mdm_jax.diffusion.losses import ar_loss, mdm_loss, mtp_loss
-from mdm_jax.diffusion.masking import MaskConfig, hierarchical_mask
+from mdm_jax.diffusion.masking import hierarchical_mask
 from mdm_jax.model.speech_decoder import SpeechDecoder
-from mdm_jax.train.distill import denoiser
+from mdm_jax.train.denoiser import denoiser
 
 SHAPES = {  # preset, speech-decoder overrides, batch, text states, speech blocks
     "tiny": ("tiny", [], 4, 40, 8),
@@ -62,11 +63,12 @@ def random_batch(cfg: SpeechDecoderConfig, batch: int, text: int, blocks: int, s
 def loss_fn(objective: str, cfg: SpeechDecoderConfig):
     """(params, batch, key) -> (loss, metrics) of one objective."""
     if objective == "mdm":
-        mask_cfg = MaskConfig(cfg.mask_id, block_size=cfg.block_size)
+        model = ModelConfig(speech_decoder=cfg)  # float32, no remat: as the AR and MTP losses below
 
         def mdm(params, batch, key):
-            noisy = hierarchical_mask(key, batch["units"], batch["speech_valid"], mask_cfg)
-            logits = denoiser(cfg, batch)(params, noisy.tokens)
+            noisy = hierarchical_mask(key, batch["units"], batch["speech_valid"], MaskConfig(),
+                                      block_size=cfg.block_size, mask_id=cfg.mask_id)
+            logits = denoiser(model, batch)(params, noisy.tokens)
             return mdm_loss(logits, batch["units"], noisy, batch["speech_valid"])
         return mdm
 

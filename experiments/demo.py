@@ -24,6 +24,7 @@ LLM's first text_per_block tokens + the decoder's first block + token2wav of it,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -43,10 +44,10 @@ from experiments.eval_data import (
     spoken_answers,
     spoken_questions,
 )
+from mdm_jax.config.sampler import SamplerConfig
 from mdm_jax.convert.params_io import load_params
 from mdm_jax.eval.asr import normalize, word_error_rate
 from mdm_jax.eval.metrics import (
-    SpeechMethod,
     decode_speech,
     first_audio_seconds,
     first_text_seconds,
@@ -59,12 +60,12 @@ WAVS_PER_METHOD = 3
 PACKET_DIALOGUES = 5  # first-packet shares of the LLM and token2wav: a median over this many questions
 
 
-def methods(budget: recipe.Budget) -> list[tuple[str, SpeechMethod, str]]:
-    """(row label, method, decoder stage): AR first, every ratio is against it."""
+def methods(budget: recipe.Budget) -> list[tuple[str, SamplerConfig, str]]:
+    """(row label, sampler, decoder stage): AR first, every ratio is against it."""
     steps = (1, 4) if budget is recipe.QUICK else (1, 2, 4)
-    rows = [("ar", SpeechMethod("ar"), "ar"), ("mtp", SpeechMethod("mtp"), "mtp")]
-    rows += [(f"mdm S={s}", SpeechMethod("mdm", s), "mdm") for s in steps]
-    rows += [(f"mdm distilled S={s}", SpeechMethod("mdm", s), "distill") for s in (1, 2) if s in steps]
+    rows = [("ar", SamplerConfig(method="ar"), "ar"), ("mtp", SamplerConfig(method="mtp"), "mtp")]
+    rows += [(f"mdm S={s}", SamplerConfig(denoise_steps=s), "mdm") for s in steps]
+    rows += [(f"mdm distilled S={s}", SamplerConfig(denoise_steps=s), "distill") for s in (1, 2) if s in steps]
     return rows
 
 
@@ -78,7 +79,7 @@ def evaluate(out: Path, corpus_dir: str, corpus: dict, stages: dict[str, str], b
     ref_units = [load_units(r, corpus["units"]["k"]) for r in records]
     baseline = speech_wer(ref_units, references, fit_token2wav(corpus_dir, corpus, str(out / "token2wav_centroid.npz")))
     log("training token2wav (flow matching to the mel)")
-    t2w = fit_flow_token2wav(corpus_dir, corpus, str(out / "token2wav.msgpack"), budget.token2mel_steps,
+    t2w = fit_flow_token2wav(corpus_dir, corpus, str(out / "token2wav.msgpack"), budget.token2wav_train_steps,
                              small=budget is recipe.QUICK)
     reference = speech_wer(ref_units, references, t2w)  # the ceiling of every row below
     spoken = [i for i, t in enumerate(texts) if normalize(t)]  # answers a WER can be measured against
@@ -88,16 +89,19 @@ def evaluate(out: Path, corpus_dir: str, corpus: dict, stages: dict[str, str], b
               "token2wav_s": first_audio_seconds(t2w, ref_units[:PACKET_DIALOGUES], sd.block_size)}
 
     rows, examples = [], []
-    for label, method, stage in methods(budget):
-        dec = load_params(stages[stage])[0]["speech_decoder"]
+    for label, sampler, stage in methods(budget):
+        params_, stage_cfg = load_params(stages[stage])
+        dec, dec_cfg = params_["speech_decoder"], dataclasses.replace(stage_cfg, sampler=sampler)
         log(f"decoding speech: {label}")
-        speech = decode_speech(dec, sd, [a.hidden for a in answers], method, max_blocks=budget.max_blocks)
-        alone = decode_speech(dec, sd, forced, method, max_blocks=budget.max_blocks)
+        speech = decode_speech(dec, dec_cfg, [a.hidden for a in answers], max_blocks=budget.max_blocks)
+        alone = decode_speech(dec, dec_cfg, forced, max_blocks=budget.max_blocks)
         judged = speech_wer(speech["units"], references, t2w)
         own = [i for i in spoken if len(speech["units"][i])]
         consistency = (word_error_rate([texts[i] for i in own], [judged["transcripts"][i] for i in own])
                        if own else None)
-        rows.append({"method": method.name, "steps": method.steps, "label": label,
+        rows.append({"method": sampler.method,
+                     "denoise_steps": sampler.denoise_steps if sampler.method == "mdm" else None,
+                     "label": label,
                      "distill_rounds": budget.distill_rounds if stage == "distill" else 0,
                      "text_accuracy": text["text_accuracy"], **unit_accuracy(alone["units"], ref_units),
                      "wer": judged["wer"], "wer_vs_text": consistency,

@@ -40,13 +40,14 @@ def fit_token2wav(corpus_dir: str, corpus: dict, path: str) -> CentroidGriffinLi
     return t2w
 
 
-def fit_flow_token2wav(corpus_dir: str, corpus: dict, path: str, steps: int, small: bool = False) -> FlowToken2Wav:
+def fit_flow_token2wav(corpus_dir: str, corpus: dict, path: str, train_steps: int,
+                       small: bool = False) -> FlowToken2Wav:
     """The trained token2wav (flow matching to the mel, then Griffin-Lim) on the training answers."""
     if os.path.exists(path):
         return FlowToken2Wav.load(path)
     units, audio = _training_answers(corpus_dir, corpus)
     size = dict(d_model=32, num_heads=2, ffn_dim=64, encoder_layers=1, estimator_layers=1) if small else {}
-    t2w = FlowToken2Wav.fit(units, audio, corpus["units"]["k"], steps, **size)
+    t2w = FlowToken2Wav.fit(units, audio, corpus["units"]["k"], train_steps, **size)
     t2w.save(path)
     return t2w
 

@@ -18,9 +18,17 @@ from dataclasses import dataclass
 
 import jax
 
+from data_pipelines.corpus import build as build_corpus
+from data_pipelines.manifest import read_manifest
+from data_pipelines.tokenizer import train_bpe
+from data_pipelines.validation import BadRecords
 from mdm_jax.config.overrides import ConfigError
 from mdm_jax.config.train import get_train_config
-from mdm_jax.convert.params_io import save_params
+from mdm_jax.convert.params_io import load_params, save_params
+from mdm_jax.eval.asr import load_asr
+from mdm_jax.model.vocalnet import init_params
+from mdm_jax.train import distill
+from mdm_jax.train import llm_states as states
 from mdm_jax.train.loop import export, train
 
 PRESET = "tiny"
@@ -35,33 +43,25 @@ class Budget:
     units: int = 512  # k-means units of the corpus
     voices_per_dialogue: int = 2
     batch_size: int = 16
-    stage1_steps: int = 300
+    stage1_train_steps: int = 300
     stage1_lr: float = 2e-3
-    speech_steps: int = 250  # each stage II decoder
+    speech_train_steps: int = 250  # each stage II decoder
     speech_lr: float = 2e-3
-    distill_start_steps: int = 2  # student steps of the first round; rounds halve it down to 1
-    distill_round_steps: int = 80
-    token2mel_steps: int = 600  # flow-matching token2wav
+    distill_rounds: int = 2  # student steps 2^(rounds-1), ..., 2, 1 per block
+    distill_round_updates: int = 80
+    token2wav_train_steps: int = 600  # flow-matching token2wav
     eval_dialogues: int = 20  # held-out test dialogues evaluated
     max_blocks: int = 8  # speech blocks decoded per answer (8 x 0.6 s)
 
-    @property
-    def distill_rounds(self) -> int:
-        return self.distill_start_steps.bit_length()  # S, S/2, ..., 1
-
 
 FULL = Budget()
-QUICK = Budget(corpus_n=24, units=64, voices_per_dialogue=1, batch_size=8, stage1_steps=30, speech_steps=20,
-               distill_round_steps=8, token2mel_steps=60, eval_dialogues=3, max_blocks=4)
+QUICK = Budget(corpus_n=24, units=64, voices_per_dialogue=1, batch_size=8, stage1_train_steps=30,
+               speech_train_steps=20, distill_round_updates=8, token2wav_train_steps=60, eval_dialogues=3,
+               max_blocks=4)
 
 
 def prepare_corpus(corpus_dir: str, budget: Budget, log=print) -> dict:
     """Builds the embedded corpus in `corpus_dir` unless it is there, and its BPE tokenizer; -> corpus.json."""
-    from data_pipelines.corpus import build as build_corpus
-    from data_pipelines.manifest import read_manifest
-    from data_pipelines.tokenizer import train_bpe
-    from data_pipelines.validation import BadRecords
-
     meta_path = os.path.join(corpus_dir, "corpus.json")
     if os.path.exists(meta_path):
         log(f"{corpus_dir}: reusing the corpus")
@@ -78,10 +78,6 @@ def prepare_corpus(corpus_dir: str, budget: Budget, log=print) -> dict:
 def llm_states(path: str, stage1: str, overrides: list[str]) -> str:
     """The stage II inputs of every training record under stage I's params, computed once."""
     if not os.path.exists(path):
-        from data_pipelines.validation import BadRecords
-        from mdm_jax.convert.params_io import load_params
-        from mdm_jax.train import llm_states as states
-
         states.save(path, states.compute(load_params(stage1)[0], get_train_config(PRESET, overrides),
                                          BadRecords(strict=False)))
     return path
@@ -98,19 +94,23 @@ def data_overrides(corpus_dir: str, budget: Budget) -> list[str]:
 
 def stage_overrides(stage: str, budget: Budget, masking: str = "hierarchical",
                     block_size: int | None = None) -> list[str]:
-    """The overrides of one stage (model and data keys excluded)."""
+    """The overrides of one stage (model and data keys excluded). The decoder stages write their
+    sampler into the exported model config: AR and MTP decode as they trained, a distilled decoder
+    in one step per block."""
     block = [f"model.speech_decoder.block_size={block_size}"] if block_size else []
     if stage == "stage1":
-        return ["stage.name=text", "stage.train_llm=true", f"steps={budget.stage1_steps}",
+        return ["stage.name=text", "stage.train_llm=true", f"train_steps={budget.stage1_train_steps}",
                 f"optimizer.lr={budget.stage1_lr}"]
     if stage in ("mdm", "ar", "mtp"):
-        return [*block, "stage.name=speech", f"stage.objective={stage}", f"stage.masking={masking}",
-                f"steps={budget.speech_steps}", f"optimizer.lr={budget.speech_lr}"]
+        return [*block, "stage.name=speech", f"stage.objective={stage}", f"model.sampler.method={stage}",
+                f"mask.strategy={masking}", f"train_steps={budget.speech_train_steps}",
+                f"optimizer.lr={budget.speech_lr}"]
     if stage == "distill":
-        return [*block, "stage.name=distill", f"stage.distill_start_steps={budget.distill_start_steps}",
-                f"stage.distill_round_steps={budget.distill_round_steps}",
-                f"steps={budget.distill_rounds * budget.distill_round_steps}", f"optimizer.lr={budget.speech_lr / 4}",
-                "optimizer.warmup=0.0"]
+        return [*block, "stage.name=distill", "model.sampler.denoise_steps=1",
+                f"distill.start_denoise_steps={distill.start_for_rounds(budget.distill_rounds)}",
+                f"distill.round_updates={budget.distill_round_updates}",
+                f"train_steps={budget.distill_rounds * budget.distill_round_updates}",
+                f"optimizer.lr={budget.speech_lr / 4}", "optimizer.warmup=0.0"]
     raise ValueError(f"unknown stage {stage!r}")
 
 
@@ -128,10 +128,10 @@ def run_stage(workdir: str, overrides: list[str], log=print) -> str:
         log(f"{workdir}: reusing exported params")
         return out
     log(f"{workdir}: training {cfg.stage.name} ({cfg.stage.objective if cfg.stage.name == 'speech' else ''}) "
-        f"for {cfg.steps} steps")
+        f"for {cfg.train_steps} steps")
     done = train(cfg, workdir, log=log)["step"]
-    if done < cfg.steps:  # stopped by SIGTERM: exporting would pass the partial run off as finished
-        raise InterruptedError(f"{workdir}: stopped at step {done} of {cfg.steps}; rerun to resume it")
+    if done < cfg.train_steps:  # stopped by SIGTERM: exporting would pass the partial run off as finished
+        raise InterruptedError(f"{workdir}: stopped at step {done} of {cfg.train_steps}; rerun to resume it")
     return export(cfg, workdir, out)
 
 
@@ -139,9 +139,6 @@ def initial_params(path: str, overrides: list[str]) -> str:
     """Random `tiny` params with Whisper tiny.en's encoder (same shapes), written once to `path`."""
     if os.path.exists(os.path.join(path, "config.json")):
         return path
-    from mdm_jax.eval.asr import load_asr
-    from mdm_jax.model.vocalnet import init_params
-
     cfg = get_train_config(PRESET, overrides).model
     whisper = load_asr()
     if whisper.encoder_config != cfg.encoder:

@@ -4,12 +4,13 @@ at several sampler steps per block on held-out spoken questions (the demo's prot
     python -m experiments.sweep --grid experiments/grids/masking.py --out runs/sweep [--quick]
         [--corpus DIR] [--stage1 PARAMS_DIR [--llm-states FILE]] [--eval-dialogues N] [--answers reference]
 
-The grid file is plain Python defining MASKING, STEPS, BLOCK_SIZE, DISTILL_ROUNDS (sequences) and
+The grid file is plain Python defining MASKING, DENOISE_STEPS, BLOCK_SIZE, DISTILL_ROUNDS (sequences) and
 AR_REFERENCE (bool): see experiments/grids/masking.py. Every decoder trains in its own workdir
 named by its settings (OUT/mdm-<masking>-b<B>, OUT/mdm-<masking>-b<B>-distill<r>, OUT/ar-b<B>)
 through `recipe.run_stage`, so a rerun resumes or reuses it; its evaluated rows are kept there
 (eval_rows.jsonl) and not recomputed. `--stage1` starts from an existing stage I (e.g. a demo's
-OUT/stage1/params) instead of training one; `--llm-states` reuses that stage I's states cache.
+OUT/stage1/params, whatever its block size) instead of training one; `--llm-states` reuses that
+stage I's states cache.
 `--answers reference` decodes speech from the LLM's states on the reference answer (teacher-forced)
 instead of its own greedy answer: the speech decoder alone, even under a weak stage I.
 
@@ -39,22 +40,21 @@ from tqdm import tqdm
 from data_pipelines.manifest import load_units
 from experiments import recipe
 from experiments.eval_data import fit_flow_token2wav, held_out_questions, reference_answers, spoken_answers
+from mdm_jax.config.mask import STRATEGIES
 from mdm_jax.config.overrides import ConfigError
+from mdm_jax.config.sampler import SamplerConfig
 from mdm_jax.config.train import get_train_config
-from mdm_jax.convert.params_io import load_params, save_params
-from mdm_jax.diffusion.masking import MASKING
-from mdm_jax.eval.metrics import SpeechMethod, decode_speech, speech_wer, text_accuracy, unit_accuracy
-from mdm_jax.model.vocalnet import abstract_params
-from mdm_jax.train.objectives import CONFIDENCE_MASKING
+from mdm_jax.convert.params_io import load_params
+from mdm_jax.eval.metrics import decode_speech, speech_wer, text_accuracy, unit_accuracy
 
-COLUMNS = ("decoder", "method", "masking", "block_size", "distill_rounds", "steps", "unit_accuracy", "length_ratio",
-           "wer", "tokens_per_s", "first_chunk_s", "speedup_vs_ar", "eval_dialogues", "answers")
+COLUMNS = ("decoder", "method", "masking", "block_size", "distill_rounds", "denoise_steps", "unit_accuracy",
+           "length_ratio", "wer", "tokens_per_s", "first_chunk_s", "speedup_vs_ar", "eval_dialogues", "answers")
 
 
 @dataclasses.dataclass(frozen=True)
 class Grid:
     masking: tuple[str, ...]
-    steps: tuple[int, ...]
+    denoise_steps: tuple[int, ...]
     block_size: tuple[int, ...]
     distill_rounds: tuple[int, ...]
     ar_reference: bool = True
@@ -70,7 +70,7 @@ def load_grid(path: str) -> Grid:
         grid = Grid(**{k: v if isinstance(v, bool) else tuple(v) for k, v in names.items()})
     except TypeError as e:
         raise ConfigError(f"{path}: {e}") from None
-    unknown = set(grid.masking) - {*MASKING, CONFIDENCE_MASKING}
+    unknown = set(grid.masking) - set(STRATEGIES)
     if unknown:  # fail before hours of training, not at the first step of that decoder
         raise ConfigError(f"{path}: unknown MASKING {sorted(unknown)}")
     return grid
@@ -106,28 +106,11 @@ def decoders(grid: Grid, default_block: int) -> list[Decoder]:
     return out
 
 
-def evaluated(grid: Grid, todo: list[Decoder]) -> list[tuple[Decoder, SpeechMethod]]:
-    """The rows: AR once, every MDM decoder of the grid's rounds at every steps value."""
-    return [(d, SpeechMethod("ar")) if d.method == "ar" else (d, SpeechMethod("mdm", s))
+def evaluated(grid: Grid, todo: list[Decoder]) -> list[tuple[Decoder, SamplerConfig]]:
+    """The rows: AR once, every MDM decoder of the grid's rounds at every denoising steps value."""
+    return [(d, SamplerConfig(method="ar")) if d.method == "ar" else (d, SamplerConfig(denoise_steps=s))
             for d in todo if d.method == "ar" or d.distill_rounds in grid.distill_rounds
-            for s in ((None,) if d.method == "ar" else grid.steps)]
-
-
-def stage1_with_block(stage1: str, block_size: int, out: Path) -> str:
-    """Stage I's params under a model config with speech blocks of `block_size` (written once), so an
-    MDM decoder of that block size can start from them: block size changes the decoder's attention
-    masks and sampler, not its params (checked)."""
-    meta = json.loads((Path(stage1) / "config.json").read_text())
-    if meta["config"]["speech_decoder"]["block_size"] == block_size:
-        return stage1
-    path = out / f"stage1-b{block_size}"
-    if not (path / "config.json").exists():
-        params, cfg = load_params(stage1)
-        new = dataclasses.replace(cfg, speech_decoder=dataclasses.replace(cfg.speech_decoder, block_size=block_size))
-        if jax.tree.map(lambda a: a.shape, abstract_params(new)) != jax.tree.map(lambda a: a.shape, params):
-            raise ConfigError(f"block_size={block_size} changes the params' shapes: cannot start from {stage1}")
-        save_params(path, params, new)
-    return str(path)
+            for s in ((None,) if d.method == "ar" else grid.denoise_steps)]
 
 
 def train(todo: list[Decoder], out: Path, base: list[str], budget: recipe.Budget, stage1: str,
@@ -138,11 +121,10 @@ def train(todo: list[Decoder], out: Path, base: list[str], budget: recipe.Budget
         if d.method == "ar":
             stage, init = recipe.stage_overrides("ar", budget), stage1
         elif d.distill_rounds:
-            rounds = dataclasses.replace(budget, distill_start_steps=2 ** (d.distill_rounds - 1))
+            rounds = dataclasses.replace(budget, distill_rounds=d.distill_rounds)
             stage, init = recipe.stage_overrides("distill", rounds, block_size=d.block_size), exported[d.teacher]
-        else:
-            stage = recipe.stage_overrides("mdm", budget, masking=d.masking, block_size=d.block_size)
-            init = stage1_with_block(stage1, d.block_size, out)
+        else:  # stage I's params serve any block size: it changes how the decoder runs, not its params
+            stage, init = recipe.stage_overrides("mdm", budget, masking=d.masking, block_size=d.block_size), stage1
         exported[d] = recipe.run_stage(str(out / d.name), base + stage + [f"init_from={init}"], log=log)
     return exported
 
@@ -162,30 +144,31 @@ def evaluate(out: Path, corpus_dir: str, corpus: dict, stage1: str, trained: dic
     else:
         hiddens, header = reference_answers(params, cfg, corpus_dir, records), {"text_accuracy": None}
     ref_units = [load_units(r, corpus["units"]["k"]) for r in records]
-    t2w = fit_flow_token2wav(corpus_dir, corpus, str(out / "token2wav.msgpack"), budget.token2mel_steps,
+    t2w = fit_flow_token2wav(corpus_dir, corpus, str(out / "token2wav.msgpack"), budget.token2wav_train_steps,
                              small=budget is recipe.QUICK)
     header["reference_units_wer"] = speech_wer(ref_units, references, t2w)["wer"]  # the ceiling of every row
     max_tokens = budget.max_blocks * get_train_config(recipe.PRESET).model.speech_decoder.block_size
     loaded, rows = {}, []
-    for d, method in tqdm(evaluated(grid, list(trained)), desc="sweep: evaluate", unit="row"):
+    for d, sampler in tqdm(evaluated(grid, list(trained)), desc="sweep: evaluate", unit="row"):
+        steps = sampler.denoise_steps if sampler.method == "mdm" else None
         cache = out / d.name / "eval_rows.jsonl"
-        key = (method.steps, eval_dialogues, answers)
+        key = (steps, eval_dialogues, answers)
         cached = [json.loads(line) for line in cache.read_text().splitlines()] if cache.exists() else []
-        row = next((r for r in cached if (r["steps"], r["eval_dialogues"], r["answers"]) == key), None)
+        row = next((r for r in cached if (r["denoise_steps"], r["eval_dialogues"], r["answers"]) == key), None)
         if row is not None:
             rows.append(row)
             continue
         if d not in loaded:  # one decoder's params at a time
             loaded = {d: load_params(trained[d])}
-        dec, dec_cfg = loaded[d][0]["speech_decoder"], loaded[d][1].speech_decoder
-        speech = decode_speech(dec, dec_cfg, hiddens, method,
-                               max_blocks=-(-max_tokens // dec_cfg.block_size))
-        row = {"decoder": d.name, "method": d.method, "masking": d.masking, "block_size": dec_cfg.block_size,
-               "distill_rounds": d.distill_rounds, "steps": method.steps,
+        dec, dec_cfg = loaded[d][0]["speech_decoder"], dataclasses.replace(loaded[d][1], sampler=sampler)
+        block = dec_cfg.speech_decoder.block_size
+        speech = decode_speech(dec, dec_cfg, hiddens, max_blocks=-(-max_tokens // block))
+        row = {"decoder": d.name, "method": d.method, "masking": d.masking, "block_size": block,
+               "distill_rounds": d.distill_rounds, "denoise_steps": steps,
                **unit_accuracy(speech["units"], ref_units), "wer": speech_wer(speech["units"], references, t2w)["wer"],
                "tokens_per_s": speech["tokens_per_s"], "first_chunk_s": speech["first_chunk_s"],
                "eval_dialogues": eval_dialogues, "answers": answers}
-        log(f"{d.name} S={method.steps}: unit acc {row['unit_accuracy']:.3f}, WER {row['wer']:.3f}, "
+        log(f"{d.name} S={steps}: unit acc {row['unit_accuracy']:.3f}, WER {row['wer']:.3f}, "
             f"{row['tokens_per_s']:.0f} tokens/s")
         rows.append(row)
         with cache.open("a") as f:
@@ -209,13 +192,13 @@ def markdown(rows: list[dict], header: dict) -> str:
     lines = [f"Held-out test dialogues: {header['eval_dialogues']}, device: {header['device']}, budget: "
              f"{header['budget']}, wall time of this invocation {header['wall_s'] / 60:.1f} min. Speech decoded "
              f"from {source}. WER of resynthesised reference units (ceiling): {header['reference_units_wer']:.3f}.", "",
-             "| decoder | masking | block | distill rounds | steps | unit acc | length ratio | WER | tokens/s | "
-             "speed-up vs AR |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| decoder | masking | block | distill rounds | denoising steps | unit acc | length ratio | WER | "
+             "tokens/s | speed-up vs AR |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         speedup = "-" if r["speedup_vs_ar"] is None else f"{r['speedup_vs_ar']:.2f}x"
         lines.append(f"| {r['method']} | {r['masking'] or '-'} | {r['block_size']} | {r['distill_rounds']} | "
-                     f"{r['steps'] or '-'} | {r['unit_accuracy']:.3f} | {r['length_ratio']:.2f} | {r['wer']:.3f} | "
-                     f"{r['tokens_per_s']:.0f} | {speedup} |")
+                     f"{r['denoise_steps'] or '-'} | {r['unit_accuracy']:.3f} | {r['length_ratio']:.2f} | "
+                     f"{r['wer']:.3f} | {r['tokens_per_s']:.0f} | {speedup} |")
     return "\n".join(lines) + "\n"
 
 
@@ -240,7 +223,7 @@ def plot(rows: list[dict], header: dict, out: Path):
             ax = axes[row, col]
             for s in strategies:
                 for r in rounds:
-                    line = sorted((x["steps"], x[metric]) for x in mdm
+                    line = sorted((x["denoise_steps"], x[metric]) for x in mdm
                                   if (x["masking"], x["distill_rounds"], x["block_size"]) == (s, r, block))
                     ax.plot(*zip(*line), style[r], marker="o", color=color[s], label=f"{s}, {r} rounds")
             for x in ar:
@@ -273,7 +256,7 @@ def plot(rows: list[dict], header: dict, out: Path):
             best = r["unit_accuracy"]
     ax.plot([r[speed] for r in frontier], [r["unit_accuracy"] for r in frontier], "k-", lw=1, label="frontier")
     for r in frontier:
-        label = "AR" if r["method"] == "ar" else f"S={r['steps']} B={r['block_size']} r={r['distill_rounds']}"
+        label = "AR" if r["method"] == "ar" else f"S={r['denoise_steps']} B={r['block_size']} r={r['distill_rounds']}"
         ax.annotate(label, (r[speed], r["unit_accuracy"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_xscale("log")
     ax.set_xlabel("speech tokens/s vs AR (same run)" if ar else "speech tokens/s")

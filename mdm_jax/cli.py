@@ -1,4 +1,8 @@
-"""Command line: `python -m mdm_jax.cli {info,convert,export-hf,generate} ...` (see --help of each)."""
+"""Command line: `python -m mdm_jax.cli {info,convert,export-hf,generate} ...` (see --help of each).
+
+`generate` decodes speech with the checkpoint's own `sampler` config; `key=value` overrides change
+it (`sampler.denoise_steps=1`, `sampler.threshold=0.9`, `dtype=bfloat16`, ...), never what the params are.
+"""
 
 from __future__ import annotations
 
@@ -6,32 +10,34 @@ import argparse
 import json
 import sys
 
-from mdm_jax.config.model import get_config
-from mdm_jax.config.overrides import config_keys
+import numpy as np
+
+from data_pipelines.audio import load_audio
+from data_pipelines.features import log_mel
+from data_pipelines.tokenizer import SPEECH_PLACEHOLDER, TEMPLATES, encode_prompt, load_tokenizer, num_speech_frames
+from mdm_jax.config.model import ModelConfig, get_config, param_mismatch
+from mdm_jax.config.overrides import ConfigError, apply_overrides, config_keys
+from mdm_jax.convert import llm_config_from_hf, llm_config_to_hf, llm_from_hf, llm_to_hf
+from mdm_jax.convert.hf_files import load_hf_folder, save_hf_folder
+from mdm_jax.convert.params_io import load_params, save_params
+from mdm_jax.convert.vocalnet_release import vocalnet_from_release
+from mdm_jax.decode.streaming import stream
+from mdm_jax.model.vocalnet import count_params, random_params
 
 
 def _info(args):
     cfg = get_config(args.config, args.overrides)
-    from mdm_jax.model.vocalnet import count_params
-
     print(cfg.to_json())
     for name, n in count_params(cfg).items():
         print(f"{name:>16}: {n:,}")
 
 
 def _convert(args):
-    from mdm_jax.convert.hf_files import load_hf_folder
-    from mdm_jax.convert.params_io import save_params
-
     hf_config, state = load_hf_folder(args.src)
     if args.kind == "hf-llm":
-        from mdm_jax.convert import llm_config_from_hf, llm_from_hf
-
         cfg = llm_config_from_hf(hf_config)
         params = llm_from_hf(state, cfg)
     else:
-        from mdm_jax.convert.vocalnet_release import vocalnet_from_release
-
         cfg = get_config(args.config, args.overrides)
         params = vocalnet_from_release(state, cfg)
     out = save_params(args.out, params, cfg)
@@ -39,11 +45,6 @@ def _convert(args):
 
 
 def _export_hf(args):
-    from mdm_jax.config.model import ModelConfig
-    from mdm_jax.convert import llm_config_to_hf, llm_to_hf
-    from mdm_jax.convert.hf_files import save_hf_folder
-    from mdm_jax.convert.params_io import load_params
-
     params, cfg = load_params(args.ckpt)
     if isinstance(cfg, ModelConfig):  # a whole VocalNet: its text LLM
         params, cfg = params["llm"], cfg.llm
@@ -51,24 +52,25 @@ def _export_hf(args):
     print(f"wrote {out} (Hugging Face {cfg.family}: config.json + model.safetensors)")
 
 
+def load_model(ckpt: str, overrides) -> tuple[dict, ModelConfig]:
+    """A checkpoint's params and config with `overrides` of how it runs (sampler, dtype, speech layout);
+    `random:PRESET` gives random params of a preset (a smoke run of the machinery, no trained weights)."""
+    if ckpt.startswith("random:"):
+        cfg = get_config(ckpt.split(":", 1)[1], overrides)
+        return random_params(cfg), cfg
+    params, saved = load_params(ckpt)
+    if not isinstance(saved, ModelConfig):
+        raise ConfigError(f"{ckpt} holds a text LLM alone ({type(saved).__name__}), not a VocalNet")
+    cfg = apply_overrides(saved, overrides)
+    changed = param_mismatch(saved, cfg)
+    if changed:
+        raise ConfigError(f"overrides of {', '.join(changed)} would change the params of {ckpt}; only how it runs "
+                          "may change (sampler.*, dtype, remat, speech_decoder block layout)")
+    return params, cfg
+
+
 def _generate(args):
-    import numpy as np
-
-    from data_pipelines.audio import load_audio
-    from data_pipelines.features import log_mel
-    from data_pipelines.tokenizer import SPEECH_PLACEHOLDER, TEMPLATES, encode_prompt, load_tokenizer, num_speech_frames
-    from mdm_jax.decode.block_diffusion import BlockDiffusionConfig
-    from mdm_jax.decode.streaming import stream
-
-    if args.ckpt.startswith("random:"):  # a smoke run of the machinery, no trained weights
-        from mdm_jax.model.vocalnet import random_params
-
-        cfg = get_config(args.ckpt.split(":", 1)[1], args.overrides)
-        params = random_params(cfg)
-    else:
-        from mdm_jax.convert.params_io import load_params
-
-        params, cfg = load_params(args.ckpt)
+    params, cfg = load_model(args.ckpt, args.overrides)
     audio, _ = load_audio(args.audio, args.audio, max_seconds=30.0)
     mel = log_mel(audio, cfg.encoder.num_mel_bins)
     n_speech = num_speech_frames(mel.shape[-1], cfg.adaptor.downsample)
@@ -78,9 +80,8 @@ def _generate(args):
         eos = {end}
     else:
         tok, prompt, eos = None, [SPEECH_PLACEHOLDER] * n_speech, set()
-    sampler = BlockDiffusionConfig(steps=args.steps, threshold=args.threshold)
     run = lambda: stream(params, cfg, mel, prompt, eos_ids=eos, max_text_tokens=args.max_text_tokens,  # noqa: E731
-                         max_blocks=args.max_blocks, sampler=sampler)
+                         max_blocks=args.max_blocks)
     if args.warmup:  # compile every shape first, so the times below are latencies, not compilation
         list(run())
     chunks = []
@@ -91,7 +92,8 @@ def _generate(args):
     text_ids = chunks[-1].text_ids
     result = {"text_ids": text_ids, "text": tok.decode(text_ids) if tok else None,
               "speech_units": np.concatenate([c.speech for c in chunks]).tolist(),
-              "first_chunk_s": chunks[0].elapsed_s, "total_s": chunks[-1].elapsed_s, "blocks": len(chunks)}
+              "first_chunk_s": chunks[0].elapsed_s, "total_s": chunks[-1].elapsed_s, "blocks": len(chunks),
+              "sampler": json.loads(cfg.to_json())["sampler"]}
     with open(args.out, "w") as f:
         json.dump(result, f)
     print(f"wrote {args.out}: {len(result['speech_units'])} speech units, first chunk after "
@@ -127,13 +129,12 @@ def main(argv=None):
     gen.add_argument("--audio", required=True, help="the question, any format libsndfile reads")
     gen.add_argument("--tokenizer", help="tokenizer.json; without it the prompt is the speech alone")
     gen.add_argument("--template", default="tiny", help="prompt template (data_pipelines.tokenizer.TEMPLATES)")
-    gen.add_argument("--steps", type=int, default=4, help="denoising steps per speech block")
-    gen.add_argument("--threshold", type=float, default=0.0, help="> 0: confidence-threshold decoding")
     gen.add_argument("--max-text-tokens", type=int, default=64)
     gen.add_argument("--max-blocks", type=int, default=16)
     gen.add_argument("--out", default="answer.json")
     gen.add_argument("--warmup", action="store_true", help="run once before timing (times exclude compilation)")
-    gen.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (random:PRESET only)")
+    gen.add_argument("overrides", nargs="*", metavar="key=value",
+                     help="how the model runs: sampler.denoise_steps=1, sampler.threshold=0.9, dtype=bfloat16, ...")
     gen.set_defaults(run=_generate)
 
     args = parser.parse_args(argv)

@@ -13,5 +13,6 @@ def small_overrides(*, width: int = 32, heads: int = 2, llm_kv_heads: int = 2, v
         f"model.speech_decoder.ffn_dim={2 * width}", "model.speech_decoder.num_layers=1",
         "model.speech_decoder.mtp_modules=0", f"model.speech_decoder.num_units={units}",
         "model.speech_decoder.block_size=5", "model.speech_decoder.text_per_block=2",
-        f"data.batch_size={batch}", "data.max_seconds=0.6", "data.max_text=24", "data.max_units=20", f"steps={steps}",
+        f"data.batch_size={batch}", "data.max_seconds=0.6", "data.max_text=24", "data.max_units=20",
+        f"train_steps={steps}",
     ]

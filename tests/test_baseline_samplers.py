@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mdm_jax.config.model import SpeechDecoderConfig
+from mdm_jax.config.model import ModelConfig, SpeechDecoderConfig
+from mdm_jax.config.sampler import SamplerConfig, TokenSampling
 from mdm_jax.decode.autoregressive import generate
-from mdm_jax.decode.sampling import TokenSampling
 from mdm_jax.diffusion.attention_masks import autoregressive_mask
 from mdm_jax.model.init import random_init
 from mdm_jax.model.speech_decoder import SpeechDecoder
@@ -80,9 +80,10 @@ def reference(params, text, text_valid, streaming, heads, penalty=1.0, window=15
 def test_cached_equals_uncached(setup, heads, penalty, offset):
     params, text, text_valid, streaming = setup
     ref, gaps = reference(params, text, text_valid, streaming, heads, penalty, offset=offset)
-    cfg = dataclasses.replace(CFG, speech_position_offset=offset)
-    out = generate(params, text, text_valid, streaming, jax.random.key(0), cfg=cfg, max_tokens=MAX,
-                   mtp_heads=heads, sampling=TokenSampling(repetition_penalty=penalty))
+    sampler = SamplerConfig(method="mtp" if heads else "ar", mtp_heads=heads,
+                            token=TokenSampling(repetition_penalty=penalty))
+    cfg = ModelConfig(speech_decoder=dataclasses.replace(CFG, speech_position_offset=offset), sampler=sampler)
+    out = generate(params, text, text_valid, streaming, jax.random.key(0), cfg=cfg, max_tokens=MAX)
     tokens = np.asarray(out.tokens)[:, :ref.shape[1]]
     for r in range(tokens.shape[0]):
         diff = np.flatnonzero(tokens[r] != ref[r])
@@ -93,4 +94,5 @@ def test_cached_equals_uncached(setup, heads, penalty, offset):
 def test_mtp_needs_trained_modules(setup):
     params, text, text_valid, streaming = setup
     with pytest.raises(ValueError, match="mtp_heads=3 but the decoder has 2 MTP modules"):
-        generate(params, text, text_valid, streaming, jax.random.key(0), cfg=CFG, max_tokens=MAX, mtp_heads=3)
+        generate(params, text, text_valid, streaming, jax.random.key(0), max_tokens=MAX,
+                 cfg=ModelConfig(speech_decoder=CFG, sampler=SamplerConfig(method="mtp", mtp_heads=3)))

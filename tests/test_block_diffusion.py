@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mdm_jax.config.model import SpeechDecoderConfig
-from mdm_jax.decode.block_diffusion import BlockDiffusionConfig, generate
-from mdm_jax.decode.sampling import TokenSampling
+from mdm_jax.config.model import ModelConfig, SpeechDecoderConfig
+from mdm_jax.config.sampler import SamplerConfig, TokenSampling
+from mdm_jax.decode.block_diffusion import generate
 from mdm_jax.diffusion.attention_masks import block_diffusion_mask
 from mdm_jax.diffusion.schedules import step_schedule
 from mdm_jax.model.init import random_init
@@ -16,6 +16,10 @@ from mdm_jax.model.speech_decoder import SpeechDecoder
 CFG = SpeechDecoderConfig(num_units=40, d_model=64, num_heads=4, num_kv_heads=2, ffn_dim=96, prenn_layers=1,
                           num_layers=2, mtp_modules=0, block_size=5, text_per_block=2)
 NUM_BLOCKS = 3
+
+
+def with_sampler(sampler: SamplerConfig) -> ModelConfig:
+    return ModelConfig(speech_decoder=CFG, sampler=sampler)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +39,7 @@ def _teacher_forced(params, text, tokens, mask, positions):
     return SpeechDecoder(CFG).apply({"params": params}, text, tokens, mask, positions)[0]
 
 
-def reference_decode(params, text, text_valid, streaming, sampler: BlockDiffusionConfig):
+def reference_decode(params, text, text_valid, streaming, sampler: SamplerConfig):
     """Greedy decoding that re-runs the whole vectorised training sequence `[SOS][x_t][x_0]` at every
     step (no cache), with the commit rule written out in numpy."""
     B, L, b = CFG.block_size, NUM_BLOCKS * CFG.block_size, text.shape[0]
@@ -43,7 +47,7 @@ def reference_decode(params, text, text_valid, streaming, sampler: BlockDiffusio
     mask, positions = block_diffusion_mask(text_valid, speech_valid, streaming, block_size=B,
                                            text_per_block=CFG.text_per_block)
     allowed = np.r_[np.ones(CFG.num_units, bool), [False, False, True, False]]  # units + EOS
-    n = step_schedule(B, sampler.steps, sampler.schedule)
+    n = step_schedule(B, sampler.denoise_steps, sampler.schedule)
     x0 = np.full((b, L), CFG.mask_id)
     out = np.full((b, L), CFG.pad_id)
     out_logits = np.zeros((b, L, CFG.output_vocab), np.float32)
@@ -51,7 +55,7 @@ def reference_decode(params, text, text_valid, streaming, sampler: BlockDiffusio
     done = np.zeros(b, bool)
     for blk in range(NUM_BLOCKS):
         cur, masked = np.full((b, B), CFG.mask_id), np.ones((b, B), bool)
-        for step in range(B if sampler.threshold else sampler.steps):
+        for step in range(B if sampler.threshold else sampler.denoise_steps):
             if not masked.any():
                 break
             xt = np.full((b, L), CFG.mask_id)
@@ -87,14 +91,14 @@ def reference_decode(params, text, text_valid, streaming, sampler: BlockDiffusio
     return out, out_logits, min_gap
 
 
-@pytest.mark.parametrize("sampler", [BlockDiffusionConfig(steps=1), BlockDiffusionConfig(steps=2),
-                                     BlockDiffusionConfig(steps=5), BlockDiffusionConfig(steps=3, schedule="cosine"),
-                                     BlockDiffusionConfig(threshold=0.3)], ids=str)
+@pytest.mark.parametrize("sampler", [SamplerConfig(denoise_steps=1), SamplerConfig(denoise_steps=2),
+                                     SamplerConfig(denoise_steps=5), SamplerConfig(denoise_steps=3, schedule="cosine"),
+                                     SamplerConfig(threshold=0.3)], ids=str)
 def test_cached_generation_equals_uncached_rerun(setup, sampler):
     params, text, text_valid, streaming = setup
     ref_tokens, ref_logits, gap = reference_decode(params, text, text_valid, streaming, sampler)
-    out = generate(params, text, text_valid, streaming, jax.random.key(0), cfg=CFG, num_blocks=NUM_BLOCKS,
-                   sampler=sampler, record_logits=True)
+    out = generate(params, text, text_valid, streaming, jax.random.key(0), cfg=with_sampler(sampler),
+                   num_blocks=NUM_BLOCKS, record_logits=True)
     tokens, logits = np.asarray(out.tokens), np.asarray(out.logits)
     near_ties = 0
     for r in range(tokens.shape[0]):
@@ -113,16 +117,16 @@ def test_cached_generation_equals_uncached_rerun(setup, sampler):
 def test_forward_count_and_schedule(setup):
     params, text, text_valid, streaming = setup
     for steps in (1, 2, 5):  # record_logits=True: the programs the cache test above compiled (counting is the same)
-        out = generate(params, text, text_valid, streaming, jax.random.key(0), cfg=CFG, num_blocks=NUM_BLOCKS,
-                       sampler=BlockDiffusionConfig(steps=steps), record_logits=True)
+        out = generate(params, text, text_valid, streaming, jax.random.key(0),
+                       cfg=with_sampler(SamplerConfig(denoise_steps=steps)), num_blocks=NUM_BLOCKS, record_logits=True)
         assert int(out.forwards) == steps * int(out.block)  # S forwards per decoded block, nothing hidden
 
 
 def test_eos_ends_rows_and_the_loop(setup):
     params, text, text_valid, streaming = setup
     head = dict(params["head"], b=params["head"]["b"].at[CFG.eos_id].set(1e4))  # EOS wins everywhere
-    out = generate(dict(params, head=head), text, text_valid, streaming, jax.random.key(0), cfg=CFG,
-                   num_blocks=NUM_BLOCKS, sampler=BlockDiffusionConfig(steps=2))
+    out = generate(dict(params, head=head), text, text_valid, streaming, jax.random.key(0),
+                   cfg=with_sampler(SamplerConfig(denoise_steps=2)), num_blocks=NUM_BLOCKS)
     tokens = np.asarray(out.tokens)
     assert int(out.block) == 1 and int(out.forwards) == 2  # every row done after block 0: no more forwards
     assert np.asarray(out.done).all()
@@ -134,17 +138,17 @@ def test_eos_ends_rows_and_the_loop(setup):
 
 def test_second_request_of_the_same_shape_does_not_recompile(setup):
     params, text, text_valid, streaming = setup
-    sampler = BlockDiffusionConfig(steps=2, sampling=TokenSampling(temperature=1.0, top_k=8, top_p=0.9))
+    sampler = SamplerConfig(denoise_steps=2, token=TokenSampling(temperature=1.0, top_k=8, top_p=0.9))
     before = generate._cache_size()
-    generate(params, text, text_valid, streaming, jax.random.key(1), cfg=CFG, num_blocks=2, sampler=sampler)
-    generate(params, text + 1.0, ~text_valid, ~streaming, jax.random.key(2), cfg=CFG, num_blocks=2, sampler=sampler)
+    generate(params, text, text_valid, streaming, jax.random.key(1), cfg=with_sampler(sampler), num_blocks=2)
+    generate(params, text + 1.0, ~text_valid, ~streaming, jax.random.key(2), cfg=with_sampler(sampler), num_blocks=2)
     assert generate._cache_size() == before + 1
 
 
 def test_sampling_is_reproducible_and_key_dependent(setup):
     params, text, text_valid, streaming = setup
-    sampler = BlockDiffusionConfig(steps=2, sampling=TokenSampling(temperature=1.5))
-    run = lambda k: np.asarray(generate(params, text, text_valid, streaming, jax.random.key(k), cfg=CFG,  # noqa: E731
-                                        num_blocks=2, sampler=sampler).tokens)
+    sampler = SamplerConfig(denoise_steps=2, token=TokenSampling(temperature=1.5))
+    run = lambda k: np.asarray(generate(params, text, text_valid, streaming, jax.random.key(k),   # noqa: E731
+                                        cfg=with_sampler(sampler), num_blocks=2).tokens)
     np.testing.assert_array_equal(run(3), run(3))
     assert (run(3) != run(4)).any()

@@ -82,11 +82,12 @@ RESHARD_SCRIPT = textwrap.dedent("""
     from mdm_jax.train.checkpointing import Checkpointer
     from mdm_jax.train.optimizer import make_optimizer
     from mdm_jax.config.train import MeshConfig, get_train_config
-    from mdm_jax.train.step import init_state, make_mesh, shardings, state_specs
+    from mdm_jax.model.sharding import make_mesh, shardings
+    from mdm_jax.train.step import init_state, state_specs
     from mdm_jax.train.loop import train
 
     workdir, overrides = sys.argv[1], sys.argv[2].split()
-    cfg = get_train_config("tiny", overrides + ["mesh.data=8", "mesh.model=1", "steps=2"])
+    cfg = get_train_config("tiny", overrides + ["mesh.data=8", "mesh.model=1", "train_steps=2"])
     train(cfg, workdir, log=lambda *_: None)
     ckpt = Checkpointer(workdir + "/checkpoints", cfg.checkpoint)
     saved = ckpt.saved_state(2)

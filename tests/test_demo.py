@@ -14,9 +14,9 @@ def test_quick_demo_reports_real_numbers_for_every_decoder(demo_run):
     report = json.loads((demo_run / "report.json").read_text())
     assert isinstance(report["device"], str) and report["wall_s"] > 0
     rows = report["rows"]
-    assert [r["method"] for r in rows[:2]] == ["ar", "mtp"] and rows[0]["steps"] is None
+    assert [r["method"] for r in rows[:2]] == ["ar", "mtp"] and rows[0]["denoise_steps"] is None
     mdm = [r for r in rows if r["method"] == "mdm"]
-    assert len({r["steps"] for r in mdm}) >= 2 and any(r["distill_rounds"] > 0 for r in mdm)
+    assert len({r["denoise_steps"] for r in mdm}) >= 2 and any(r["distill_rounds"] > 0 for r in mdm)
     for r in rows:
         for field in FIELDS:
             assert isinstance(r[field], float) and math.isfinite(r[field]), (r["label"], field)

@@ -10,26 +10,35 @@ import numpy as np
 import optax
 import pytest
 
-from mdm_jax.config.model import SpeechDecoderConfig
-from mdm_jax.decode.block_diffusion import BlockDiffusionConfig, generate
+from mdm_jax.config.distill import DistillConfig
+from mdm_jax.config.mask import MaskConfig
+from mdm_jax.config.model import ModelConfig, SpeechDecoderConfig
+from mdm_jax.config.overrides import ConfigError
+from mdm_jax.config.sampler import SamplerConfig
+from mdm_jax.decode.block_diffusion import generate
 from mdm_jax.diffusion.ema import ema_update
 from mdm_jax.diffusion.losses import mdm_loss
-from mdm_jax.diffusion.masking import MaskConfig, hierarchical_mask
+from mdm_jax.diffusion.masking import hierarchical_mask
 from mdm_jax.diffusion.schedules import step_schedule
 from mdm_jax.model.speech_decoder import SpeechDecoder
+from mdm_jax.train.denoiser import denoiser
 from mdm_jax.train.distill import (
-    DistillConfig,
-    after_update,
-    denoiser,
     distill_loss,
-    halving,
-    next_round,
-    start,
+    follow,
+    promote,
+    round_at,
+    rounds,
+    start_for_rounds,
+    student_steps,
     teacher_counts,
 )
 
 CFG = SpeechDecoderConfig(num_units=40, d_model=64, num_heads=4, num_kv_heads=2, ffn_dim=96, prenn_layers=1,
                           num_layers=2, mtp_modules=0, block_size=5, text_per_block=2)
+
+
+def model(sd: SpeechDecoderConfig, steps: int = 4) -> ModelConfig:
+    return ModelConfig(speech_decoder=sd, sampler=SamplerConfig(denoise_steps=steps))
 
 
 def init_params(cfg, seed, std=0.02):
@@ -81,11 +90,11 @@ def test_one_step_student_vs_two_step_teacher_equals_kl_of_the_sampler(two_model
     distributions the real sampler committed each token from."""
     student, teacher = two_models
     batch = random_batch(0, blocks=1)
-    loss, metrics = jax.jit(lambda s, t, b: distill_loss(s, t, b, jax.random.key(0), model_cfg=CFG,
-                                                         cfg=DistillConfig(), steps=1))(student, teacher, batch)
+    loss, metrics = jax.jit(lambda s, t, b: distill_loss(s, t, b, jax.random.key(0), cfg=model(CFG),
+                                                         distill=DistillConfig(), steps=1))(student, teacher, batch)
     run = lambda params, steps: np.asarray(generate(  # noqa: E731
-        params, batch["text_hidden"], batch["text_valid"], batch["streaming"], jax.random.key(0), cfg=CFG,
-        num_blocks=1, sampler=BlockDiffusionConfig(steps=steps), record_logits=True).logits)
+        params, batch["text_hidden"], batch["text_valid"], batch["streaming"], jax.random.key(0),
+        cfg=model(CFG, steps), num_blocks=1, record_logits=True).logits)
     expected = np_kl(run(student, 1), run(teacher, 2), ALLOWED).mean()
     assert expected > 0.05  # the two models disagree, so the check below has something to check
     np.testing.assert_allclose(metrics["kl"], expected, rtol=1e-4)
@@ -96,7 +105,7 @@ def test_student_equal_to_teacher_with_the_same_steps_has_zero_loss(two_models):
     params, other = two_models
     batch = random_batch(1, blocks=3, speech_len=12)  # a partly valid last block in row 1
     loss_fn = jax.jit(lambda s, t, key, teacher_steps: distill_loss(
-        s, t, batch, key, model_cfg=CFG, cfg=DistillConfig(), steps=2, teacher_steps=teacher_steps),
+        s, t, batch, key, cfg=model(CFG), distill=DistillConfig(), steps=2, teacher_steps=teacher_steps),
         static_argnames="teacher_steps")
     for seed in range(4):
         loss, metrics = loss_fn(params, params, jax.random.key(seed), 2)
@@ -111,8 +120,8 @@ def test_teacher_steps_cover_one_student_step(schedule, steps):
     student's next state n^S_{j+1}; for linear schedules they are steps 2j, 2j+1 of the 2S schedule."""
     bs, length = 15, 45
     units, valid = jnp.zeros((300, length), jnp.int32), jnp.ones((300, length), bool)
-    noisy = hierarchical_mask(jax.random.key(0), units, valid, MaskConfig(99, block_size=bs, num_steps=steps,
-                                                                           schedule=schedule))
+    noisy = hierarchical_mask(jax.random.key(0), units, valid, MaskConfig(denoise_steps=steps, schedule=schedule),
+                              block_size=bs, mask_id=99)
     start_count = np.asarray(noisy.is_target).reshape(300, -1, bs).sum(-1).ravel()
     mid, end = np.asarray(teacher_counts(jax.random.key(1), noisy.is_target, valid, bs, steps, 2 * steps,
                                           schedule)).reshape(2, -1)
@@ -124,18 +133,24 @@ def test_teacher_steps_cover_one_student_step(schedule, steps):
 
 
 def test_rounds_halve_and_hand_the_student_over():
-    assert halving(16) == (16, 8, 4, 2, 1) and DistillConfig().rounds == (16, 8, 4, 2, 1)
-    assert halving(1) == (1,)
+    assert rounds(DistillConfig(start_denoise_steps=16)) == (16, 8, 4, 2, 1) and rounds(DistillConfig()) == (
+        16, 8, 4, 2, 1)
+    assert rounds(DistillConfig(start_denoise_steps=1)) == (1,)
+    assert [len(rounds(DistillConfig(start_denoise_steps=start_for_rounds(n)))) for n in (1, 2, 3)] == [1, 2, 3]
+    cfg = DistillConfig(start_denoise_steps=4, round_updates=10)
+    assert [round_at(cfg, u) for u in (0, 9, 10, 29, 30, 500)] == [0, 0, 1, 2, 2, 2]  # the last round lasts
+    assert [student_steps(cfg, r) for r in range(3)] == [4, 2, 1]
     params = {"w": jnp.ones((2, 3)), "b": jnp.zeros(3)}
     moved = jax.tree.map(lambda p: p + 1.0, params)
-    frozen = after_update(start(params), moved, DistillConfig())
-    assert frozen.student is moved and frozen.teacher["w"][0, 0] == 1.0
-    ema = after_update(start(params), moved, DistillConfig(teacher="ema", ema_decay=0.9))
-    jax.tree.map(np.testing.assert_allclose, ema.teacher, ema_update(params, moved, 0.9))
-    nxt = next_round(frozen)
-    assert nxt.round == 1
-    jax.tree.map(np.testing.assert_array_equal, nxt.teacher, moved)
-    with pytest.raises(ValueError):
+    teacher = promote(params)
+    frozen = follow(teacher, moved, DistillConfig())
+    assert frozen is teacher and frozen["w"][0, 0] == 1.0
+    ema = follow(teacher, moved, DistillConfig(teacher="ema", ema_decay=0.9))
+    jax.tree.map(np.testing.assert_allclose, ema, ema_update(params, moved, 0.9))
+    nxt = promote(moved)  # the next round's teacher: the student, in buffers of its own
+    jax.tree.map(np.testing.assert_array_equal, nxt, moved)
+    assert nxt["w"] is not moved["w"]
+    with pytest.raises(ConfigError):
         DistillConfig(teacher="student")
 
 
@@ -183,8 +198,7 @@ def train(params, loss_fn, batches, steps, lr):
 def sampler_kl(student, teacher, batch, steps):
     """Mean KL (and token agreement) of the student's S-step vs the teacher's 2S-step sampler."""
     run = lambda params, s: generate(params, batch["text_hidden"], batch["text_valid"], batch["streaming"],  # noqa: E731
-                                     jax.random.key(0), cfg=TINY, num_blocks=BLOCKS,
-                                     sampler=BlockDiffusionConfig(steps=s), record_logits=True)
+                                     jax.random.key(0), cfg=model(TINY, s), num_blocks=BLOCKS, record_logits=True)
     s, t = run(student, steps), run(teacher, 2 * steps)
     allowed = np.r_[np.ones(TINY.num_units, bool), [False, False, True, False]]
     return np_kl(s.logits, t.logits, allowed).mean(), float((np.asarray(s.tokens) == np.asarray(t.tokens)).mean())
@@ -197,28 +211,29 @@ def test_one_round_brings_the_student_closer_to_the_two_step_teacher():
     batches = lambda i: data[i % len(data)]  # noqa: E731
     held_out = ambiguous_task(np.random.default_rng(1), 64)
 
-    mask_cfg = MaskConfig(TINY.mask_id, block_size=TINY.block_size, elbo=False, num_steps=TINY.block_size)
+    mask_cfg = MaskConfig(elbo=False, denoise_steps=TINY.block_size)
 
     def mdm(params, batch, key):
-        noisy = hierarchical_mask(key, batch["units"], batch["speech_valid"], mask_cfg)
-        logits = denoiser(TINY, batch)(params, noisy.tokens)
+        noisy = hierarchical_mask(key, batch["units"], batch["speech_valid"], mask_cfg, block_size=TINY.block_size,
+                                  mask_id=TINY.mask_id)
+        logits = denoiser(model(TINY), batch)(params, noisy.tokens)
         return mdm_loss(logits, batch["units"], noisy, batch["speech_valid"], elbo=False)
 
     teacher, mdm_final = train(init_params(TINY, 0),
                                mdm, batches, 250, 3e-3)
     t1 = time.perf_counter()
 
-    cfg = DistillConfig(rounds=(1,), steps_per_round=100)
-    steps = cfg.rounds[0]
-    state = start(teacher)
-    kl_before, agree_before = sampler_kl(state.student, state.teacher, held_out, steps)
+    cfg = DistillConfig(start_denoise_steps=1, round_updates=100)
+    steps = student_steps(cfg, 0)
+    student, frozen = teacher, promote(teacher)
+    kl_before, agree_before = sampler_kl(student, frozen, held_out, steps)
 
     def sdtt(student, batch, key):
-        return distill_loss(student, state.teacher, batch, key, model_cfg=TINY, cfg=cfg, steps=steps)
+        return distill_loss(student, frozen, batch, key, cfg=model(TINY), distill=cfg, steps=steps)
 
-    student, distill_final = train(state.student, sdtt, batches, cfg.steps_per_round, 1e-3)
-    state = after_update(state, student, cfg)
-    kl_after, agree_after = sampler_kl(state.student, state.teacher, held_out, steps)
+    student, distill_final = train(student, sdtt, batches, cfg.round_updates, 1e-3)
+    frozen = follow(frozen, student, cfg)
+    kl_after, agree_after = sampler_kl(student, frozen, held_out, steps)
     t2 = time.perf_counter()
     print(f"\nteacher MDM CE {mdm_final:.3f} ({t1 - t0:.1f} s); distill loss {distill_final:.4f} ({t2 - t1:.1f} s)")
     print(f"KL(student {steps} step ‖ teacher {2 * steps} steps): before {kl_before:.4f}, after {kl_after:.4f}; "

@@ -9,23 +9,25 @@ import numpy as np
 import pytest
 from small_train import small_overrides
 
+from mdm_jax.config.mask import MaskConfig
 from mdm_jax.config.train import get_train_config
 from mdm_jax.decode.sampling import speech_only
 from mdm_jax.diffusion.losses import mdm_loss
-from mdm_jax.diffusion.masking import MASKING, MaskConfig, corrupt, hierarchical_levels, hierarchical_mask
+from mdm_jax.diffusion.masking import MASKING, corrupt, hierarchical_levels, hierarchical_mask
 from mdm_jax.diffusion.schedules import elbo_weight, mask_prob, sample_t, step_schedule
 from mdm_jax.model.vocalnet import random_params
 from mdm_jax.train import objectives
-from mdm_jax.train.distill import denoiser
+from mdm_jax.train.denoiser import denoiser
 
 MASK = 1000
 
 
-_corrupt = jax.jit(corrupt, static_argnums=3)  # one compile per config beats op-by-op dispatch
+_corrupt = jax.jit(corrupt, static_argnums=3, static_argnames=("block_size", "mask_id"))  # one compile per config
 
 
-def draw(strategy, units, valid, seed=0, **kw):
-    c = _corrupt(jax.random.key(seed), jnp.asarray(units), jnp.asarray(valid), MaskConfig(MASK, strategy, **kw))
+def draw(strategy, units, valid, seed=0, block_size=15, **kw):
+    c = _corrupt(jax.random.key(seed), jnp.asarray(units), jnp.asarray(valid), MaskConfig(strategy, **kw),
+                 block_size=block_size, mask_id=MASK)
     return jax.tree.map(np.asarray, c)
 
 
@@ -93,7 +95,7 @@ def test_antithetic_and_stratified_structure():
 def test_padding_never_masked_and_tokens_match_targets(strategy):
     units = np.random.default_rng(0).integers(0, 500, (64, 47)).astype(np.int32)
     valid = lengths_valid(np.random.default_rng(1).integers(0, 48, 64), 47)
-    c = draw(strategy, units, valid, block_size=5, num_steps=4)
+    c = draw(strategy, units, valid, block_size=5, denoise_steps=4)
     masked = c.tokens == MASK
     assert not np.any(masked & ~valid) and not np.any(c.is_target & ~valid)
     np.testing.assert_array_equal(c.tokens[~masked], units[~masked])
@@ -105,7 +107,7 @@ def test_padding_never_masked_and_tokens_match_targets(strategy):
 
 @pytest.mark.parametrize("strategy", ["iid", "hierarchical"])  # the two code paths of the weight
 def test_unweighted_is_one(strategy):
-    c = draw(strategy, np.zeros((8, 30), int), np.ones((8, 30), bool), block_size=5, num_steps=4, elbo=False)
+    c = draw(strategy, np.zeros((8, 30), int), np.ones((8, 30), bool), block_size=5, denoise_steps=4, elbo=False)
     np.testing.assert_array_equal(c.weight, 1.0)
 
 
@@ -164,7 +166,7 @@ def test_hierarchical_counts_are_the_sampler_states(schedule, steps):
         np.zeros((b, bs * blocks), int),
         np.ones((b, bs * blocks), bool),
         block_size=bs,
-        num_steps=steps,
+        denoise_steps=steps,
         schedule=schedule,
     )
     counts = c.is_target.reshape(b, blocks, bs).sum(-1).ravel()
@@ -181,7 +183,7 @@ def test_hierarchical_partial_last_block():
     bs, steps = 10, 5
     n = step_schedule(bs, steps)[:-1]
     valid = np.tile(lengths_valid([27, 21, 30, 20], 30), (50, 1))  # last blocks with 7, 1, 10, 0 tokens
-    c = draw("hierarchical", np.zeros(valid.shape, int), valid, block_size=bs, num_steps=steps)
+    c = draw("hierarchical", np.zeros(valid.shape, int), valid, block_size=bs, denoise_steps=steps)
     last = c.is_target[:, 20:].sum(1)
     v = valid[:, 20:].sum(1)
     for vi in (0, 1, 7, 10):  # a last block with v valid tokens keeps ceil(n_j v / B) masked
@@ -193,7 +195,7 @@ def test_hierarchical_partial_last_block():
 
 def test_hierarchical_uniform_choice_is_uniform_over_positions():
     bs = 6
-    c = draw("hierarchical", np.zeros((20000, bs), int), np.ones((20000, bs), bool), block_size=bs, num_steps=3)
+    c = draw("hierarchical", np.zeros((20000, bs), int), np.ones((20000, bs), bool), block_size=bs, denoise_steps=3)
     per_position = c.is_target.mean(0)
     assert np.ptp(per_position) < 0.03, per_position
 
@@ -203,9 +205,10 @@ def test_hierarchical_confidence_order():
     rng = np.random.default_rng(4)
     scores = rng.normal(size=(b, n))
     valid = lengths_valid(rng.integers(1, n + 1, b), n)
-    cfg = MaskConfig(MASK, "hierarchical", block_size=bs, num_steps=3)
-    mask = jax.jit(hierarchical_mask, static_argnums=3)
-    c = mask(jax.random.key(5), jnp.zeros((b, n), int), jnp.asarray(valid), cfg, jnp.asarray(scores))
+    cfg = MaskConfig("hierarchical", denoise_steps=3)
+    mask = jax.jit(hierarchical_mask, static_argnums=3, static_argnames=("block_size", "mask_id"))
+    c = mask(jax.random.key(5), jnp.zeros((b, n), int), jnp.asarray(valid), cfg, jnp.asarray(scores), block_size=bs,
+             mask_id=MASK)
     target = np.asarray(c.is_target)
     for i, start in itertools.product(range(b), range(0, n, bs)):
         sl = slice(start, start + bs)
@@ -223,9 +226,10 @@ def assert_least_confident_masked(scores, target, valid, bs):
 
 
 def test_hierarchical_confidence_objective():
-    """stage.masking=hierarchical_confidence: `prepare` draws the same per-block counts as the
+    """mask.strategy=hierarchical_confidence: `prepare` draws the same per-block counts as the
     uniform variant from the same key; the loss masks the decoder's least confident tokens."""
-    cfg = get_train_config("tiny", small_overrides() + ["stage.masking=hierarchical_confidence", "stage.mask_steps=4"])
+    cfg = get_train_config("tiny", small_overrides() + ["mask.strategy=hierarchical_confidence",
+                                                         "mask.denoise_steps=4"])
     sd, b, t, u = cfg.model.speech_decoder, 6, 7, 4 * cfg.model.speech_decoder.block_size
     rng = np.random.default_rng(9)
     valid = lengths_valid(rng.integers(1, u + 1, b), u)
@@ -239,12 +243,12 @@ def test_hierarchical_confidence_objective():
     @jax.jit
     def run(batch):
         prepared = objectives.prepare(batch, jax.random.key(1), cfg)
-        denoise = denoiser(sd, prepared)
+        denoise = denoiser(cfg.model, prepared)
         noisy = objectives.confidence_corruption(params, denoise, prepared, cfg)
         probs = jax.nn.softmax(speech_only(denoise(params, jnp.where(batch["speech_valid"], sd.mask_id,
                                                                      batch["units"])), sd), -1)
         uniform = objectives.prepare(batch, jax.random.key(1), get_train_config("tiny", small_overrides() + [
-            "stage.masking=hierarchical", "stage.mask_steps=4"]))
+            "mask.strategy=hierarchical", "mask.denoise_steps=4"]))
         loss, _ = objectives.speech_objective(params, prepared, cfg)
         return noisy, probs.max(-1), uniform["noisy_target"], loss
 
@@ -264,12 +268,13 @@ def test_hierarchical_levels_are_the_uniform_variants():
     rng = np.random.default_rng(10)
     valid = lengths_valid(rng.integers(1, n + 1, b), n)
     scores = np.round(rng.normal(size=(b, n)), 0)  # coarse: many ties
-    cfg = MaskConfig(MASK, "hierarchical", block_size=bs, num_steps=3)
+    cfg = MaskConfig("hierarchical", denoise_steps=3)
     key, units = jax.random.key(11), jnp.zeros((b, n), int)
-    uniform = np.asarray(_corrupt(key, units, jnp.asarray(valid), cfg).is_target)
-    count, tiebreak = jax.jit(hierarchical_levels, static_argnums=2)(key, jnp.asarray(valid), cfg)
-    scored = np.asarray(jax.jit(hierarchical_mask, static_argnums=3)(key, units, jnp.asarray(valid), cfg,
-                                                                     jnp.asarray(scores)).is_target)
+    uniform = np.asarray(_corrupt(key, units, jnp.asarray(valid), cfg, block_size=bs, mask_id=MASK).is_target)
+    count, tiebreak = jax.jit(hierarchical_levels, static_argnums=2, static_argnames="block_size")(
+        key, jnp.asarray(valid), cfg, block_size=bs)
+    scored = np.asarray(jax.jit(hierarchical_mask, static_argnums=3, static_argnames=("block_size", "mask_id"))(
+        key, units, jnp.asarray(valid), cfg, jnp.asarray(scores), block_size=bs, mask_id=MASK).is_target)
     per_block = lambda m: np.pad(m, ((0, 0), (0, -n % bs))).reshape(b, -1, bs).sum(-1)  # noqa: E731
     np.testing.assert_array_equal(per_block(uniform), count)
     np.testing.assert_array_equal(per_block(scored), count)
@@ -285,7 +290,7 @@ def test_hierarchical_single_layout():
     bs, blocks, b = 4, 5, 3000
     lengths = np.random.default_rng(6).integers(1, bs * blocks + 1, b)
     valid = lengths_valid(lengths, bs * blocks)
-    c = draw("hierarchical_single", np.zeros((b, bs * blocks), int), valid, block_size=bs, num_steps=4)
+    c = draw("hierarchical_single", np.zeros((b, bs * blocks), int), valid, block_size=bs, denoise_steps=4)
     n = set(step_schedule(bs, 4)[:-1].tolist())
     masked = (c.tokens == MASK).reshape(b, blocks, bs)
     target = c.is_target.reshape(b, blocks, bs)

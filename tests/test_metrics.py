@@ -1,9 +1,13 @@
 """Evaluators against hand-computed values."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mdm_jax.eval.metrics import first_audio_seconds, text_accuracy, unit_accuracy
+from mdm_jax.config.model import get_config
+from mdm_jax.decode import autoregressive, block_diffusion
+from mdm_jax.eval.metrics import decode_speech, first_audio_seconds, text_accuracy, unit_accuracy
+from mdm_jax.model.vocalnet import random_params
 
 pytest.importorskip("jiwer")
 pytest.importorskip("transformers")
@@ -30,3 +34,29 @@ def test_first_audio_seconds_times_a_warm_call_on_the_first_chunk_only():
     seconds = first_audio_seconds(token2wav, [np.arange(40), np.arange(7)], chunk=15)
     assert seconds >= 0
     assert seen == [list(range(15))] * 2 + [list(range(7))] * 2  # each chunk once to warm up, once timed
+
+
+@pytest.mark.parametrize("method", ["mdm", "ar"])
+def test_decode_speech_runs_the_decoder_in_the_presets_dtype(monkeypatch, method):
+    """Evaluation of a bfloat16 preset decodes with a bfloat16 KV cache, whichever sampler."""
+    cfg = get_config("tiny", ["llm.num_layers=1", "encoder.num_layers=1", "speech_decoder.num_layers=1",
+                              "speech_decoder.mtp_modules=0", f"sampler.method={method}", "sampler.denoise_steps=1",
+                              "dtype=bfloat16"])
+    seen = []
+    sampler = block_diffusion if method == "mdm" else autoregressive
+    generate = sampler.generate
+
+    def spy(*args, **kwargs):
+        state = generate(*args, **kwargs)
+        seen.extend(c["k"].dtype for c in layer_caches(state.caches))
+        return state
+
+    monkeypatch.setattr(sampler, "generate", spy)
+    hidden = np.random.default_rng(0).standard_normal((6, cfg.llm.d_model)).astype(np.float32)
+    out = decode_speech(random_params(cfg)["speech_decoder"], cfg, [hidden], max_blocks=1, text_capacity=8)
+    assert len(out["units"]) == 1 and seen and set(seen) == {jnp.dtype(jnp.bfloat16)}
+
+
+def layer_caches(caches):
+    """The per-layer {'k', 'v'} dicts of a sampler's caches (a list, or AR's {'decoder', 'mtp'})."""
+    return caches if isinstance(caches, list) else caches["decoder"] + caches["mtp"]

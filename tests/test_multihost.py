@@ -23,7 +23,8 @@ SCRIPT = textwrap.dedent("""
     import numpy as np
     from mdm_jax.train.optimizer import make_optimizer
     from mdm_jax.train.data import SYNTHETIC_SPEECH_ID, SyntheticSource, model_batch
-    from mdm_jax.train.step import batch_sharding, init_state, make_mesh, make_train_step, shardings, state_specs
+    from mdm_jax.model.sharding import batch_sharding, make_mesh, shardings
+    from mdm_jax.train.step import init_state, make_train_step, state_specs
 
     assert jax.process_count() == 2 and jax.device_count() == 2
     opt = make_optimizer(cfg)

@@ -2,7 +2,7 @@
 
 Stage I (vocab-parallel text CE through the tensor-parallel LLM, LoRA + adaptor grads): loss and
 every gradient leaf. Stage II MDM (speech decoder, heads and FFN split over 'model'): the loss and
-the params after 3 AdamW steps. Each run blocks on its outputs (CPU collective deadlock, DESIGN §3).
+the params after 3 AdamW steps. Each run blocks on its outputs (fake CPU devices deadlock when collectives queue up).
 """
 
 import textwrap
@@ -23,8 +23,8 @@ SCRIPT = textwrap.dedent("""
     from mdm_jax.train.optimizer import make_optimizer
     from mdm_jax.config.train import MeshConfig, get_train_config
     from mdm_jax.train.data import SYNTHETIC_SPEECH_ID, SyntheticSource, model_batch
-    from mdm_jax.train.step import (batch_sharding, init_state, make_grad_fn, make_mesh, make_train_step, shardings,
-                                    state_specs)
+    from mdm_jax.model.sharding import batch_sharding, make_mesh, shardings
+    from mdm_jax.train.step import init_state, make_grad_fn, make_train_step, state_specs
     from mdm_jax.model.vocalnet import random_params
 
     MESHES = [(8, 1), (4, 2), (2, 4), (1, 8)]

@@ -8,24 +8,25 @@ import numpy as np
 import pytest
 
 from data_pipelines.tokenizer import SPEECH_PLACEHOLDER
-from mdm_jax.config.model import SpeechDecoderConfig, get_config
+from mdm_jax.config.model import ModelConfig, SpeechDecoderConfig, get_config
+from mdm_jax.config.sampler import SamplerConfig
 from mdm_jax.decode import block_diffusion
-from mdm_jax.decode.block_diffusion import BlockDiffusionConfig
 from mdm_jax.decode.streaming import stream
 from mdm_jax.model.init import random_init
 from mdm_jax.model.speech_decoder import SpeechDecoder
 from mdm_jax.model.vocalnet import VocalNet, random_params
 
-SAMPLER = BlockDiffusionConfig(steps=2)
+SAMPLER = SamplerConfig(denoise_steps=2)
 
 
 def _decoder(offset):
-    cfg = SpeechDecoderConfig(num_units=40, d_model=64, num_heads=4, num_kv_heads=2, ffn_dim=96, prenn_layers=1,
-                              num_layers=2, mtp_modules=0, block_size=5, text_per_block=2,
-                              speech_position_offset=offset)
+    sd = SpeechDecoderConfig(num_units=40, d_model=64, num_heads=4, num_kv_heads=2, ffn_dim=96, prenn_layers=1,
+                             num_layers=2, mtp_modules=0, block_size=5, text_per_block=2,
+                             speech_position_offset=offset)
     text = jnp.asarray(np.random.default_rng(0).standard_normal((2, 6, 64)).astype(np.float32))
-    params = random_init(SpeechDecoder(cfg).init, text, jnp.zeros((2, 4), jnp.int32))
-    return cfg, jax.tree.map(lambda p: p * 3.0 if p.ndim == 2 else p, params), text
+    params = random_init(SpeechDecoder(sd).init, text, jnp.zeros((2, 4), jnp.int32))
+    return ModelConfig(speech_decoder=sd, sampler=SAMPLER), jax.tree.map(lambda p: p * 3.0 if p.ndim == 2 else p,
+                                                                        params), text
 
 
 def _chunked(cfg, params, text, blocks):
@@ -33,14 +34,15 @@ def _chunked(cfg, params, text, blocks):
     b, t, _ = text.shape
     state = block_diffusion.begin(params, jnp.ones((b,), bool), jax.random.key(0), cfg=cfg, num_blocks=blocks,
                                   text_capacity=t, record_logits=True)
+    tpb = cfg.speech_decoder.text_per_block
     for c in range(blocks):
-        known = min(t, (c + 1) * cfg.text_per_block)
+        known = min(t, (c + 1) * tpb)
         seen = jnp.arange(t)[None, :, None] < known
-        if c * cfg.text_per_block < t:
+        if c * tpb < t:
             state = block_diffusion.add_text(params, state, jnp.where(seen, text, 0.0), seen[..., 0].repeat(b, 0),
-                                             start=c * cfg.text_per_block, count=cfg.text_per_block, cfg=cfg)
+                                             start=c * tpb, count=tpb, cfg=cfg)
         step = block_diffusion.first_block if c == 0 else block_diffusion.next_block
-        state = step(params, state, cfg=cfg, sampler=SAMPLER)
+        state = step(params, state, cfg=cfg)
     return state
 
 
@@ -48,7 +50,7 @@ def _chunked(cfg, params, text, blocks):
 def test_streamed_blocks_equal_offline_blocks_only_with_a_fixed_speech_offset(offset):
     cfg, params, text = _decoder(offset)
     offline = block_diffusion.generate(params, text, jnp.ones((2, 6), bool), jnp.ones((2,), bool),
-                                       jax.random.key(0), cfg=cfg, num_blocks=4, sampler=SAMPLER, record_logits=True)
+                                       jax.random.key(0), cfg=cfg, num_blocks=4, record_logits=True)
     streamed = _chunked(cfg, params, text, 4)
     gap = np.abs(np.asarray(streamed.logits) - np.asarray(offline.logits)).max()
     if offset:
@@ -61,11 +63,11 @@ def test_streamed_blocks_equal_offline_blocks_only_with_a_fixed_speech_offset(of
 def test_speech_to_speech_stream_matches_offline_decoding():
     cfg = get_config("tiny", ["llm.num_layers=2", "encoder.num_layers=1", "speech_decoder.num_layers=1",
                               "speech_decoder.mtp_modules=0", "speech_decoder.block_size=5",
-                              "speech_decoder.text_per_block=2"])
+                              "speech_decoder.text_per_block=2", "sampler.denoise_steps=2"])
     params = random_params(cfg)
     mel = np.random.default_rng(0).standard_normal((cfg.encoder.num_mel_bins, 100)).astype(np.float32)
     prompt = [1, 3] + [SPEECH_PLACEHOLDER] * 10 + [4]
-    chunks = list(stream(params, cfg, mel, prompt, eos_ids=set(), max_text_tokens=7, max_blocks=4, sampler=SAMPLER))
+    chunks = list(stream(params, cfg, mel, prompt, eos_ids=set(), max_text_tokens=7, max_blocks=4))
 
     assert [c.block for c in chunks] == list(range(len(chunks))) and len(chunks) >= 1
     assert [len(c.text_ids) for c in chunks] == [min(7, 2 * (i + 1)) for i in range(len(chunks))]
@@ -82,7 +84,29 @@ def test_speech_to_speech_stream_matches_offline_decoding():
     assert text_ids[1:] == np.asarray(jnp.argmax(logits[0, len(prompt):-1], -1)).tolist()  # greedy text
     answer = hidden[:, len(prompt):]
     offline = block_diffusion.generate(params["speech_decoder"], answer, jnp.ones(answer.shape[:2], bool),
-                                       jnp.ones((1,), bool), jax.random.key(0), cfg=cfg.speech_decoder,
-                                       num_blocks=4, sampler=SAMPLER)
+                                       jnp.ones((1,), bool), jax.random.key(0), cfg=cfg, num_blocks=4)
     streamed = np.concatenate([c.speech for c in chunks])
     np.testing.assert_array_equal(streamed, np.asarray(offline.tokens[0, :offline.lengths[0]]))
+
+
+def test_stream_decodes_in_the_presets_dtype(monkeypatch):
+    """A bfloat16 preset streams with a bfloat16 speech decoder and KV cache, not float32."""
+    cfg = get_config("tiny", ["llm.num_layers=1", "encoder.num_layers=1", "speech_decoder.num_layers=1",
+                              "speech_decoder.mtp_modules=0", "speech_decoder.block_size=5",
+                              "speech_decoder.text_per_block=2", "sampler.denoise_steps=1", "dtype=bfloat16"])
+    seen = []
+
+    def spy(fn):
+        def run(*args, **kwargs):
+            state = fn(*args, **kwargs)
+            seen.extend(c[name].dtype for c in state.caches for name in ("k", "v"))
+            return state
+        return run
+
+    for name in ("first_block", "next_block"):
+        monkeypatch.setattr(block_diffusion, name, spy(getattr(block_diffusion, name)))
+    mel = np.zeros((cfg.encoder.num_mel_bins, 100), np.float32)
+    chunks = list(stream(random_params(cfg), cfg, mel, [1, 3] + [SPEECH_PLACEHOLDER] * 10 + [4], eos_ids=set(),
+                         max_text_tokens=4, max_blocks=2))
+    assert len(chunks) == len(seen) // 2 == 2
+    assert set(seen) == {jnp.dtype(jnp.bfloat16)}

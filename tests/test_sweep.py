@@ -12,7 +12,7 @@ from mdm_jax.config.overrides import ConfigError
 
 GRID_2 = """
 MASKING = ("iid", "hierarchical")
-STEPS = (1,)
+DENOISE_STEPS = (1,)
 BLOCK_SIZE = (15,)
 DISTILL_ROUNDS = (0,)
 AR_REFERENCE = False
@@ -30,7 +30,7 @@ def test_masking_grid_plan():
 
 
 def test_grid_typos_fail_before_training(tmp_path):
-    (tmp_path / "bad.py").write_text(GRID_2.replace("STEPS", "STEP"))
+    (tmp_path / "bad.py").write_text(GRID_2.replace("DENOISE_STEPS", "STEPS"))
     with pytest.raises(ConfigError, match="STEP"):
         sweep.load_grid(str(tmp_path / "bad.py"))
     (tmp_path / "bad.py").write_text(GRID_2.replace('"iid"', '"idd"'))
@@ -46,8 +46,8 @@ def test_quick_sweep_writes_results_and_plots(demo_run, tmp_path):
     sweep.main(["--grid", str(tmp_path / "grid.py"), "--out", str(out), "--quick", "--corpus", str(demo_run / "corpus"),
                 "--stage1", str(demo_run / "stage1" / "params"), "--llm-states", str(demo_run / "llm_states.npz")])
     rows = list(csv.DictReader((out / "results.csv").open()))
-    assert [(r["masking"], r["steps"], r["block_size"]) for r in rows] == [("iid", "1", "15"),
-                                                                           ("hierarchical", "1", "15")]
+    assert [(r["masking"], r["denoise_steps"], r["block_size"]) for r in rows] == [
+        ("iid", "1", "15"), ("hierarchical", "1", "15")]
     for r in rows:
         assert 0 <= float(r["unit_accuracy"]) <= 1 and float(r["length_ratio"]) >= 0 and float(r["wer"]) >= 0
         assert float(r["tokens_per_s"]) > 0 and float(r["first_chunk_s"]) > 0

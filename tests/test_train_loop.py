@@ -79,8 +79,8 @@ def test_nonfinite_updates_are_skipped_counted_and_stop_the_run(tmp_path):
 
 
 def test_distillation_rounds_halve_the_steps_and_promote_the_student(tmp_path):
-    cfg = get_train_config("tiny", SMALL + ["stage.name=distill", "stage.distill_start_steps=2", "steps=3",
-                                            "stage.distill_round_steps=1", "checkpoint.every=1", "log_every=1"])
+    cfg = get_train_config("tiny", SMALL + ["stage.name=distill", "distill.start_denoise_steps=2", "train_steps=3",
+                                            "distill.round_updates=1", "checkpoint.every=1", "log_every=1"])
     train(cfg, str(tmp_path), log=lambda *_: None)
     lines = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert [r["distill/steps"] for r in lines] == [2, 1, 1] and [r["distill_round"] for r in lines] == [0, 1, 1]

@@ -85,7 +85,7 @@ def flow_data():
 @pytest.fixture(scope="module")
 def flow(flow_data):
     units, audio = flow_data
-    return FlowToken2Wav.fit(units, audio, num_units=8, steps=150, batch_size=8, crop_units=9, learning_rate=1e-2,
+    return FlowToken2Wav.fit(units, audio, num_units=8, train_steps=150, batch_size=8, crop_units=9, learning_rate=1e-2,
                              progress=False, **FLOW)
 
 
@@ -137,4 +137,4 @@ def test_flow_rejects_bad_input(flow, flow_data):
     with pytest.raises(ValueError, match=r"\[0, 8\)"):
         flow.mel(np.array([0, 9]))
     with pytest.raises(ValueError, match="units for 60 mel frames"):
-        FlowToken2Wav.fit([np.zeros(3, int)], [flow_data[1][0]], num_units=8, steps=1, progress=False)
+        FlowToken2Wav.fit([np.zeros(3, int)], [flow_data[1][0]], num_units=8, train_steps=1, progress=False)

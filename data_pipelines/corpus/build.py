@@ -31,6 +31,7 @@ from data_pipelines.audio import load_audio
 from data_pipelines.corpus import tts, units
 from data_pipelines.corpus.dialogues import SPLITS, TEST_TEMPLATES, Dialogue, held_out_values, make_splits
 from data_pipelines.features import SAMPLE_RATE
+from mdm_jax.eval.asr import bundled_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +112,6 @@ def build(out: str, n: int | None = None, seed: int = 0, k: int = 512, voices_pe
     """
     if features == "auto":
         try:
-            from mdm_jax.eval.asr import bundled_model_dir
-
             bundled_model_dir()
             features = "whisper"
         except ImportError:

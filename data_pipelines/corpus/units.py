@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from data_pipelines.features import HOP, SAMPLE_RATE, log_mel, num_frames
+from mdm_jax.eval.asr import encode, load_asr
 
 
 def num_units(num_samples: int) -> int:
@@ -44,8 +45,6 @@ def whisper_features(audio: Sequence[np.ndarray], asr=None, batch_size: int = 16
 
     `asr`: a `mdm_jax.eval.asr.WhisperASR` (default: the bundled tiny.en).
     """
-    from mdm_jax.eval.asr import encode, load_asr
-
     asr = asr or load_asr()
     cfg = asr.encoder_config
     seconds = [max(1, math.ceil(len(a) / SAMPLE_RATE)) for a in audio]

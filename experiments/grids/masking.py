@@ -1,4 +1,4 @@
-"""The masking ablation of stage II (DESIGN §2): which forward process trains the best few-step block
+"""The masking ablation of stage II: which forward process trains the best few-step block
 diffusion decoder, at which block size, and how much self-distillation adds.
 
     python -m experiments.sweep --grid experiments/grids/masking.py --out runs/sweep
@@ -8,8 +8,8 @@ grid runs on a pod with a bigger preset. 4 strategies x 3 block sizes = 12 MDM d
 distilled for 1, 2 and 3 rounds (36 more), all evaluated at every steps value.
 """
 
-MASKING = ("iid", "blockwise", "hierarchical", "hierarchical_confidence")  # stage.masking
-STEPS = (1, 2, 4, 8, 16)  # sampler steps per block: an evaluation axis only
+MASKING = ("iid", "blockwise", "hierarchical", "hierarchical_confidence")  # mask.strategy
+DENOISE_STEPS = (1, 2, 4, 8, 16)  # model.sampler.denoise_steps: an evaluation axis only
 BLOCK_SIZE = (5, 15, 30)  # model.speech_decoder.block_size
-DISTILL_ROUNDS = (0, 1, 2, 3)  # r > 0: stage.distill_start_steps=2**(r-1), students 2^(r-1) ... 1; 0: the MDM itself
+DISTILL_ROUNDS = (0, 1, 2, 3)  # r > 0: students of 2^(r-1), ..., 1 steps per block; 0: the MDM itself
 AR_REFERENCE = True  # one AR decoder (default block size): the speed reference

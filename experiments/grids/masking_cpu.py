@@ -10,7 +10,7 @@ Copy the demo's token2wav.msgpack into --out first, or the sweep trains its own.
 """
 
 MASKING = ("iid", "blockwise", "hierarchical", "hierarchical_confidence")
-STEPS = (1, 2, 4, 8)
+DENOISE_STEPS = (1, 2, 4, 8)
 BLOCK_SIZE = (15,)
 DISTILL_ROUNDS = (0, 1)
 AR_REFERENCE = True

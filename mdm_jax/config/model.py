@@ -10,7 +10,8 @@ import json
 import typing
 from dataclasses import dataclass, field
 
-from mdm_jax.config.overrides import ConfigError, apply_overrides, from_dict
+from mdm_jax.config.overrides import ConfigError, apply_overrides, differing_keys, from_dict
+from mdm_jax.config.sampler import SamplerConfig
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,7 @@ class ModelConfig:
     adaptor: AdaptorConfig = field(default_factory=AdaptorConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     speech_decoder: SpeechDecoderConfig = field(default_factory=SpeechDecoderConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)  # how speech tokens are decoded by default
     dtype: str = "float32"  # compute dtype; params stay float32
     remat: bool = False  # jax.checkpoint around every transformer layer
 
@@ -146,6 +148,18 @@ class ModelConfig:
     @classmethod
     def from_json(cls, text: str) -> ModelConfig:
         return from_dict(cls, json.loads(text))
+
+
+# Keys that change how params are used, never what they are: params saved under one value load under
+# another (`init_from`, the CLI's overrides of a checkpoint), e.g. a stage I checkpoint trains a decoder
+# of any block size.
+USAGE_KEYS = ("name", "dtype", "remat", "sampler.", "speech_decoder.block_size", "speech_decoder.text_per_block",
+              "speech_decoder.speech_position_offset")
+
+
+def param_mismatch(saved: ModelConfig, cfg: ModelConfig) -> list[str]:
+    """Keys other than `USAGE_KEYS` on which two model configs differ: their params are not interchangeable."""
+    return [k for k in differing_keys(saved, cfg) if not k.startswith(USAGE_KEYS)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,6 +13,12 @@ class ConfigError(ValueError):
     """A preset name, override key or override value that cannot be applied."""
 
 
+def check(ok: bool, message: str):
+    """Config validation: `ConfigError(message)` unless `ok`."""
+    if not ok:
+        raise ConfigError(message)
+
+
 def config_keys(cfg: object, prefix: str = "") -> dict[str, type]:
     """Every overridable dotted key and its type, e.g. {'llm.num_layers': int, ...}."""
     keys = {}
@@ -81,3 +87,15 @@ def from_dict(cls, data: dict):
             raise ConfigError(f"unknown config key {name!r} for {cls.__name__}")
         kwargs[name] = from_dict(typ, value) if dataclasses.is_dataclass(typ) else value
     return cls(**kwargs)
+
+
+def differing_keys(a, b) -> list[str]:
+    """Dotted keys whose values differ between two configs of the same dataclass type."""
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+        return out
+
+    fa, fb = flat(dataclasses.asdict(a)), flat(dataclasses.asdict(b))
+    return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))

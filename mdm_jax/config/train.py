@@ -2,8 +2,10 @@
 
     cfg = get_train_config("tiny", ["stage.name=text", "optimizer.lr=1e-3", "model.llm.num_layers=2"])
 
-The same override syntax and checks as `mdm_jax.config` (unknown keys and ill-typed values raise
-`ConfigError`); `train_keys()` lists every key for `--help`.
+The same override syntax and checks as the model config (unknown keys and ill-typed values raise
+`ConfigError`); `train_keys()` lists every key for `--help`. Distinct things have distinct names:
+`train_steps` (optimizer updates), `mask.denoise_steps` / `model.sampler.denoise_steps` (steps per
+speech block), `distill.round_updates` (updates per distillation round).
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import json
 import typing
 from dataclasses import dataclass, field
 
+from mdm_jax.config.distill import DistillConfig
+from mdm_jax.config.mask import MaskConfig
 from mdm_jax.config.model import PRESETS, ModelConfig
-from mdm_jax.config.overrides import ConfigError, apply_overrides, config_keys, from_dict
+from mdm_jax.config.overrides import ConfigError, apply_overrides, check, config_keys, from_dict
 
 STAGES = ("text", "speech", "distill")  # stage I speech->text, stage II speech->speech, self-distillation
 OBJECTIVES = ("mdm", "ar", "mtp")  # stage II speech-decoder objective
@@ -33,7 +37,7 @@ class OptimizerConfig:
     """AdamW with linear warmup then cosine decay, global-norm clipping, gradient accumulation."""
 
     lr: float = 2e-4
-    warmup: float = 0.03  # fraction of `steps`
+    warmup: float = 0.03  # fraction of `train_steps`
     final_lr: float = 0.0  # fraction of `lr` at the last step
     b1: float = 0.9
     b2: float = 0.999
@@ -46,24 +50,17 @@ class OptimizerConfig:
 @dataclass(frozen=True)
 class StageConfig:
     """What trains and on which loss. text: adaptor + LoRA on the LLM (encoder frozen); speech: the
-    speech decoder on `objective` (LLM states without grad); distill: the speech decoder, SDTT rounds."""
+    speech decoder on `objective` (LLM states without grad); distill: the speech decoder, rounds of
+    self-distillation (`TrainConfig.distill`)."""
 
     name: str = "speech"
     objective: str = "mdm"
-    masking: str = "hierarchical"  # mdm_jax.diffusion.masking strategy, or hierarchical_confidence (objectives)
-    elbo: bool = True  # 1/t-weighted ELBO, else unweighted CE over masked tokens (MaskGIT)
-    mask_steps: int = 16  # hierarchical: the sampler's steps per block
     streaming_prob: float = 0.5  # samples trained with the streaming text mask
     mtp_decay: float = 0.8
     train_llm: bool = False  # text: train the LLM's own weights instead of LoRA (an LLM trained from scratch)
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_targets: str = "wq,wk,wv,wo,w_gate,w_up,w_down"
-    distill_start_steps: int = 16  # student steps of round 0; halves every round down to 1
-    distill_round_steps: int = 1000  # optimizer updates per round
-    distill_teacher: str = "frozen"  # frozen | ema
-    distill_ema_decay: float = 0.999
-    distill_lam_ce: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -105,11 +102,13 @@ class TrainConfig:
     mesh: MeshConfig = field(default_factory=MeshConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     stage: StageConfig = field(default_factory=StageConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     data: DataSourceConfig = field(default_factory=DataSourceConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     init_from: str = ""  # params_io folder (e.g. stage I's `--export`) to start from instead of random params
-    steps: int = 1000
+    train_steps: int = 1000  # optimizer updates of the run
     seed: int = 0
     log_every: int = 10
     max_bad_steps: int = 10  # consecutive non-finite losses/gradients before the run stops
@@ -119,9 +118,8 @@ class TrainConfig:
         check(self.stage.name in STAGES, f"stage.name={self.stage.name!r}; expected one of {STAGES}")
         check(self.stage.objective in OBJECTIVES,
               f"stage.objective={self.stage.objective!r}; expected one of {OBJECTIVES}")
-        check(self.stage.distill_teacher in ("frozen", "ema"), "stage.distill_teacher must be 'frozen' or 'ema'")
-        check(self.steps > 0 and self.checkpoint.every > 0 and self.log_every > 0,
-              "steps, checkpoint.every and log_every must be positive")
+        check(self.train_steps > 0 and self.checkpoint.every > 0 and self.log_every > 0,
+              "train_steps, checkpoint.every and log_every must be positive")
         accum = self.optimizer.accum_steps
         check(accum > 0 and self.data.batch_size % accum == 0,
               f"data.batch_size={self.data.batch_size} must be a multiple of optimizer.accum_steps={accum}")
@@ -137,11 +135,6 @@ class TrainConfig:
     @classmethod
     def from_json(cls, text: str) -> TrainConfig:
         return from_dict(cls, json.loads(text))
-
-
-def check(ok: bool, message: str):
-    if not ok:
-        raise ConfigError(message)
 
 
 def get_train_config(name: str, overrides: typing.Sequence[str] = ()) -> TrainConfig:

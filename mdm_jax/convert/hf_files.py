@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 from safetensors import safe_open
+from safetensors.numpy import save_file
 
 
 def load_hf_folder(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
@@ -26,8 +27,6 @@ def load_hf_folder(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
 
 def save_hf_folder(path: str | Path, config: dict, state: dict[str, np.ndarray]) -> Path:
     """Write config.json + model.safetensors that `transformers.AutoModelForCausalLM.from_pretrained` loads."""
-    from safetensors.numpy import save_file
-
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.json").write_text(json.dumps(config, indent=2))

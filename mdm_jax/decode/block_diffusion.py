@@ -2,54 +2,37 @@
 
 Blocks of B speech tokens are decoded left to right. A block starts fully `[MASK]` and is
 unmasked in S steps (a scheduled count per step, most confident first) or, with a threshold τ,
-until every committed position was at least τ confident. Each step is one decoder forward over
-the block with everything before it read from the cache. A finished block's keys and values are
-written by the next block's first forward, whose input is `[finished block ; new masked block]`,
-so every step costs exactly one forward and the cache holds what the vectorised `[x_t ; x_0]`
-training pass computes (checked against an uncached re-run in the tests).
+until every committed position was at least τ confident (`sampling.commit`). Each step is one
+decoder forward over the block with everything before it read from the cache. A finished block's
+keys and values are written by the next block's first forward, whose input is `[finished block ;
+new masked block]`, so every step costs exactly one forward and the cache holds what the
+vectorised `[x_t ; x_0]` training pass computes (checked against an uncached re-run in the tests).
 
 Text can arrive while speech is decoded (streaming): `begin` -> `add_text` (any number of times)
 -> `first_block` -> `next_block`...; with the streaming mask, block c reads only text positions
 < (c + 1)·text_per_block, so it only needs that much text. `generate` runs the whole thing as one
-jitted function for text that is already complete:
+jitted function for text that is already complete. Everything is read from one `ModelConfig`:
+B = `speech_decoder.block_size`, S = `sampler.denoise_steps`, the compute and cache dtype = `dtype`.
 
-    out = generate(params, text_hidden, text_valid, streaming, key, cfg=cfg, num_blocks=8,
-                   sampler=BlockDiffusionConfig(steps=2))
+    out = generate(params, text_hidden, text_valid, streaming, key, cfg=cfg, num_blocks=8)
     out.tokens  # (b, 8 * B) units, EOS, then PAD
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from mdm_jax.config.model import SpeechDecoderConfig
-from mdm_jax.decode.sampling import (
-    TokenSampling,
-    confidence,
-    propose,
-    repetition_penalty,
-    speech_only,
-    take_most_confident,
-)
-from mdm_jax.diffusion import attention_masks as am
+from mdm_jax.config.model import ModelConfig
+from mdm_jax.decode.sampling import commit, end_at_eos, speech_only
+from mdm_jax.diffusion.attention_masks import cached_rows
 from mdm_jax.diffusion.schedules import step_schedule
 from mdm_jax.model.attention import init_cache
 from mdm_jax.model.speech_decoder import SpeechDecoder
-
-
-@dataclass(frozen=True)
-class BlockDiffusionConfig:
-    steps: int = 4  # S decoder forwards per block (ignored when threshold > 0)
-    schedule: str = "linear"  # how many tokens stay masked after each step: linear | cosine
-    confidence: str = "max_prob"  # max_prob | margin | neg_entropy | random
-    threshold: float = 0.0  # > 0: commit every masked position with confidence >= τ, at least one
-    sampling: TokenSampling = field(default_factory=TokenSampling)
 
 
 class BlockState(NamedTuple):
@@ -68,151 +51,128 @@ class BlockState(NamedTuple):
     logits: jax.Array | None  # (b, num_blocks * B, V) logits each token was committed from (record_logits)
 
 
-_STATIC = ("cfg", "sampler", "dtype")
+def _apply(params, cfg: ModelConfig, method, *args):
+    return SpeechDecoder(cfg.speech_decoder, jnp.dtype(cfg.dtype)).apply({"params": params}, *args, method=method)
 
 
-def _apply(params, cfg, dtype, method, *args):
-    return SpeechDecoder(cfg, dtype).apply({"params": params}, *args, method=method)
-
-
-def _forward(params, state: BlockState, x, start, cfg: SpeechDecoderConfig, dtype):
+def _forward(params, state: BlockState, x, start, cfg: ModelConfig):
     """x: (b, n, d) inputs for slots [start, start + n) -> (states (b, n, d), caches)."""
-    b, t = state.text_valid.shape
-    n_speech = state.tokens.shape[1]
-    q_all, k_all, positions = am.layout(state.text_valid, jnp.ones((b, n_speech), bool), state.streaming,
-                                        (am.CLEAN,), cfg.block_size, cfg.text_per_block, cfg.speech_position_offset)
-    n = x.shape[1]
-    q = am.Attrs(*(lax.dynamic_slice_in_dim(a, start, n, axis=a.ndim - 2) for a in q_all))
-    # The cache has one copy of the speech: a block's slots hold its noisy K/V while it is being
-    # denoised and its clean K/V afterwards, read exactly as training reads x_t and x_0.
-    mask = am.visibility(q, k_all, block_diffusion=True)
-    pos = lax.dynamic_slice_in_dim(positions, start, n, axis=1)
-    return _apply(params, cfg, dtype, SpeechDecoder.backbone, x, pos, mask, state.caches, start)
+    sd = cfg.speech_decoder
+    mask, pos = cached_rows(state.text_valid, state.streaming, state.tokens.shape[1], start, x.shape[1],
+                            block_diffusion=True, block_size=sd.block_size, text_per_block=sd.text_per_block,
+                            speech_offset=sd.speech_position_offset)
+    return _apply(params, cfg, SpeechDecoder.backbone, x, pos, mask, state.caches, start)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "num_blocks", "text_capacity", "record_logits", "dtype"))
-def begin(params, streaming, key, *, cfg: SpeechDecoderConfig, num_blocks: int, text_capacity: int,
-          record_logits: bool = False, dtype=jnp.float32) -> BlockState:
+@functools.partial(jax.jit, static_argnames=("cfg", "num_blocks", "text_capacity", "record_logits"))
+def begin(params, streaming, key, *, cfg: ModelConfig, num_blocks: int, text_capacity: int,
+          record_logits: bool = False) -> BlockState:
     """An empty state for `streaming.shape[0]` requests with room for `text_capacity` text states;
-    writes BOS into the cache."""
-    b, B = streaming.shape[0], cfg.block_size
+    writes BOS into the cache (in `cfg.dtype`)."""
+    sd = cfg.speech_decoder
+    b, B = streaming.shape[0], sd.block_size
     slots = text_capacity + 2 + num_blocks * B
     state = BlockState(
         text_valid=jnp.zeros((b, text_capacity), bool), streaming=streaming, block=jnp.int32(0),
-        prev=jnp.full((b, B), -1), caches=[init_cache(b, slots, cfg.num_kv_heads, cfg.head_dim, dtype)
-                                          for _ in range(cfg.num_layers)],
-        tokens=jnp.full((b, num_blocks * B), cfg.pad_id), done=jnp.zeros((b,), bool),
+        prev=jnp.full((b, B), -1), caches=[init_cache(b, slots, sd.num_kv_heads, sd.head_dim, jnp.dtype(cfg.dtype))
+                                          for _ in range(sd.num_layers)],
+        tokens=jnp.full((b, num_blocks * B), sd.pad_id), done=jnp.zeros((b,), bool),
         lengths=jnp.zeros((b,), jnp.int32), forwards=jnp.int32(0), key=key,
-        logits=jnp.zeros((b, num_blocks * B, cfg.output_vocab)) if record_logits else None)
-    bos = _apply(params, cfg, dtype, SpeechDecoder.embed_tokens, jnp.full((b, 1), cfg.bos_id))
-    return state._replace(caches=_forward(params, state, bos, 0, cfg, dtype)[1])
+        logits=jnp.zeros((b, num_blocks * B, sd.output_vocab)) if record_logits else None)
+    bos = _apply(params, cfg, SpeechDecoder.embed_tokens, jnp.full((b, 1), sd.bos_id))
+    return state._replace(caches=_forward(params, state, bos, 0, cfg)[1])
 
 
-@functools.partial(jax.jit, static_argnames=("start", "count", "cfg", "dtype"))
+@functools.partial(jax.jit, static_argnames=("start", "count", "cfg"))
 def add_text(params, state: BlockState, text_hidden, text_valid, *, start: int, count: int,
-             cfg: SpeechDecoderConfig, dtype=jnp.float32) -> BlockState:
+             cfg: ModelConfig) -> BlockState:
     """Write text slots [start, start + count) into the cache. text_hidden: (b, T, d) LLM states known
     so far (later rows are ignored: the pre-NN and the text attention are causal); text_valid: (b, T)."""
-    b, t, _ = text_hidden.shape
-    pre = _apply(params, cfg, dtype, SpeechDecoder.encode_text, text_hidden)[:, start:start + count]
+    pre = _apply(params, cfg, SpeechDecoder.encode_text, text_hidden)[:, start:start + count]
     state = state._replace(text_valid=text_valid)
-    return state._replace(caches=_forward(params, state, pre, 1 + start, cfg, dtype)[1])
+    return state._replace(caches=_forward(params, state, pre, 1 + start, cfg)[1])
 
 
-def _decode(params, state: BlockState, x, start, cfg: SpeechDecoderConfig, sampler: BlockDiffusionConfig,
-            dtype) -> BlockState:
+def _decode(params, state: BlockState, x, start, cfg: ModelConfig) -> BlockState:
     """Denoise block `state.block` whose first forward's inputs `x` sit at slots [start, ...)."""
+    sd, sampler = cfg.speech_decoder, cfg.sampler
     b, B = state.prev.shape
     P = state.text_valid.shape[1] + 2
     current = state.block
-    schedule = jnp.asarray(step_schedule(B, sampler.steps, sampler.schedule))
-    sp = sampler.sampling
+    schedule = jnp.asarray(step_schedule(B, sampler.denoise_steps, sampler.schedule))
+    window = sampler.token.penalty_window
 
     def logits_at(x, start, caches):
-        h, caches = _forward(params, state._replace(caches=caches), x, start, cfg, dtype)
-        logits = _apply(params, cfg, dtype, SpeechDecoder.logits, h[:, -B:])
-        return speech_only(logits, cfg), caches
+        h, caches = _forward(params, state._replace(caches=caches), x, start, cfg)
+        logits = _apply(params, cfg, SpeechDecoder.logits, h[:, -B:])
+        return speech_only(logits, sd), caches
 
-    def commit(tokens, masked, seen, logits, step, key):
-        history = jnp.concatenate([state.prev, jnp.where(masked, -1, tokens)], axis=1)[:, -sp.penalty_window:]
-        k_propose, k_conf = jax.random.split(key)
-        proposal, probs = propose(repetition_penalty(logits, history, sp.repetition_penalty), k_propose, sp)
-        score = confidence(probs, proposal, sampler.confidence, k_conf)
-        if sampler.threshold > 0:
-            best = take_most_confident(score, masked, jnp.ones((b,), jnp.int32))
-            take = (masked & (score >= sampler.threshold)) | best
-        else:
-            take = take_most_confident(score, masked, masked.sum(-1) - schedule[step + 1])
-        seen = None if seen is None else jnp.where(take[..., None], logits, seen)
-        return jnp.where(take, proposal, tokens), masked & ~take, seen
+    def step(tokens, masked, seen, logits, j, key):
+        history = jnp.concatenate([state.prev, jnp.where(masked, -1, tokens)], axis=1)[:, -window:]
+        tokens, left, take = commit(logits, tokens, masked, masked.sum(-1) - schedule[j + 1], key, sampler, history)
+        return tokens, left, None if seen is None else jnp.where(take[..., None], logits, seen)
 
     def body(carry):
-        tokens, masked, seen, caches, step, key = carry
+        tokens, masked, seen, caches, j, key = carry
         key, k = jax.random.split(key)
-        x = _apply(params, cfg, dtype, SpeechDecoder.embed_tokens, tokens)
+        x = _apply(params, cfg, SpeechDecoder.embed_tokens, tokens)
         logits, caches = logits_at(x, P + current * B, caches)
-        tokens, masked, seen = commit(tokens, masked, seen, logits, step, k)
-        return tokens, masked, seen, caches, step + 1, key
+        tokens, masked, seen = step(tokens, masked, seen, logits, j, k)
+        return tokens, masked, seen, caches, j + 1, key
 
     key, k0 = jax.random.split(state.key)
     logits, caches = logits_at(x, start, state.caches)
     seen = None if state.logits is None else jnp.zeros_like(logits)
-    tokens, masked, seen = commit(jnp.full((b, B), cfg.mask_id), jnp.ones((b, B), bool), seen, logits, 0, k0)
+    tokens, masked, seen = step(jnp.full((b, B), sd.mask_id), jnp.ones((b, B), bool), seen, logits, 0, k0)
     carry = (tokens, masked, seen, caches, jnp.int32(1), key)
     if sampler.threshold > 0:
         carry = lax.while_loop(lambda c: jnp.any(c[1]) & (c[4] < B), body, carry)
     else:
-        carry = lax.fori_loop(1, sampler.steps, lambda _, c: body(c), carry)
+        carry = lax.fori_loop(1, sampler.denoise_steps, lambda _, c: body(c), carry)
     tokens, _, seen, caches, steps, key = carry
 
-    # EOS ends a row: later positions (and every later block) become PAD.
-    is_eos = tokens == cfg.eos_id
-    after_eos = (jnp.cumsum(is_eos, axis=1) - is_eos) > 0
-    tokens = jnp.where(state.done[:, None] | after_eos, cfg.pad_id, tokens)
-    units = jnp.where(jnp.any(is_eos, axis=1), jnp.argmax(is_eos, axis=1), B)
+    tokens, units, done = end_at_eos(tokens, state.done, sd.eos_id, sd.pad_id)  # later blocks of a row: PAD
     put = lambda buf, new: lax.dynamic_update_slice_in_dim(buf, new, current * B, axis=1)  # noqa: E731
     return state._replace(
-        block=current + 1, prev=tokens, caches=caches, tokens=put(state.tokens, tokens),
-        done=state.done | jnp.any(is_eos, axis=1), lengths=state.lengths + jnp.where(state.done, 0, units),
-        forwards=state.forwards + steps, key=key, logits=None if seen is None else put(state.logits, seen))
+        block=current + 1, prev=tokens, caches=caches, tokens=put(state.tokens, tokens), done=done,
+        lengths=state.lengths + units, forwards=state.forwards + steps, key=key,
+        logits=None if seen is None else put(state.logits, seen))
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC)
-def first_block(params, state: BlockState, *, cfg: SpeechDecoderConfig,
-                sampler: BlockDiffusionConfig = BlockDiffusionConfig(), dtype=jnp.float32) -> BlockState:
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def first_block(params, state: BlockState, *, cfg: ModelConfig) -> BlockState:
     """Block 0: its first forward is `[SOS ; masked block]`."""
+    sd = cfg.speech_decoder
     b, B = state.prev.shape
-    ids = jnp.concatenate([jnp.full((b, 1), cfg.sos_id), jnp.full((b, B), cfg.mask_id)], axis=1)
-    x = _apply(params, cfg, dtype, SpeechDecoder.embed_tokens, ids)
-    return _decode(params, state, x, state.text_valid.shape[1] + 1, cfg, sampler, dtype)
+    ids = jnp.concatenate([jnp.full((b, 1), sd.sos_id), jnp.full((b, B), sd.mask_id)], axis=1)
+    x = _apply(params, cfg, SpeechDecoder.embed_tokens, ids)
+    return _decode(params, state, x, state.text_valid.shape[1] + 1, cfg)
 
 
-def _next_block(params, state: BlockState, *, cfg: SpeechDecoderConfig,
-                sampler: BlockDiffusionConfig = BlockDiffusionConfig(), dtype=jnp.float32) -> BlockState:
+def _next_block(params, state: BlockState, *, cfg: ModelConfig) -> BlockState:
     """Block c >= 1: its first forward is `[finished block c-1 ; masked block c]`."""
+    sd = cfg.speech_decoder
     b, B = state.prev.shape
-    ids = jnp.concatenate([state.prev, jnp.full((b, B), cfg.mask_id)], axis=1)
-    x = _apply(params, cfg, dtype, SpeechDecoder.embed_tokens, ids)
-    return _decode(params, state, x, state.text_valid.shape[1] + 2 + (state.block - 1) * B, cfg, sampler, dtype)
+    ids = jnp.concatenate([state.prev, jnp.full((b, B), sd.mask_id)], axis=1)
+    x = _apply(params, cfg, SpeechDecoder.embed_tokens, ids)
+    return _decode(params, state, x, state.text_valid.shape[1] + 2 + (state.block - 1) * B, cfg)
 
 
-next_block = jax.jit(_next_block, static_argnames=_STATIC)
+next_block = jax.jit(_next_block, static_argnames=("cfg",))
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "num_blocks", "sampler", "dtype", "record_logits"))
-def generate(params, text_hidden, text_valid, streaming, key, *, cfg: SpeechDecoderConfig, num_blocks: int,
-             sampler: BlockDiffusionConfig = BlockDiffusionConfig(), dtype=jnp.float32,
+@functools.partial(jax.jit, static_argnames=("cfg", "num_blocks", "record_logits"))
+def generate(params, text_hidden, text_valid, streaming, key, *, cfg: ModelConfig, num_blocks: int,
              record_logits: bool = False) -> BlockState:
     """params: SpeechDecoder params; text_hidden: (b, T, d) LLM states; text_valid: (b, T) bool;
     streaming: (b,) bool (speech block c reads text < (c+1)·text_per_block). Decodes up to
     `num_blocks` blocks, stopping early once every row has emitted EOS."""
     t = text_hidden.shape[1]
     state = begin(params, streaming, key, cfg=cfg, num_blocks=num_blocks, text_capacity=t,
-                  record_logits=record_logits, dtype=dtype)
-    state = add_text(params, state, text_hidden, text_valid, start=0, count=t, cfg=cfg, dtype=dtype)
-    state = first_block(params, state, cfg=cfg, sampler=sampler, dtype=dtype)
+                  record_logits=record_logits)
+    state = add_text(params, state, text_hidden, text_valid, start=0, count=t, cfg=cfg)
+    state = first_block(params, state, cfg=cfg)
     if num_blocks == 1:
         return state
     cond = lambda s: (s.block < num_blocks) & ~jnp.all(s.done)  # noqa: E731
-    return lax.while_loop(cond, lambda s: _next_block(params, s, cfg=cfg, sampler=sampler, dtype=dtype), state)
-
+    return lax.while_loop(cond, lambda s: _next_block(params, s, cfg=cfg), state)

@@ -1,25 +1,17 @@
-"""Choosing tokens from logits, shared by every sampler: greedy or temperature / top-k / top-p
-with float32 Gumbel noise, an optional repetition penalty, and confidence scores for unmasking."""
+"""Choosing tokens from logits, shared by every sampler and the distillation teacher: greedy or
+temperature / top-k / top-p with float32 Gumbel noise, an optional repetition penalty, confidence
+scores, the one rule for which masked tokens a denoising step commits (`commit`) and the one rule
+for how a row ends at EOS (`end_at_eos`)."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-CONFIDENCES = ("max_prob", "margin", "neg_entropy", "random")
+from mdm_jax.config.sampler import CONFIDENCES, SamplerConfig, TokenSampling
+
 NEG_INF = -1e30  # finite, so a fully filtered row never turns into NaN
-
-
-@dataclass(frozen=True)
-class TokenSampling:
-    temperature: float = 0.0  # 0: greedy
-    top_k: int = 0  # 0: off
-    top_p: float = 1.0  # 1: off
-    repetition_penalty: float = 1.0  # 1: off (> 1 discourages recent tokens, HF convention)
-    penalty_window: int = 15  # recent tokens the penalty looks at
 
 
 def speech_only(logits, cfg):
@@ -83,3 +75,31 @@ def take_most_confident(score, candidates, count):
     score = jnp.where(candidates, score, -jnp.inf)
     rank = jnp.argsort(jnp.argsort(-score, axis=-1), axis=-1)
     return candidates & (rank < count[:, None])
+
+
+def commit(logits, tokens, masked, count, key, sampler: SamplerConfig, history=None):
+    """One denoising step: propose a token at every position and unmask the `count` (b,) most
+    confident masked ones, or with `sampler.threshold` > 0 every masked one at least that confident
+    (the most confident one at least). logits: (b, n, V); tokens, masked: (b, n); history: (b, W)
+    recent ids for the repetition penalty, or None. -> (tokens, masked, take (b, n) just committed)."""
+    k_propose, k_conf = jax.random.split(key)
+    if history is not None:
+        logits = repetition_penalty(logits, history, sampler.token.repetition_penalty)
+    proposal, probs = propose(logits, k_propose, sampler.token)
+    score = confidence(probs, proposal, sampler.confidence, k_conf)
+    if sampler.threshold > 0:
+        best = take_most_confident(score, masked, jnp.ones(masked.shape[:1], jnp.int32))
+        take = (masked & (score >= sampler.threshold)) | best
+    else:
+        take = take_most_confident(score, masked, count)
+    return jnp.where(take, proposal, tokens), masked & ~take, take
+
+
+def end_at_eos(new, done, eos_id: int, pad_id: int):
+    """new: (b, n) tokens just chosen, done: (b,) rows that ended earlier -> (tokens with PAD after
+    the first EOS and everywhere in ended rows, units before EOS (b,) (0 in ended rows), done)."""
+    is_eos = new == eos_id
+    after_eos = (jnp.cumsum(is_eos, axis=1) - is_eos) > 0
+    tokens = jnp.where(done[:, None] | after_eos, pad_id, new)
+    units = jnp.where(jnp.any(is_eos, axis=1), jnp.argmax(is_eos, axis=1), new.shape[1])
+    return tokens, jnp.where(done, 0, units), done | jnp.any(is_eos, axis=1)

@@ -23,7 +23,6 @@ import numpy as np
 
 from mdm_jax.config.model import ModelConfig
 from mdm_jax.decode import block_diffusion
-from mdm_jax.decode.block_diffusion import BlockDiffusionConfig
 from mdm_jax.model.attention import init_cache
 from mdm_jax.model.vocalnet import VocalNet
 
@@ -76,16 +75,16 @@ def text_tokens(params, cfg: ModelConfig, mel, prompt_ids: Sequence[int], *, eos
 
 
 def stream(params, cfg: ModelConfig, mel, prompt_ids: Sequence[int], *, eos_ids: set[int],
-           max_text_tokens: int = 64, max_blocks: int = 16, sampler: BlockDiffusionConfig = BlockDiffusionConfig(),
-           key=None) -> Iterator[StreamChunk]:
+           max_text_tokens: int = 64, max_blocks: int = 16, key=None) -> Iterator[StreamChunk]:
     """mel: (n_mels, frames) of one utterance; prompt_ids with SPEECH_PLACEHOLDER once per adaptor
-    frame. Greedy text; speech by block diffusion. Yields one StreamChunk per speech block."""
+    frame. Greedy text; speech by block diffusion as `cfg.sampler` says, in `cfg.dtype`. Yields one
+    StreamChunk per speech block."""
     start = time.perf_counter()
     sd, tpb = cfg.speech_decoder, cfg.speech_decoder.text_per_block
     key = jax.random.key(0) if key is None else key
     dec_params = params["speech_decoder"]
     text = text_tokens(params, cfg, mel, prompt_ids, eos_ids=eos_ids, max_text_tokens=max_text_tokens)
-    state = block_diffusion.begin(dec_params, jnp.ones((1,), bool), key, cfg=sd, num_blocks=max_blocks,
+    state = block_diffusion.begin(dec_params, jnp.ones((1,), bool), key, cfg=cfg, num_blocks=max_blocks,
                                   text_capacity=max_text_tokens)
     text_ids: list[int] = []
     hidden = np.zeros((1, max_text_tokens, cfg.llm.d_model), np.float32)
@@ -98,10 +97,10 @@ def stream(params, cfg: ModelConfig, mel, prompt_ids: Sequence[int], *, eos_ids:
             valid = jnp.asarray(np.arange(max_text_tokens)[None] < len(text_ids))
             count = min(tpb * -(-(len(text_ids) - written) // tpb), max_text_tokens - written)
             state = block_diffusion.add_text(dec_params, state, jnp.asarray(hidden), valid, start=written,
-                                             count=count, cfg=sd)
+                                             count=count, cfg=cfg)
             written = len(text_ids)
         step = block_diffusion.first_block if block == 0 else block_diffusion.next_block
-        state = step(dec_params, state, cfg=sd, sampler=sampler)
+        state = step(dec_params, state, cfg=cfg)
         tokens = np.asarray(state.tokens[0, block * sd.block_size:(block + 1) * sd.block_size])
         speech = tokens[: int(np.argmax(tokens >= sd.num_units)) if (tokens >= sd.num_units).any() else len(tokens)]
         yield StreamChunk(block, list(text_ids), speech, time.perf_counter() - start)

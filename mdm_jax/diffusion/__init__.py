@@ -2,14 +2,13 @@
 
 from mdm_jax.diffusion.attention_masks import autoregressive_mask, block_diffusion_mask, draw_streaming
 from mdm_jax.diffusion.losses import IGNORE_INDEX, ar_loss, cross_entropy, mdm_loss, mtp_loss, text_loss
-from mdm_jax.diffusion.masking import MASKING, Corruption, MaskConfig, corrupt
+from mdm_jax.diffusion.masking import MASKING, Corruption, corrupt
 from mdm_jax.diffusion.schedules import elbo_weight, mask_prob, sample_t, step_schedule
 
 __all__ = [
     "IGNORE_INDEX",
     "MASKING",
     "Corruption",
-    "MaskConfig",
     "ar_loss",
     "autoregressive_mask",
     "block_diffusion_mask",

@@ -20,6 +20,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 BOS, TEXT, SOS, NOISY, CLEAN = range(5)  # segment kinds; AR speech uses CLEAN
 
@@ -45,6 +46,22 @@ def autoregressive_mask(text_valid, speech_valid, streaming, *, chunk_size: int 
     q, k, positions = layout(text_valid, speech_valid, streaming, (CLEAN,), chunk_size, text_per_chunk,
                              speech_offset)
     return visibility(q, k, block_diffusion=False), positions
+
+
+def cached_rows(text_valid, streaming, num_speech: int, start, rows: int, *, block_diffusion: bool,
+                block_size: int, text_per_block: int, speech_offset: int = 0):
+    """The mask (b, rows, n) and positions (b, rows) of query rows [start, start + rows) against
+    the samplers' KV cache, whose n = 2 + T + num_speech slots hold `[BOS][text][SOS][speech]`.
+
+    The cache has one copy of the speech: under block diffusion a block's slots hold its noisy K/V
+    while it is denoised and its clean K/V afterwards, read exactly as training reads x_t and x_0.
+    `start` may be traced.
+    """
+    b = text_valid.shape[0]
+    q_all, k_all, positions = layout(text_valid, jnp.ones((b, num_speech), bool), streaming, (CLEAN,), block_size,
+                                     text_per_block, speech_offset)
+    q = Attrs(*(lax.dynamic_slice_in_dim(a, start, rows, axis=a.ndim - 2) for a in q_all))
+    return visibility(q, k_all, block_diffusion=block_diffusion), lax.dynamic_slice_in_dim(positions, start, rows, 1)
 
 
 class Attrs(NamedTuple):

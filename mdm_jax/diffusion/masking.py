@@ -1,6 +1,7 @@
 """Masking strategies of the absorbing forward process over speech units, selectable by name.
 
-Every strategy maps clean units (b, l) and their valid mask to the same `Corruption` pytree.
+Every strategy maps clean units (b, l) and their valid mask to the same `Corruption` pytree, given
+a `config.mask.MaskConfig` and the speech decoder's block size and mask id.
 Padding (valid = False) is never masked and never a target; masked tokens are the targets.
 
 - `iid`: one t per sequence, each token masked w.p. m(t) (LLaDA, TtT).
@@ -17,13 +18,12 @@ Padding (valid = False) is never masked and never a target; masked tokens are th
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 from einops import rearrange, repeat
 from flax import struct
 
+from mdm_jax.config.mask import MaskConfig
 from mdm_jax.diffusion.schedules import elbo_weight, mask_prob, sample_t, step_schedule
 
 
@@ -34,93 +34,82 @@ class Corruption:
     weight: jax.Array  # (b, l) float32: per-token loss weight (ELBO weight, or 1)
 
 
-@dataclasses.dataclass(frozen=True)
-class MaskConfig:
-    mask_id: int  # SpeechDecoderConfig.mask_id
-    strategy: str = "hierarchical"
-    block_size: int = 15
-    elbo: bool = True  # weight targets by the ELBO weight (1/t linear) instead of 1 (MaskGIT)
-    schedule: str = "linear"  # noise schedule m(t); for hierarchical, the step schedule's shape
-    t_min: float = 0.0  # clipped window for t (iid, blockwise, span)
-    t_max: float = 1.0
-    t_sampling: str = "antithetic"  # across the batch: iid | antithetic | stratified
-    num_steps: int = 16  # hierarchical: the sampler's steps S per block
-    span_length: int = 3  # span
-
-
-def iid_mask(key, units, valid, cfg: MaskConfig) -> Corruption:
+def iid_mask(key, units, valid, cfg: MaskConfig, *, block_size: int, mask_id: int) -> Corruption:
     """units, valid: (b, l) -> Corruption; one level t per sequence."""
     k_t, k_m = jax.random.split(key)
     t = sample_t(k_t, units.shape[:1], t_min=cfg.t_min, t_max=cfg.t_max, method=cfg.t_sampling)[:, None]
     masked = valid & (jax.random.uniform(k_m, units.shape) < mask_prob(cfg.schedule, t))
-    return _corrupt(units, masked, _level_weight(cfg, t, units.shape), cfg)
+    return _corrupt(units, masked, _level_weight(cfg, t, units.shape), mask_id)
 
 
-def blockwise_mask(key, units, valid, cfg: MaskConfig) -> Corruption:
+def blockwise_mask(key, units, valid, cfg: MaskConfig, *, block_size: int, mask_id: int) -> Corruption:
     """units, valid: (b, l) -> Corruption; one level t per block of `block_size` tokens."""
     k_t, k_m = jax.random.split(key)
     b, length = units.shape
-    num_blocks = -(-length // cfg.block_size)
+    num_blocks = -(-length // block_size)
     t = sample_t(k_t, (b, num_blocks), t_min=cfg.t_min, t_max=cfg.t_max, method=cfg.t_sampling)
-    t = _per_token(t, cfg.block_size, length)
+    t = _per_token(t, block_size, length)
     masked = valid & (jax.random.uniform(k_m, units.shape) < mask_prob(cfg.schedule, t))
-    return _corrupt(units, masked, _level_weight(cfg, t, units.shape), cfg)
+    return _corrupt(units, masked, _level_weight(cfg, t, units.shape), mask_id)
 
 
-def hierarchical_mask(key, units, valid, cfg: MaskConfig, scores=None) -> Corruption:
+def hierarchical_mask(key, units, valid, cfg: MaskConfig, scores=None, *, block_size: int, mask_id: int) -> Corruption:
     """units, valid: (b, l); scores: (b, l) confidences or None (uniform) -> Corruption.
 
     Each block independently gets step j ~ U{0..S-1} and keeps n_j tokens masked: the n_j with
     the lowest score. A last block with v < B valid tokens keeps ceil(n_j v / B). ELBO weight:
     v / (masked count), i.e. B / n_j for a full block, so each block's weights sum to v.
     """
-    count, tiebreak = hierarchical_levels(key, valid, cfg)
-    return mask_least_confident(units, valid, count, tiebreak if scores is None else scores, tiebreak, cfg)
+    count, tiebreak = hierarchical_levels(key, valid, cfg, block_size=block_size)
+    return mask_least_confident(units, valid, count, tiebreak if scores is None else scores, tiebreak, cfg,
+                                block_size=block_size, mask_id=mask_id)
 
 
-def hierarchical_levels(key, valid, cfg: MaskConfig):
+def hierarchical_levels(key, valid, cfg: MaskConfig, *, block_size: int):
     """The random half of `hierarchical`: valid (b, l) -> (count (b, blocks) int32 tokens each block
     keeps masked, tiebreak (b, l) float32 uniform). `hierarchical_confidence` draws these with the
     batch and picks the tokens later from the model's scores."""
     k_j, k_s = jax.random.split(key)
-    bs = cfg.block_size
-    n = jnp.asarray(step_schedule(bs, cfg.num_steps, cfg.schedule))
+    bs = block_size
+    n = jnp.asarray(step_schedule(bs, cfg.denoise_steps, cfg.schedule))
     v = _blocks(valid, bs, False).sum(-1)  # (b, blocks)
-    n_j = n[jax.random.randint(k_j, v.shape, 0, cfg.num_steps)]
+    n_j = n[jax.random.randint(k_j, v.shape, 0, cfg.denoise_steps)]
     return (n_j * v + bs - 1) // bs, jax.random.uniform(k_s, valid.shape)  # ceil(n_j v / B), = n_j for a full block
 
 
-def mask_least_confident(units, valid, count, scores, tiebreak, cfg: MaskConfig) -> Corruption:
+def mask_least_confident(units, valid, count, scores, tiebreak, cfg: MaskConfig, *, block_size: int,
+                         mask_id: int) -> Corruption:
     """Masks the `count` (b, blocks) valid tokens of each block with the lowest `scores` (b, l),
     ties broken by the lowest `tiebreak` (b, l); ELBO weight as `hierarchical_mask`."""
-    bs, length = cfg.block_size, units.shape[1]
+    bs, length = block_size, units.shape[1]
     v = _blocks(valid, bs, False).sum(-1)  # (b, blocks)
     ranked = _blocks(jnp.where(valid, scores, jnp.inf), bs, jnp.inf)
     order = jnp.lexsort((_blocks(tiebreak, bs, jnp.inf), ranked), axis=-1)  # last key primary
     rank = jnp.argsort(order, axis=-1)  # 0 = least confident
     masked = valid & _unblock(rank < count[..., None], length)
     block_weight = v / jnp.maximum(count, 1) if cfg.elbo else jnp.ones_like(v, jnp.float32)
-    return _corrupt(units, masked, _per_token(block_weight, bs, length), cfg)
+    return _corrupt(units, masked, _per_token(block_weight, bs, length), mask_id)
 
 
-def hierarchical_single_mask(key, units, valid, cfg: MaskConfig, scores=None) -> Corruption:
+def hierarchical_single_mask(key, units, valid, cfg: MaskConfig, scores=None, *, block_size: int,
+                             mask_id: int) -> Corruption:
     """units, valid: (b, l) -> Corruption with one noised target block per sequence.
 
     The target block is uniform among blocks holding a valid token; blocks before it are clean,
     blocks after it fully masked (inputs only, not targets), the target noised as `hierarchical`.
     """
     k_b, k_h = jax.random.split(key)
-    bs = cfg.block_size
-    noised = hierarchical_mask(k_h, units, valid, cfg, scores)
+    bs = block_size
+    noised = hierarchical_mask(k_h, units, valid, cfg, scores, block_size=block_size, mask_id=mask_id)
     has_valid = _blocks(valid, bs, False).any(-1)  # (b, blocks)
     target = jnp.argmax(jnp.where(has_valid, jax.random.uniform(k_b, has_valid.shape), -1.0), -1)
     block = jnp.arange(units.shape[1]) // bs
     is_target = noised.is_target & (block == target[:, None])
     masked = is_target | (valid & (block > target[:, None]))
-    return _corrupt(units, masked, noised.weight, cfg, is_target)
+    return _corrupt(units, masked, noised.weight, mask_id, is_target)
 
 
-def span_mask(key, units, valid, cfg: MaskConfig) -> Corruption:
+def span_mask(key, units, valid, cfg: MaskConfig, *, block_size: int, mask_id: int) -> Corruption:
     """units, valid: (b, l) -> Corruption masking spans of `span_length` tokens.
 
     Span starts are Bernoulli(p) over all l + span - 1 start positions (spans may begin before the
@@ -136,7 +125,7 @@ def span_mask(key, units, valid, cfg: MaskConfig) -> Corruption:
     starts = jax.random.uniform(k_s, (b, length + span - 1)) < p
     covered = jnp.cumsum(jnp.pad(starts, ((0, 0), (1, 0))), axis=-1)  # token i: starts i..i+span-1
     masked = valid & (covered[:, span:] - covered[:, :length] > 0)
-    return _corrupt(units, masked, _level_weight(cfg, t, units.shape), cfg)
+    return _corrupt(units, masked, _level_weight(cfg, t, units.shape), mask_id)
 
 
 MASKING = {
@@ -148,15 +137,16 @@ MASKING = {
 }
 
 
-def corrupt(key, units, valid, cfg: MaskConfig) -> Corruption:
+def corrupt(key, units, valid, cfg: MaskConfig, *, block_size: int, mask_id: int) -> Corruption:
     """The strategy named by `cfg.strategy`: units, valid (b, l) -> Corruption."""
     if cfg.strategy not in MASKING:
-        raise ValueError(f"unknown masking strategy {cfg.strategy!r}; expected one of {sorted(MASKING)}")
-    return MASKING[cfg.strategy](key, units, valid, cfg)
+        raise ValueError(f"masking strategy {cfg.strategy!r} is not a function of the units alone; "
+                         f"expected one of {sorted(MASKING)}")
+    return MASKING[cfg.strategy](key, units, valid, cfg, block_size=block_size, mask_id=mask_id)
 
 
-def _corrupt(units, masked, weight, cfg: MaskConfig, is_target=None) -> Corruption:
-    tokens = jnp.where(masked, cfg.mask_id, units).astype(units.dtype)
+def _corrupt(units, masked, weight, mask_id: int, is_target=None) -> Corruption:
+    tokens = jnp.where(masked, mask_id, units).astype(units.dtype)
     return Corruption(tokens, masked if is_target is None else is_target, weight.astype(jnp.float32))
 
 

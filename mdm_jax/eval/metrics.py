@@ -1,5 +1,5 @@
 """Evaluators shared by the demo, the sweeps and the tests: the model's answers to spoken
-questions (`answer_texts`), its speech decoded and timed by one method (`decode_speech`), and
+questions (`answer_texts`), its speech decoded and timed by the model's sampler (`decode_speech`), and
 small functions from outputs (and references) to a dict of numbers. Text is compared after
 Whisper's English normaliser, so "seven" and "7" agree."""
 
@@ -16,26 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from mdm_jax.config.model import ModelConfig, SpeechDecoderConfig
-from mdm_jax.decode import autoregressive, block_diffusion
+from mdm_jax.config.model import ModelConfig
+from mdm_jax.decode import speech
 from mdm_jax.decode.streaming import text_tokens
 from mdm_jax.eval.asr import WhisperASR, normalize, transcribe, word_error_rate
 from mdm_jax.vocoder.base import Token2Wav
-
-METHODS = ("ar", "mtp", "mdm")
-
-
-@dataclass(frozen=True)
-class SpeechMethod:
-    """How speech tokens are decoded: AR (one per forward), MTP (1 + mtp_modules per forward) or
-    block diffusion with `steps` denoising forwards per block."""
-
-    name: str
-    steps: int | None = None
-
-    def __post_init__(self):
-        if self.name not in METHODS or (self.name == "mdm") != (self.steps is not None):
-            raise ValueError(f"{self}: expected ar, mtp, or mdm with steps")
 
 
 @dataclass(frozen=True)
@@ -54,30 +39,24 @@ def answer_texts(params, cfg: ModelConfig, questions: Sequence[tuple[np.ndarray,
     return answers
 
 
-def _decoder(params, cfg: SpeechDecoderConfig, method: SpeechMethod, blocks: int):
+def _decoder(params, cfg: ModelConfig, blocks: int):
     """-> f(text_hidden (1, T, d), text_valid (1, T)) -> (tokens (1, N), lengths (1,)), streaming mask."""
     streaming, key = jnp.ones((1,), bool), jax.random.key(0)
-    if method.name == "mdm":
-        sampler = block_diffusion.BlockDiffusionConfig(steps=method.steps)
-        run = lambda h, v: block_diffusion.generate(params, h, v, streaming, key, cfg=cfg, num_blocks=blocks,  # noqa: E731
-                                                    sampler=sampler)
-    else:
-        heads = cfg.mtp_modules if method.name == "mtp" else 0
-        run = lambda h, v: autoregressive.generate(params, h, v, streaming, key, cfg=cfg,  # noqa: E731
-                                                   max_tokens=blocks * cfg.block_size, mtp_heads=heads)
+
     def decode(h, v):
-        state = run(h, v)
-        return jax.block_until_ready((state.tokens, state.lengths))
+        out = speech.generate(params, h, v, streaming, key, cfg=cfg, num_blocks=blocks)
+        return jax.block_until_ready((out.tokens, out.lengths))
 
     return decode
 
 
-def decode_speech(params, cfg: SpeechDecoderConfig, hiddens: Sequence[np.ndarray], method: SpeechMethod, *,
-                  max_blocks: int = 8, text_capacity: int = 32) -> dict:
-    """Speech units for each answer's states (batch 1, greedy, streaming mask), timed after a
+def decode_speech(params, cfg: ModelConfig, hiddens: Sequence[np.ndarray], *, max_blocks: int = 8,
+                  text_capacity: int = 32) -> dict:
+    """Speech units for each answer's states by `cfg.sampler` (batch 1, streaming mask), timed after a
     warm-up: {'units': [(U,)], 'tokens_per_s': all units / all decoding seconds, 'first_chunk_s':
-    median seconds to the first `block_size` units}. Text is padded to `text_capacity` (one compile)."""
-    whole, first = _decoder(params, cfg, method, max_blocks), _decoder(params, cfg, method, 1)
+    median seconds to the first `block_size` units}. params: the speech decoder's. Text is padded to
+    `text_capacity` (one compile)."""
+    whole, first = _decoder(params, cfg, max_blocks), _decoder(params, cfg, 1)
     units, seconds, first_chunk = [], [], []
     for i, h in enumerate(hiddens):
         t = min(len(h), text_capacity)

@@ -1,4 +1,4 @@
-"""Sharding, declared once: logical axis names -> mesh axes, and the one collective helper.
+"""Sharding, declared once: logical axis names -> mesh axes, the mesh itself, and the one collective helper.
 
 Every parameter is created with logical axis names (`nn.with_logical_partitioning`); `RULES`
 maps them onto the mesh `('data', 'model')` (Megatron layout: heads and FFN hidden split over
@@ -12,7 +12,10 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 from jax import lax
-from jax.sharding import PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from mdm_jax.config.overrides import ConfigError
+from mdm_jax.config.train import MeshConfig
 
 DATA, MODEL = "data", "model"
 
@@ -66,7 +69,6 @@ def logical_specs(boxed_params) -> dict:
     return nn.logical_to_mesh(nn.get_partition_spec(boxed_params), RULES)
 
 
-
 def for_mesh(specs, mesh):
     """Drop a size-1 'model' axis from PartitionSpecs: it shards nothing, and naming it would type
     every activation as varying over 'model' under `shard_map(check_vma=True)`."""
@@ -74,3 +76,23 @@ def for_mesh(specs, mesh):
         return specs
     return jax.tree.map(lambda s: PartitionSpec(*(None if a == MODEL else a for a in s)), specs,
                         is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
+    """('data', 'model') mesh over `devices` (default all); -1 = the remaining devices. Training and
+    sharded inference build it the same way."""
+    devices = jax.devices() if devices is None else devices
+    data = len(devices) // cfg.model if cfg.data == -1 else cfg.data
+    if data * cfg.model != len(devices):
+        raise ConfigError(f"mesh.data={cfg.data} x mesh.model={cfg.model} does not match {len(devices)} devices")
+    return jax.make_mesh((data, cfg.model), (DATA, MODEL), axis_types=(AxisType.Auto,) * 2, devices=devices)
+
+
+def shardings(mesh: Mesh, specs):
+    """PartitionSpecs -> NamedShardings on `mesh`, leaf by leaf."""
+    return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """A batch: rows (axis 0) over 'data'."""
+    return NamedSharding(mesh, PartitionSpec(DATA))

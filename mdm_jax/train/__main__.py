@@ -11,6 +11,7 @@ import sys
 
 from mdm_jax.config.overrides import ConfigError
 from mdm_jax.config.train import get_train_config, train_keys
+from mdm_jax.train.loop import TrainingDiverged, export, initialize_distributed, train
 
 
 def main(argv=None):
@@ -28,17 +29,14 @@ def main(argv=None):
         cfg = get_train_config(args.config, args.overrides)
     except ConfigError as e:
         parser.exit(2, f"error: {e}\n")
-    from mdm_jax.train.loop import TrainingDiverged, export, initialize_distributed, train
-
-    if args.export:
-        print(f"exported {export(cfg, args.workdir, args.export)}")
-        return
-    initialize_distributed(cfg.distributed)
     try:
-        summary = train(cfg, args.workdir)
+        if args.export:
+            print(f"exported {export(cfg, args.workdir, args.export)}")
+            return
+        initialize_distributed(cfg.distributed)
+        print(json.dumps(train(cfg, args.workdir)))
     except (ConfigError, TrainingDiverged) as e:
         parser.exit(1, f"error: {e}\n")
-    print(json.dumps(summary))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from mdm_jax.config.overrides import ConfigError
+from mdm_jax.config.overrides import ConfigError, differing_keys
 from mdm_jax.config.train import CheckpointConfig, TrainConfig
 
 
@@ -61,9 +61,8 @@ class Checkpointer:
             return None
         saved = TrainConfig.from_json(json.dumps(self.manager.restore(step, args=ocp.args.Composite(
             config=ocp.args.JsonRestore()))["config"]))
-        if saved.model != cfg.model or saved.stage.name != cfg.stage.name:
-            diff = [k for k, v in _flat(dataclasses.asdict(saved)).items()
-                    if k.startswith(("model.", "stage.name")) and _flat(dataclasses.asdict(cfg)).get(k) != v]
+        diff = [k for k in differing_keys(saved, cfg) if k.startswith(("model.", "stage.name"))]
+        if diff:
             raise ConfigError(f"checkpoint {self.manager.directory}/{step} was written with a different model or "
                               f"stage: {', '.join(diff)} differ; use a new workdir or the same config")
         out = self.manager.restore(step, args=ocp.args.Composite(
@@ -79,9 +78,3 @@ class Checkpointer:
         self.manager.wait_until_finished()
         self.manager.close()
 
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
-    return out

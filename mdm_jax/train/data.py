@@ -11,7 +11,9 @@ import os
 
 import numpy as np
 
-from data_pipelines.tokenizer import SPEECH_PLACEHOLDER
+from data_pipelines.manifest import read_manifest
+from data_pipelines.pipeline import DataConfig, make_dataset
+from data_pipelines.tokenizer import SPEECH_PLACEHOLDER, TEMPLATES, load_tokenizer, speech_token_id
 from mdm_jax.config.model import ModelConfig
 from mdm_jax.config.overrides import ConfigError
 from mdm_jax.config.train import TrainConfig
@@ -76,11 +78,9 @@ class SyntheticSource:
 def grain_source(cfg: TrainConfig, bad, process_index: int = 0, process_count: int = 1, epochs: int | None = None):
     """(iterator over this process's Grain batches, speech placeholder id of the tokenizer);
     `epochs=None` repeats forever."""
-    from data_pipelines.manifest import read_manifest
-    from data_pipelines.pipeline import DataConfig, make_dataset
-    from data_pipelines.tokenizer import TEMPLATES, load_tokenizer, speech_token_id
-
     d, m = cfg.data, cfg.model
+    if not os.path.isfile(d.manifest):
+        raise ConfigError(f"data.manifest={d.manifest!r}: no such file")
     tokenizer_path = d.tokenizer or os.path.join(os.path.dirname(d.manifest), "tokenizer.json")
     if not os.path.exists(tokenizer_path):
         raise ConfigError(f"tokenizer {tokenizer_path!r} not found: set data.tokenizer")

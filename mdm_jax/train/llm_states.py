@@ -18,9 +18,12 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from data_pipelines.validation import BadRecords
 from mdm_jax.config.overrides import ConfigError
-from mdm_jax.config.train import TrainConfig
+from mdm_jax.config.train import TrainConfig, get_train_config
+from mdm_jax.convert.params_io import load_params
 from mdm_jax.train.data import grain_source, local_rows, model_batch
+from mdm_jax.train.objectives import speech_inputs
 
 FIELDS = ("hidden", "text_lengths", "units", "unit_lengths")
 
@@ -28,8 +31,6 @@ FIELDS = ("hidden", "text_lengths", "units", "unit_lengths")
 def compute(params, cfg: TrainConfig, bad) -> dict[str, np.ndarray]:
     """Every record of `cfg.data.manifest` once -> ragged arrays: hidden (sum T, d) float32 answer
     states (end token included), text_lengths (N,), units (sum U,) int32 (EOS included), unit_lengths (N,)."""
-    from mdm_jax.train.objectives import speech_inputs
-
     source, speech_id = grain_source(cfg, bad, epochs=1)
     run = jax.jit(lambda p, b: speech_inputs(p, b, cfg))
     hidden, units, text_lengths, unit_lengths = [], [], [], []
@@ -122,10 +123,6 @@ class StatesSource:
 
 
 def main(argv=None):
-    from data_pipelines.validation import BadRecords
-    from mdm_jax.config.train import get_train_config
-    from mdm_jax.convert.params_io import load_params
-
     parser = argparse.ArgumentParser(prog="python -m mdm_jax.train.llm_states", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="tiny")

@@ -18,15 +18,22 @@ import time
 
 import jax
 import numpy as np
+from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
+from data_pipelines.validation import BadRecords
+from mdm_jax.config.model import ModelConfig, param_mismatch
 from mdm_jax.config.overrides import ConfigError
 from mdm_jax.config.train import DistributedConfig, TrainConfig
-from mdm_jax.model.sharding import DATA
+from mdm_jax.convert.params_io import load_params, save_params
+from mdm_jax.model import lora
+from mdm_jax.model.sharding import DATA, batch_sharding, make_mesh, shardings
+from mdm_jax.train import distill
 from mdm_jax.train.checkpointing import Checkpointer
 from mdm_jax.train.data import SYNTHETIC_SPEECH_ID, SyntheticSource, batch_stats, grain_source, model_batch
+from mdm_jax.train.llm_states import StatesSource
 from mdm_jax.train.optimizer import make_optimizer
-from mdm_jax.train.step import batch_sharding, init_state, make_mesh, make_train_step, shardings, state_specs
+from mdm_jax.train.step import init_state, make_train_step, state_specs
 
 PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "v6": 918e12, "v5p": 459e12, "v5 lite": 197e12,
               "v5e": 197e12, "v4": 275e12}  # dense bf16 per device, by device-kind substring
@@ -45,7 +52,7 @@ def initialize_distributed(cfg: DistributedConfig):
 
 
 def train(cfg: TrainConfig, workdir: str, source=None, log=print) -> dict:
-    """Run (or resume) to `cfg.steps`. `source`: an iterator of pipeline batches with get/set_state
+    """Run (or resume) to `cfg.train_steps`. `source`: an iterator of pipeline batches with get/set_state
     (default: Grain over `cfg.data.manifest`, or synthetic batches). Returns a summary dict."""
     os.makedirs(workdir, exist_ok=True)
     mesh = make_mesh(cfg.mesh)
@@ -54,13 +61,9 @@ def train(cfg: TrainConfig, workdir: str, source=None, log=print) -> dict:
                           f"({mesh.shape[DATA]}) x optimizer.accum_steps ({cfg.optimizer.accum_steps})")
     speech_id, bad = SYNTHETIC_SPEECH_ID, None
     if source is None and cfg.data.llm_states:
-        from mdm_jax.train.llm_states import StatesSource
-
         source = StatesSource(cfg, jax.process_index(), jax.process_count())
         log(f"data: {len(source)} cached LLM states from {cfg.data.llm_states}")
     elif source is None and cfg.data.manifest:
-        from data_pipelines.validation import BadRecords
-
         bad = BadRecords(strict=False)
         source, speech_id = grain_source(cfg, bad, jax.process_index(), jax.process_count())
         log(f"data: Grain pipeline over {cfg.data.manifest}")
@@ -89,14 +92,15 @@ def train(cfg: TrainConfig, workdir: str, source=None, log=print) -> dict:
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
     steps_fns, flops = {}, None
     summary = {"start_step": start}
-    bar = tqdm(total=cfg.steps, initial=start, disable=jax.process_index() != 0, dynamic_ncols=True)
+    bar = tqdm(total=cfg.train_steps, initial=start, disable=jax.process_index() != 0, dynamic_ncols=True)
     try:
         step_i, logged, t_last, tokens_since = start, start, time.perf_counter(), 0
-        while step_i < cfg.steps:
-            if distill_round(cfg, step_i) != meta["distill_round"]:  # next round: teacher <- student, S halves
-                state = state.replace(teacher=jax.tree.map(lambda x: x.copy(), state.params["speech_decoder"]))
-                meta["distill_round"] = distill_round(cfg, step_i)
-            steps = distill_steps(cfg, meta["distill_round"])
+        while step_i < cfg.train_steps:
+            round_ = distill.round_at(cfg.distill, step_i) if cfg.stage.name == "distill" else 0
+            if round_ != meta["distill_round"]:  # next round: teacher <- student, S halves
+                state = state.replace(teacher=distill.promote(state.params["speech_decoder"]))
+                meta["distill_round"] = round_
+            steps = distill.student_steps(cfg.distill, round_) if cfg.stage.name == "distill" else 0
             if steps not in steps_fns:
                 steps_fns[steps] = make_train_step(cfg, optimizer, mesh, specs, distill_steps=steps)
             step_fn = steps_fns[steps]
@@ -116,7 +120,7 @@ def train(cfg: TrainConfig, workdir: str, source=None, log=print) -> dict:
 
             if step_i == start + 1:  # leave the compilation out of tokens/s and step time
                 logged, t_last, tokens_since = step_i, time.perf_counter(), 0
-            if step_i % cfg.log_every == 0 or step_i == cfg.steps:
+            if step_i % cfg.log_every == 0 or step_i == cfg.train_steps:
                 metrics.update(padding=stats["padding"], distill_round=meta["distill_round"])
                 if step_i > logged:  # throughput since the last log; the first step (compilation) is left out
                     elapsed = time.perf_counter() - t_last
@@ -131,7 +135,7 @@ def train(cfg: TrainConfig, workdir: str, source=None, log=print) -> dict:
                     f"{int(metrics['bad_streak'])} consecutive non-finite losses/gradients up to step {step_i} "
                     f"(max_bad_steps={cfg.max_bad_steps}); updates were skipped, the last checkpoint "
                     f"({ckpt.latest_step()}) holds finite params. Lower optimizer.lr or check the data.")
-            if step_i % cfg.checkpoint.every == 0 or step_i == cfg.steps or stop["signal"]:
+            if step_i % cfg.checkpoint.every == 0 or step_i == cfg.train_steps or stop["signal"]:
                 ckpt.save(step_i, state, source.get_state(), cfg, meta)
             if stop["signal"]:
                 log(f"SIGTERM: saved step {step_i}, exiting")
@@ -148,22 +152,24 @@ def train(cfg: TrainConfig, workdir: str, source=None, log=print) -> dict:
 
 
 def load_init_params(cfg: TrainConfig):
-    """Params of `cfg.init_from` (checked against the model config), or None for random ones."""
+    """Params of `cfg.init_from`, or None for random ones. The saved model config may differ from
+    `cfg.model` only in how params are used (`config.model.USAGE_KEYS`: block layout, sampler, dtype)."""
     if not cfg.init_from:
         return None
-    from mdm_jax.convert.params_io import load_params
-
-    params, model_cfg = load_params(cfg.init_from)
-    if model_cfg != cfg.model:
-        raise ConfigError(f"init_from={cfg.init_from!r} holds params of another model config: {model_cfg}")
+    try:
+        params, saved = load_params(cfg.init_from)
+    except FileNotFoundError as e:
+        raise ConfigError(f"init_from={cfg.init_from!r}: {e}") from None
+    if not isinstance(saved, ModelConfig):
+        raise ConfigError(f"init_from={cfg.init_from!r} holds a text LLM alone, not a VocalNet")
+    mismatch = param_mismatch(saved, cfg.model)
+    if mismatch:
+        raise ConfigError(f"init_from={cfg.init_from!r} holds params of another model: {', '.join(mismatch)} differ")
     return params
 
 
 def export(cfg: TrainConfig, workdir: str, out: str) -> str:
     """The latest checkpoint's model params, LoRA merged, as `params_io` files: `load_params(out)` in one call."""
-    from mdm_jax.convert.params_io import save_params
-    from mdm_jax.model import lora
-
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), cfg.checkpoint)
     if ckpt.latest_step() is None:
         raise ConfigError(f"no checkpoint in {workdir}/checkpoints to export")
@@ -171,18 +177,6 @@ def export(cfg: TrainConfig, workdir: str, out: str) -> str:
     ckpt.close()
     params = lora.merge(state["params"], state["lora"], cfg.stage.lora_alpha / cfg.stage.lora_rank)
     return str(save_params(out, params, cfg.model))
-
-
-def distill_round(cfg: TrainConfig, step: int) -> int:
-    """Distillation round of `step` (0 outside distillation); the last round (1 step) lasts."""
-    if cfg.stage.name != "distill":
-        return 0
-    return min(step // cfg.stage.distill_round_steps, cfg.stage.distill_start_steps.bit_length() - 1)
-
-
-def distill_steps(cfg: TrainConfig, round_: int) -> int:
-    """Student steps per block in `round_`: start, start/2, ..., 1 (0 outside distillation)."""
-    return cfg.stage.distill_start_steps >> round_ if cfg.stage.name == "distill" else 0
 
 
 def step_flops(step_fn, state, batch) -> float | None:
@@ -206,8 +200,6 @@ class MetricsWriter:
     def __init__(self, workdir: str, enabled: bool = True):
         self.enabled = enabled
         if enabled:
-            from tensorboardX import SummaryWriter
-
             self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
             self.tb = SummaryWriter(os.path.join(workdir, "tb"))
 

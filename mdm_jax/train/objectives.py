@@ -9,12 +9,12 @@ Model batch (what `train_data.model_batch` builds), leading axis b:
     U a multiple of the block size); speech_valid (b, U) bool.
 
 Noise is drawn in `prepare`, on the global batch before it is split over 'data', so a sample's
-masking never depends on the mesh. `stage.masking=hierarchical_confidence` (model-in-the-loop)
+masking never depends on the mesh. `mask.strategy=hierarchical_confidence` (model-in-the-loop)
 draws only the levels and a tie-break there; the loss then masks, per block, the tokens the current
 decoder is least sure of on the fully masked input: a per-sample function of the params, so it too
 is the same on every mesh. Losses are normalised over the global batch: every per-shard
-mean goes through `data_mean` inside the differentiated function (DESIGN §3: a local loss with
-grads averaged afterwards gives wrong gradient scales under shard_map).
+mean goes through `data_mean` inside the differentiated function (a local loss with grads
+averaged afterwards gives grads times the 'data' size under shard_map(check_vma=True)).
 """
 
 from __future__ import annotations
@@ -29,16 +29,17 @@ from mdm_jax.config.train import TrainConfig
 from mdm_jax.decode.sampling import speech_only
 from mdm_jax.diffusion.attention_masks import autoregressive_mask, draw_streaming
 from mdm_jax.diffusion.losses import ar_loss, mdm_loss, mtp_loss
-from mdm_jax.diffusion.masking import Corruption, MaskConfig, corrupt, hierarchical_levels, mask_least_confident
+from mdm_jax.diffusion.masking import Corruption, corrupt, hierarchical_levels, mask_least_confident
 from mdm_jax.model import lora as lora_lib
 from mdm_jax.model import vocab_parallel
 from mdm_jax.model.sharding import DATA
 from mdm_jax.model.speech_decoder import SpeechDecoder
 from mdm_jax.model.vocalnet import VocalNet
 from mdm_jax.train import distill
+from mdm_jax.train.denoiser import denoiser
 from mdm_jax.train.optimizer import combine
 
-CONFIDENCE_MASKING = "hierarchical_confidence"  # stage.masking: hierarchical, least confident tokens masked
+CONFIDENCE_MASKING = "hierarchical_confidence"  # mask.strategy: hierarchical, least confident tokens masked
 
 
 def data_mean(x, count):
@@ -54,23 +55,19 @@ def data_mean(x, count):
     return lax.psum(x * jnp.maximum(1.0, count), DATA) / jnp.maximum(1.0, lax.psum(count, DATA))
 
 
-def mask_config(cfg: TrainConfig) -> MaskConfig:
-    sd, st = cfg.model.speech_decoder, cfg.stage
-    return MaskConfig(sd.mask_id, strategy=st.masking, block_size=sd.block_size, elbo=st.elbo,
-                      num_steps=st.mask_steps)
-
-
 def prepare(batch: dict, key, cfg: TrainConfig) -> dict:
     """Adds the random inputs of the global batch: `streaming` (b,) and, for MDM, the corruption."""
     k_stream, k_mask = jax.random.split(key)
     batch = dict(batch, streaming=draw_streaming(k_stream, batch["units"].shape[0], cfg.stage.streaming_prob))
     if cfg.stage.name != "speech" or cfg.stage.objective != "mdm":
         return batch
-    if cfg.stage.masking == CONFIDENCE_MASKING:  # the tokens are chosen in the loss, from the decoder's scores
-        count, tiebreak = hierarchical_levels(k_mask, batch["speech_valid"], mask_config(cfg))
+    sd = cfg.model.speech_decoder
+    if cfg.mask.strategy == CONFIDENCE_MASKING:  # the tokens are chosen in the loss, from the decoder's scores
+        count, tiebreak = hierarchical_levels(k_mask, batch["speech_valid"], cfg.mask, block_size=sd.block_size)
         batch.update(noisy_count=count, noisy_tiebreak=tiebreak)  # (b, blocks) int32, (b, U) float32
     else:
-        noisy = corrupt(k_mask, batch["units"], batch["speech_valid"], mask_config(cfg))
+        noisy = corrupt(k_mask, batch["units"], batch["speech_valid"], cfg.mask, block_size=sd.block_size,
+                        mask_id=sd.mask_id)
         batch.update(noisy_tokens=noisy.tokens, noisy_target=noisy.is_target, noisy_weight=noisy.weight)
     return batch
 
@@ -128,12 +125,12 @@ def speech_objective(params, batch, cfg: TrainConfig):
     sd, objective = cfg.model.speech_decoder, cfg.stage.objective
     units, valid = batch["units"], batch["speech_valid"]
     if objective == "mdm":
-        denoise = distill.denoiser(sd, batch, jnp.dtype(cfg.model.dtype))
+        denoise = denoiser(cfg.model, batch)
         noisy = (confidence_corruption(params, denoise, batch, cfg) if "noisy_count" in batch
                  else Corruption(batch["noisy_tokens"], batch["noisy_target"], batch["noisy_weight"]))
         logits = denoise(params, noisy.tokens)
-        loss, m = mdm_loss(logits, units, noisy, valid, elbo=cfg.stage.elbo)
-        n = valid.sum() if cfg.stage.elbo else m["num_targets"]
+        loss, m = mdm_loss(logits, units, noisy, valid, elbo=cfg.mask.elbo)
+        n = valid.sum() if cfg.mask.elbo else m["num_targets"]
         loss = data_mean(loss, n)
         return loss, {"mdm/loss": loss, "mdm/accuracy": data_mean(m["accuracy"], m["num_targets"]),
                       "mdm/ce": data_mean(m["ce"], m["num_targets"])}
@@ -169,13 +166,8 @@ def confidence_corruption(params, denoise, batch, cfg: TrainConfig) -> Corruptio
     units, valid, sd = batch["units"], batch["speech_valid"], cfg.model.speech_decoder
     logits = denoise(lax.stop_gradient(params), jnp.where(valid, sd.mask_id, units))  # (b, U, V)
     scores = jax.nn.softmax(speech_only(logits.astype(jnp.float32), sd), axis=-1).max(-1)  # (b, U)
-    return mask_least_confident(units, valid, batch["noisy_count"], scores, batch["noisy_tiebreak"], mask_config(cfg))
-
-
-def distill_config(cfg: TrainConfig) -> distill.DistillConfig:
-    st = cfg.stage
-    return distill.DistillConfig(rounds=distill.halving(st.distill_start_steps), steps_per_round=st.distill_round_steps,
-                                 lam_ce=st.distill_lam_ce, teacher=st.distill_teacher, ema_decay=st.distill_ema_decay)
+    return mask_least_confident(units, valid, batch["noisy_count"], scores, batch["noisy_tiebreak"], cfg.mask,
+                                block_size=sd.block_size, mask_id=sd.mask_id)
 
 
 def distill_objective(student, teacher, batch, key, cfg: TrainConfig, steps: int):
@@ -184,8 +176,7 @@ def distill_objective(student, teacher, batch, key, cfg: TrainConfig, steps: int
         key = jax.random.fold_in(key, lax.axis_index(DATA))
     except NameError:
         pass
-    loss, m = distill.distill_loss(student, teacher, batch, key, model_cfg=cfg.model.speech_decoder,
-                                   cfg=distill_config(cfg), steps=steps, dtype=jnp.dtype(cfg.model.dtype))
+    loss, m = distill.distill_loss(student, teacher, batch, key, cfg=cfg.model, distill=cfg.distill, steps=steps)
     n = m["num_targets"]
     loss = data_mean(loss, n)
     return loss, {"distill/loss": loss, "distill/kl": data_mean(m["kl"], n),

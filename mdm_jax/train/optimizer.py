@@ -59,7 +59,7 @@ def learning_rate(cfg: OptimizerConfig, steps: int) -> optax.Schedule:
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     c = cfg.optimizer
-    adamw = optax.adamw(learning_rate(c, cfg.steps), c.b1, c.b2, c.eps, weight_decay=c.weight_decay, mask=decays)
+    adamw = optax.adamw(learning_rate(c, cfg.train_steps), c.b1, c.b2, c.eps, weight_decay=c.weight_decay, mask=decays)
     train = optax.chain(optax.clip_by_global_norm(c.clip_norm), adamw) if c.clip_norm > 0 else adamw
     labels = lambda tree: jax.tree.map(lambda t: "train" if t else "frozen", trainable(tree, cfg.stage))
     return optax.multi_transform({"train": train, "frozen": optax.set_to_zero()}, labels)

@@ -1,6 +1,6 @@
 """The train state and the sharded train step.
 
-    mesh = make_mesh(cfg.mesh)
+    mesh = make_mesh(cfg.mesh)                    # mdm_jax.model.sharding
     optimizer = make_optimizer(cfg)
     specs = state_specs(cfg, jax.eval_shape(lambda: init_state(cfg, optimizer, key)))
     state = jax.jit(lambda: init_state(cfg, optimizer, key), out_shardings=shardings(mesh, specs))()
@@ -25,16 +25,14 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 from jax import lax
-from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mdm_jax.config.overrides import ConfigError
-from mdm_jax.config.train import MeshConfig, TrainConfig
-from mdm_jax.diffusion.ema import ema_update
+from mdm_jax.config.train import TrainConfig
 from mdm_jax.model import lora as lora_lib
-from mdm_jax.model.sharding import DATA, MODEL, for_mesh, logical_specs
+from mdm_jax.model.sharding import DATA, for_mesh, logical_specs, shardings
 from mdm_jax.model.vocalnet import init_params
-from mdm_jax.train import objectives
+from mdm_jax.train import distill, objectives
 from mdm_jax.train.optimizer import combine, learning_rate, partition
 
 
@@ -53,15 +51,6 @@ class TrainState:
         return {"params": self.params, "lora": self.lora}
 
 
-def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
-    """('data', 'model') mesh over `devices` (default all); -1 = the remaining devices."""
-    devices = jax.devices() if devices is None else devices
-    data = len(devices) // cfg.model if cfg.data == -1 else cfg.data
-    if data * cfg.model != len(devices):
-        raise ConfigError(f"mesh.data={cfg.data} x mesh.model={cfg.model} does not match {len(devices)} devices")
-    return jax.make_mesh((data, cfg.model), (DATA, MODEL), axis_types=(AxisType.Auto,) * 2, devices=devices)
-
-
 def lora_targets(cfg: TrainConfig) -> tuple[str, ...]:
     if cfg.stage.name != "text" or cfg.stage.train_llm:
         return ()
@@ -74,7 +63,7 @@ def init_state(cfg: TrainConfig, optimizer: optax.GradientTransformation, key, p
     params = init_params(cfg.model, k_params) if params is None else params
     targets = lora_targets(cfg)
     lora = lora_lib.init({"llm": params["llm"]}, targets, cfg.stage.lora_rank, k_lora) if targets else {}
-    teacher = jax.tree.map(jnp.copy, params["speech_decoder"]) if cfg.stage.name == "distill" else {}
+    teacher = distill.promote(params["speech_decoder"]) if cfg.stage.name == "distill" else {}
     zero = lambda: jnp.zeros((), jnp.int32)  # distinct buffers: the state is donated
     return TrainState(zero(), params, lora, optimizer.init({"params": params, "lora": lora}), teacher, zero(), zero())
 
@@ -91,10 +80,6 @@ def state_specs(cfg: TrainConfig, state: TrainState) -> TrainState:
 
     return TrainState(P(), params, lora, jax.tree_util.tree_map_with_path(opt_spec, state.opt_state),
                       params["speech_decoder"] if state.teacher else {}, P(), P())
-
-
-def shardings(mesh: Mesh, specs):
-    return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, P))
 
 
 def make_grad_fn(cfg: TrainConfig, mesh: Mesh | None = None, specs: TrainState | None = None,
@@ -123,7 +108,7 @@ def make_train_step(cfg: TrainConfig, optimizer: optax.GradientTransformation, m
     """
     grad_fn = make_grad_fn(cfg, mesh, specs, distill_steps)
     accum = cfg.optimizer.accum_steps
-    lr = learning_rate(cfg.optimizer, cfg.steps)
+    lr = learning_rate(cfg.optimizer, cfg.train_steps)
 
     def step(state: TrainState, batch):
         k_noise, k_loss = jax.random.split(jax.random.fold_in(jax.random.key(cfg.seed), state.step))
@@ -150,8 +135,8 @@ def make_train_step(cfg: TrainConfig, optimizer: optax.GradientTransformation, m
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # skip bad updates
         new, opt_state = keep(new, state.trainable), keep(opt_state, state.opt_state)
         teacher = state.teacher
-        if cfg.stage.name == "distill" and cfg.stage.distill_teacher == "ema":
-            teacher = keep(ema_update(teacher, new["params"]["speech_decoder"], cfg.stage.distill_ema_decay), teacher)
+        if cfg.stage.name == "distill":
+            teacher = keep(distill.follow(teacher, new["params"]["speech_decoder"], cfg.distill), teacher)
         bad = (~finite).astype(jnp.int32)
         state = TrainState(state.step + 1, new["params"], new["lora"], opt_state, teacher,
                            state.skipped + bad, (state.bad_streak + bad) * bad)
@@ -161,8 +146,4 @@ def make_train_step(cfg: TrainConfig, optimizer: optax.GradientTransformation, m
 
     out = None if mesh is None else (shardings(mesh, specs), NamedSharding(mesh, P()))
     return jax.jit(step, out_shardings=out, donate_argnums=0)
-
-
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P(DATA))
 

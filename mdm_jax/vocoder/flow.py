@@ -1,7 +1,7 @@
 """Speech units -> log-mel by conditional flow matching (CosyVoice / Matcha-TTS style), and the
 `Token2Wav` built on it.
 
-    t2w = FlowToken2Wav.fit(units, audio, num_units=512, steps=800)    # trains on (U,) ids + 16 kHz wavs
+    t2w = FlowToken2Wav.fit(units, audio, num_units=512, train_steps=800)    # trains on (U,) ids + 16 kHz wavs
     wav = t2w(units)                                                   # (U,) -> (640·U,) float32
     t2w.save("t2w.msgpack"); t2w = FlowToken2Wav.load("t2w.msgpack")
 
@@ -162,17 +162,18 @@ def flow_matching_loss(params, cfg: Token2MelConfig, batch: dict, key):
     return flow + prior, {"flow": flow, "prior": prior}
 
 
-def train_token2mel(units: Sequence[np.ndarray], mels: Sequence[np.ndarray], cfg: Token2MelConfig, steps: int,
+def train_token2mel(units: Sequence[np.ndarray], mels: Sequence[np.ndarray], cfg: Token2MelConfig, train_steps: int,
                     seed: int = 0, batch_size: int = 16, crop_units: int = 32, learning_rate: float = 2e-3,
                     progress: bool = True) -> tuple[dict, Token2MelConfig]:
-    """units[i]: (U_i,) ids; mels[i]: (n_mels, F_i) log-mel, U_i = ceil(F_i / 4) -> (params after `steps`
+    """units[i]: (U_i,) ids; mels[i]: (n_mels, F_i) log-mel, U_i = ceil(F_i / 4) -> (params after `train_steps`
     AdamW steps on random `crop_units` windows (one shape, so one compilation), `cfg` with the data's
     mel mean / std)."""
     data = pad_batch([check_units(u, cfg.num_units) for u in units], mels, crop_units)
     frames = data["mel"][data["frame_valid"]]
     cfg = dataclasses.replace(cfg, mel_mean=float(frames.mean()), mel_std=float(frames.std()))
     lengths = data["unit_valid"].sum(1)
-    schedule = optax.warmup_cosine_decay_schedule(0.0, learning_rate, max(1, min(100, steps // 10)), steps)
+    schedule = optax.warmup_cosine_decay_schedule(0.0, learning_rate, max(1, min(100, train_steps // 10)),
+                                                   train_steps)
     optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.01))
     params = init_params(cfg, seed)
     opt_state = optimizer.init(params)
@@ -184,11 +185,11 @@ def train_token2mel(units: Sequence[np.ndarray], mels: Sequence[np.ndarray], cfg
         return optax.apply_updates(params, updates), opt_state, metrics
 
     rng, key = np.random.default_rng(seed), jax.random.key(seed)
-    bar = tqdm(range(steps), desc="token2mel", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(range(train_steps), desc="token2mel", disable=not progress, dynamic_ncols=True)
     for i in bar:
         batch = _random_crops(data, lengths, batch_size, crop_units, rng)
         params, opt_state, metrics = step(params, opt_state, batch, jax.random.fold_in(key, i))
-        if progress and (i % 50 == 0 or i == steps - 1):  # fetching the loss syncs the device
+        if progress and (i % 50 == 0 or i == train_steps - 1):  # fetching the loss syncs the device
             bar.set_postfix({k: f"{float(v):.3f}" for k, v in metrics.items()})
     return params, cfg
 
@@ -225,14 +226,15 @@ class FlowToken2Wav:
     sample_rate: int = SAMPLE_RATE
 
     @classmethod
-    def fit(cls, units: Sequence[np.ndarray], audio: Sequence[np.ndarray], num_units: int, steps: int, *,
+    def fit(cls, units: Sequence[np.ndarray], audio: Sequence[np.ndarray], num_units: int, train_steps: int, *,
             seed: int = 0, batch_size: int = 16, crop_units: int = 32, learning_rate: float = 2e-3,
             progress: bool = True, **model) -> FlowToken2Wav:
         """units[i]: (U_i,) ids of audio[i] (16 kHz), U_i = ceil(mel frames / 4); `model`: Token2MelConfig
         fields (d_model=..., estimator_layers=...)."""
         cfg = Token2MelConfig(num_units=num_units, **model)
         mels = [log_mel(a, cfg.n_mels) for a in audio]
-        return cls(*train_token2mel(units, mels, cfg, steps, seed, batch_size, crop_units, learning_rate, progress))
+        return cls(*train_token2mel(units, mels, cfg, train_steps, seed, batch_size, crop_units, learning_rate,
+                                    progress))
 
     def mel(self, units: np.ndarray) -> np.ndarray:
         """(U,) -> (n_mels, 4·U) float32 Whisper-normalised log-mel."""

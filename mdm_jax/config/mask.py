@@ -1,0 +1,34 @@
+"""How stage II corrupts speech units for the masked-diffusion loss (`TrainConfig.mask`).
+
+The block size and the mask id are the speech decoder's (`ModelConfig.speech_decoder`): the one
+place they are set; `diffusion.masking` takes them as arguments next to this config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mdm_jax.config.overrides import check
+from mdm_jax.config.sampler import SCHEDULES
+
+# diffusion.masking.MASKING, plus hierarchical_confidence (model-in-the-loop: train.objectives)
+STRATEGIES = ("iid", "blockwise", "hierarchical", "hierarchical_single", "span", "hierarchical_confidence")
+T_SAMPLING = ("iid", "antithetic", "stratified")
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    strategy: str = "hierarchical"
+    elbo: bool = True  # weight targets by the ELBO weight (1/t linear) instead of 1 (MaskGIT)
+    schedule: str = "linear"  # noise schedule m(t); for hierarchical, the step schedule's shape
+    denoise_steps: int = 16  # hierarchical: the sampler's steps S per block whose states are trained
+    t_min: float = 0.0  # clipped window for t (iid, blockwise, span)
+    t_max: float = 1.0
+    t_sampling: str = "antithetic"  # across the batch: iid | antithetic | stratified
+    span_length: int = 3  # span
+
+    def __post_init__(self):
+        check(self.strategy in STRATEGIES, f"mask.strategy={self.strategy!r}; expected one of {STRATEGIES}")
+        check(self.schedule in SCHEDULES, f"mask.schedule={self.schedule!r}; expected one of {SCHEDULES}")
+        check(self.t_sampling in T_SAMPLING, f"mask.t_sampling={self.t_sampling!r}; expected one of {T_SAMPLING}")
+        check(self.denoise_steps >= 1, f"mask.denoise_steps={self.denoise_steps} must be >= 1")
