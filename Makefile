@@ -2,13 +2,15 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Exact versions the whole suite passed with; `make setup` installs them (see README to refresh).
+LOCK := constraints.txt
 
-.PHONY: setup test demo bench lint
+.PHONY: setup test demo bench lint lock
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[data,parity,dev]'
+	$(PY) -m pip install -q -c $(LOCK) -e '.[data,parity,dev]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -26,3 +28,9 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check mdm_jax data_pipelines experiments tests
+
+# lock: rewrite $(LOCK) from the current .venv (pip freeze minus mdm-jax itself); run after the suite passes.
+lock:
+	test -x $(PY) || { echo "no $(VENV): run make setup first" >&2; exit 1; }
+	{ sed -n '1,2p' $(LOCK); $(PY) -m pip freeze --exclude mdm-jax; } > $(LOCK).tmp
+	mv $(LOCK).tmp $(LOCK)
