@@ -17,6 +17,7 @@ WHISPER_LARGE_V3_ENCODER = 636_968_960  # incl. the 1500 x 1280 position table t
     ("vocalnet-1b", LLAMA_3_2_1B, WHISPER_LARGE_V3_ENCODER),
     ("vocalnet-8b", LLAMA_3_1_8B, WHISPER_LARGE_V3_ENCODER),
     ("vocalnet-qwen2.5-7b", QWEN2_5_7B, WHISPER_LARGE_V3_ENCODER),
+    ("vocalnet-mdm-qwen3-8b", None, WHISPER_LARGE_V3_ENCODER),  # LLM: counted by transformers, next test
 ])
 def test_preset_parameter_counts_match_published(name, llm, encoder):
     counts = count_params(get_config(name))  # jax.eval_shape: nothing is allocated
@@ -24,6 +25,25 @@ def test_preset_parameter_counts_match_published(name, llm, encoder):
     if llm is not None:
         assert counts["llm"] == llm
     assert counts["total"] == sum(v for k, v in counts.items() if k != "total")
+
+
+def test_qwen3_8b_preset_is_qwen3_8b_and_its_count_equals_transformers():
+    """Qwen/Qwen3-8B's config.json through our converter gives the preset; transformers counts its
+    parameters from shapes on the meta device (nothing allocated)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from mdm_jax.convert import llm_config_from_hf
+
+    hf = transformers.Qwen3Config(
+        vocab_size=151_936, hidden_size=4096, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8,
+        head_dim=128, intermediate_size=12_288, rope_theta=1_000_000.0, rms_norm_eps=1e-6,
+        max_position_embeddings=40_960, tie_word_embeddings=False, attention_bias=False)
+    with torch.device("meta"):
+        hf_count = sum(p.numel() for p in transformers.Qwen3ForCausalLM(hf).parameters())
+    cfg = get_config("vocalnet-mdm-qwen3-8b")
+    assert cfg.llm == llm_config_from_hf(hf.to_dict())
+    assert count_params(cfg)["llm"] == hf_count
+    assert round(hf_count / 1e9, 2) == 8.19  # model card: 8.2B
 
 
 def test_tiny_encoder_count_equals_transformers_whisper_tiny_en():

@@ -41,16 +41,20 @@ def _randomise(model):
     return model.eval()
 
 
-def _hf_llm(family, tie):
+def _hf_llm(family, tie, head_dim=16):
+    """head_dim 16 = hidden_size / heads; Qwen3 alone may set another (Qwen3Config's own default is 128)."""
     common = dict(vocab_size=320, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, intermediate_size=96, tie_word_embeddings=tie,
+                  num_key_value_heads=2, head_dim=head_dim, intermediate_size=96, tie_word_embeddings=tie,
                   max_position_embeddings=131072)
     if family == "llama":
         hf_cfg = transformers.LlamaConfig(rope_theta=500000.0, rope_scaling=LLAMA3_SCALING, **common)
         model = transformers.LlamaForCausalLM(hf_cfg)
-    else:
+    elif family == "qwen2":
         hf_cfg = transformers.Qwen2Config(rope_theta=1e6, **common)
         model = transformers.Qwen2ForCausalLM(hf_cfg)
+    else:
+        hf_cfg = transformers.Qwen3Config(rope_theta=1e6, **common)
+        model = transformers.Qwen3ForCausalLM(hf_cfg)
     return _randomise(model), hf_cfg.to_dict()
 
 
@@ -62,11 +66,13 @@ def _ours_llm(params, cfg, ids, positions):
     return np.asarray(logits), np.asarray(hidden)
 
 
-@pytest.mark.parametrize("family,tie", [("llama", True), ("llama", False), ("qwen2", False)])
-def test_llm_logits_hidden_and_logprob_match_transformers(family, tie):
-    model, hf_dict = _hf_llm(family, tie)
+@pytest.mark.parametrize("family,tie,head_dim", [("llama", True, 16), ("llama", False, 16), ("qwen2", False, 16),
+                                                  ("qwen3", True, 16), ("qwen3", False, 16), ("qwen3", False, 32)])
+def test_llm_logits_hidden_and_logprob_match_transformers(family, tie, head_dim):
+    model, hf_dict = _hf_llm(family, tie, head_dim)
     cfg = llm_config_from_hf(hf_dict)
     assert cfg.qkv_bias == (family == "qwen2") and cfg.tie_embeddings == tie
+    assert cfg.qk_norm == (family == "qwen3") and cfg.head_dim == head_dim
     assert cfg.rope_scaling == ("llama3" if family == "llama" else "none")
     params = llm_from_hf(_state(model), cfg)
 
@@ -88,8 +94,9 @@ def test_llm_logits_hidden_and_logprob_match_transformers(family, tie):
     np.testing.assert_allclose(seq_logprob(logits), seq_logprob(out.logits.numpy()), atol=1e-3, rtol=1e-6)
 
 
-def test_llm_round_trip_is_exact_and_hf_loads_our_export():
-    model, hf_dict = _hf_llm("llama", tie=False)
+@pytest.mark.parametrize("family,head_dim", [("llama", 16), ("qwen3", 32)])
+def test_llm_round_trip_is_exact_and_hf_loads_our_export(family, head_dim):
+    model, hf_dict = _hf_llm(family, tie=False, head_dim=head_dim)
     cfg = llm_config_from_hf(hf_dict)
     state = _state(model)
     exported = llm_to_hf(llm_from_hf(state, cfg), cfg)
@@ -213,12 +220,12 @@ def test_model_config_json_round_trip():
     assert ModelConfig.from_json(cfg.to_json()) == cfg
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2"])
-def test_our_llm_exports_to_a_folder_transformers_loads(tmp_path, family):
+@pytest.mark.parametrize("family,head_dim", [("llama", 16), ("qwen2", 16), ("qwen3", 16), ("qwen3", 32)])
+def test_our_llm_exports_to_a_folder_transformers_loads(tmp_path, family, head_dim):
     from mdm_jax.convert import llm_config_to_hf
     from mdm_jax.convert.hf_files import save_hf_folder
 
-    model, hf_dict = _hf_llm(family, tie=family == "llama")
+    model, hf_dict = _hf_llm(family, tie=family == "llama", head_dim=head_dim)
     cfg = llm_config_from_hf(hf_dict)
     params = llm_from_hf(_state(model), cfg)
     save_hf_folder(tmp_path, llm_config_to_hf(cfg), llm_to_hf(params, cfg))

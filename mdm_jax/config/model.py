@@ -50,14 +50,18 @@ class AdaptorConfig:
 
 @dataclass(frozen=True)
 class LLMConfig:
-    """Decoder-only LLM of the LLaMA (3.x) or Qwen2 family."""
+    """Decoder-only LLM of the LLaMA (3.x), Qwen2 or Qwen3 family.
 
-    family: str = "llama"  # "llama" | "qwen2"
+    `head_dim_override` > 0 sets a head width other than d_model // num_heads (Qwen3-0.6B); 0 wherever they agree.
+    """
+
+    family: str = "llama"  # "llama" | "qwen2" | "qwen3"
     vocab_size: int = 2048
     d_model: int = 256
     num_layers: int = 4
     num_heads: int = 4
     num_kv_heads: int = 2
+    head_dim_override: int = 0
     ffn_dim: int = 768
     rope_theta: float = 10_000.0
     rope_scaling: str = "none"  # "none" | "llama3"
@@ -71,7 +75,12 @@ class LLMConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.d_model // self.num_heads
+        return self.head_dim_override or self.d_model // self.num_heads
+
+    @property
+    def qk_norm(self) -> bool:
+        """Per-head RMSNorm on q and k before RoPE: every Qwen3 checkpoint has it, no other family does."""
+        return self.family == "qwen3"
 
 
 @dataclass(frozen=True)
@@ -185,6 +194,10 @@ QWEN2_5_7B = LLMConfig(
     num_kv_heads=4, ffn_dim=18_944, rope_theta=1_000_000.0, rms_norm_eps=1e-6,
     qkv_bias=True, tie_embeddings=False,
 )
+QWEN3_8B = LLMConfig(
+    family="qwen3", vocab_size=151_936, d_model=4096, num_layers=36, num_heads=32, num_kv_heads=8,
+    ffn_dim=12_288, rope_theta=1_000_000.0, rms_norm_eps=1e-6, tie_embeddings=False,
+)
 
 
 def _vocalnet_decoder(llm: LLMConfig) -> SpeechDecoderConfig:
@@ -215,6 +228,12 @@ PRESETS: dict[str, ModelConfig] = {
     "vocalnet-qwen2.5-7b": ModelConfig(
         name="vocalnet-qwen2.5-7b", encoder=WHISPER_LARGE_V3, llm=QWEN2_5_7B,
         speech_decoder=_vocalnet_decoder(QWEN2_5_7B), dtype="bfloat16", remat=True,
+    ),
+    # speech decoder: a stand-in until the Talker variant lands (no pre-NN, 16-token blocks)
+    "vocalnet-mdm-qwen3-8b": ModelConfig(
+        name="vocalnet-mdm-qwen3-8b", encoder=WHISPER_LARGE_V3, llm=QWEN3_8B,
+        speech_decoder=dataclasses.replace(_vocalnet_decoder(QWEN3_8B), prenn_layers=0, block_size=16),
+        dtype="bfloat16", remat=True,
     ),
 }
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from einops import rearrange
 from jax import lax
 
-from mdm_jax.model.layers import param
+from mdm_jax.model.layers import RMSNorm, param
 from mdm_jax.model.rope import apply_rope
 from mdm_jax.model.sharding import local, psum_model
 
@@ -38,7 +38,7 @@ def dot_product_attention(q, k, v, mask=None):
 
 
 class Attention(nn.Module):
-    """LLaMA / Qwen2 self-attention; heads column-parallel, output row-parallel over 'model'."""
+    """LLaMA / Qwen2 / Qwen3 self-attention; heads column-parallel, output row-parallel over 'model'."""
 
     num_heads: int
     num_kv_heads: int
@@ -46,6 +46,8 @@ class Attention(nn.Module):
     inv_freq: tuple  # RoPE inverse frequencies (static)
     qkv_bias: bool = False
     dtype: jnp.dtype = jnp.float32
+    qk_norm: bool = False  # Qwen3: RMSNorm over head_dim of each q and k head, before RoPE
+    eps: float = 1e-6  # of the q/k norms
 
     @nn.compact
     def __call__(self, x, positions, mask, cache: KVCache | None = None, cache_index=None):
@@ -65,6 +67,9 @@ class Attention(nn.Module):
             q = q + param(self, "bq", (h, hd), ("heads", "head_dim"), self.dtype, zeros)
             k = k + param(self, "bk", (kv, hd), ("kv_heads", "head_dim"), self.dtype, zeros)
             v = v + param(self, "bv", (kv, hd), ("kv_heads", "head_dim"), self.dtype, zeros)
+        if self.qk_norm:
+            q = RMSNorm(self.eps, self.dtype, name="q_norm")(q)
+            k = RMSNorm(self.eps, self.dtype, name="k_norm")(k)
         q = apply_rope(q, positions, self.inv_freq)
         k = apply_rope(k, positions, self.inv_freq)
         if cache is not None:

@@ -1,4 +1,4 @@
-"""The text LLM (LLaMA 3.x / Qwen2): embedding, decoder stack, final norm, tied or separate head."""
+"""The text LLM (LLaMA 3.x / Qwen2 / Qwen3): embedding, decoder stack, final norm, tied or separate head."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from mdm_jax.model.sharding import local
 from mdm_jax.model.transformer import DecoderStack
 
 
-def layer_kwargs(num_heads, num_kv_heads, head_dim, ffn_dim, inv_freq, eps, qkv_bias, dtype) -> dict:
+def layer_kwargs(num_heads, num_kv_heads, head_dim, ffn_dim, inv_freq, eps, qkv_bias, dtype, qk_norm=False) -> dict:
     return dict(num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, ffn_dim=ffn_dim,
-                inv_freq=tuple(float(f) for f in inv_freq), eps=eps, qkv_bias=qkv_bias, dtype=dtype)
+                inv_freq=tuple(float(f) for f in inv_freq), eps=eps, qkv_bias=qkv_bias, dtype=dtype,
+                qk_norm=qk_norm)
 
 
 class LLM(nn.Module):
@@ -31,7 +32,7 @@ class LLM(nn.Module):
         self.embed = Embed(c.vocab_size, c.d_model, "vocab", self.dtype)
         self.layers = DecoderStack(c.num_layers, layer_kwargs(
             c.num_heads, c.num_kv_heads, c.head_dim, c.ffn_dim, inv_freq, c.rms_norm_eps, c.qkv_bias,
-            self.dtype), self.remat)
+            self.dtype, c.qk_norm), self.remat)
         self.norm = RMSNorm(c.rms_norm_eps, self.dtype)
         if not c.tie_embeddings:
             self.lm_head = param(self, "lm_head", (c.d_model, local(c.vocab_size, "vocab_size")),

@@ -20,11 +20,12 @@ class DecoderLayer(nn.Module):
     eps: float
     qkv_bias: bool = False
     dtype: jnp.dtype = jnp.float32
+    qk_norm: bool = False
 
     @nn.compact
     def __call__(self, x, positions, mask, cache: KVCache | None = None, cache_index=None):
         h, cache = Attention(self.num_heads, self.num_kv_heads, self.head_dim, self.inv_freq,
-                             self.qkv_bias, self.dtype, name="attn")(
+                             self.qkv_bias, self.dtype, self.qk_norm, self.eps, name="attn")(
             RMSNorm(self.eps, self.dtype, name="attn_norm")(x), positions, mask, cache, cache_index)
         x = x + h
         x = x + MLP(self.ffn_dim, self.dtype, name="mlp")(RMSNorm(self.eps, self.dtype, name="mlp_norm")(x))
