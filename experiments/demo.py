@@ -33,6 +33,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import soundfile as sf
+from matplotlib.figure import Figure
 
 from data_pipelines.manifest import load_units
 from experiments import recipe
@@ -157,12 +158,8 @@ def verdict(rows: list[dict]) -> str:
 
 
 def plot(report: dict, path: Path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))  # no pyplot: no GUI backend, no global figure state
+    axes = fig.subplots(1, 2)
     for ax, metric, name in ((axes[0], "unit_accuracy", "unit accuracy, decoder alone (higher is better)"),
                              (axes[1], "wer", "WER of resynthesised speech (lower is better)")):
         for r in report["rows"]:
@@ -178,7 +175,6 @@ def plot(report: dict, path: Path):
     fig.suptitle(f"tiny on the embedded corpus: quality vs speed ({report['device']})", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def main(argv=None):

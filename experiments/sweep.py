@@ -35,6 +35,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from data_pipelines.manifest import load_units
@@ -204,11 +205,6 @@ def markdown(rows: list[dict], header: dict) -> str:
 
 def plot(rows: list[dict], header: dict, out: Path):
     """quality_vs_steps.png (a column per block size) and speed_vs_quality.png (with the frontier)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     mdm = [r for r in rows if r["method"] == "mdm"]
     ar = [r for r in rows if r["method"] == "ar"]
     strategies = sorted({r["masking"] for r in mdm})
@@ -217,7 +213,8 @@ def plot(rows: list[dict], header: dict, out: Path):
     style = dict(zip(rounds, ("-", "--", ":", "-.")))
     blocks = sorted({r["block_size"] for r in mdm})
     metrics = (("unit_accuracy", "unit accuracy (higher is better)"), ("wer", "WER (lower is better)"))
-    fig, axes = plt.subplots(2, len(blocks), figsize=(5 * len(blocks), 7), squeeze=False)
+    fig = Figure(figsize=(5 * len(blocks), 7))  # no pyplot: no GUI backend, no global figure state
+    axes = fig.subplots(2, len(blocks), squeeze=False)
     for col, block in enumerate(blocks):
         for row, (metric, name) in enumerate(metrics):
             ax = axes[row, col]
@@ -240,10 +237,10 @@ def plot(rows: list[dict], header: dict, out: Path):
     fig.suptitle(f"quality vs steps ({header['device']}, {header['eval_dialogues']} dialogues)", fontsize=9)
     fig.tight_layout()
     fig.savefig(out / "quality_vs_steps.png", dpi=120)
-    plt.close(fig)
 
     speed = "speedup_vs_ar" if ar else "tokens_per_s"
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig = Figure(figsize=(7, 5))
+    ax = fig.subplots()
     for r in rows:
         c = "gray" if r["method"] == "ar" else color[r["masking"]]
         ax.scatter(r[speed], r["unit_accuracy"], color=c, marker="os^D"[r["distill_rounds"] % 4], s=30)
@@ -266,7 +263,6 @@ def plot(rows: list[dict], header: dict, out: Path):
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out / "speed_vs_quality.png", dpi=120)
-    plt.close(fig)
 
 
 def main(argv=None):

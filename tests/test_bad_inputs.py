@@ -5,11 +5,13 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
+from small_train import small_overrides
 
 from data_pipelines.manifest import read_manifest, read_vocalnet
 from data_pipelines.pipeline import DataConfig, make_dataset
 from data_pipelines.tokenizer import TEMPLATES, train_bpe
 from data_pipelines.validation import BadRecordError, BadRecords
+from mdm_jax.train.__main__ import main as train_main
 
 CFG = DataConfig(batch_size=2, batching="bucket", unit_vocab=100, max_seconds=2.0, read_threads=2)
 
@@ -136,3 +138,13 @@ def test_vocalnet_layout(tmp_path):
     assert (record.id, record.assistant_text) == ("q", "Seven.")
     assert record.user_audio == str(tmp_path / "q.wav") and record.assistant_units == str(tmp_path / "q.npy")
     assert bad.counts() == {"malformed_record": 1} and "no_answer" in next(iter(bad.skipped))
+
+
+@pytest.mark.parametrize("override,names", [
+    ("init_from=/nonexistent", "init_from='/nonexistent'"),
+    ("data.manifest=/nonexistent/m.jsonl", "data.manifest='/nonexistent/m.jsonl'")])
+def test_a_missing_init_from_or_manifest_is_one_line_naming_it(tmp_path, capsys, override, names):
+    with pytest.raises(SystemExit) as exit_:
+        train_main(["--workdir", str(tmp_path), *small_overrides(), override])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1 and err.startswith(f"error: {names}") and err.count("\n") == 1, err

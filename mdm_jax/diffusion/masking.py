@@ -10,7 +10,7 @@ Padding (valid = False) is never masked and never a target; masked tokens are th
   masked count is a state the sampler visits, n_j of `step_schedule` with j uniform in 0..S-1;
   the masked tokens are uniform, or the least confident under caller-supplied scores.
 - `hierarchical_confidence`: `hierarchical` with the model's scores, drawn in two halves (the
-  levels with the batch, the tokens inside the loss from the decoder's confidence): see `objectives`.
+  levels with the batch, the tokens inside the loss from the decoder's confidence): see `train.objectives`.
 - `hierarchical_single`: the same noise on one uniformly chosen target block; earlier blocks
   clean, later blocks fully masked but not targets (the sampler's view, non-vectorised layout).
 - `span`: MAGNeT-style spans of `span_length` tokens covering a fraction m(t) in expectation.
