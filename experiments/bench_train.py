@@ -1,4 +1,4 @@
-"""Training-step benchmark: masked diffusion (vectorised `[x_t ; x_0]`, hierarchical masking) vs
+"""Training-step benchmark: masked diffusion (vectorised `[x_t ; x_0]`, sampler-state masking) vs
 AR vs MTP on the speech decoder, at equal speech length L, random weights and random data.
 
     python -m experiments.bench_train --out runs/bench/train.json [--repeats 3]
@@ -35,7 +35,7 @@ from mdm_jax.config.mask import MaskConfig
 from mdm_jax.config.model import ModelConfig, SpeechDecoderConfig, get_config
 from mdm_jax.diffusion.attention_masks import autoregressive_mask
 from mdm_jax.diffusion.losses import ar_loss, mdm_loss, mtp_loss
-from mdm_jax.diffusion.masking import hierarchical_mask
+from mdm_jax.diffusion.masking import sampler_states_mask
 from mdm_jax.model.speech_decoder import SpeechDecoder
 from mdm_jax.train.denoiser import denoiser
 
@@ -66,7 +66,7 @@ def loss_fn(objective: str, cfg: SpeechDecoderConfig):
         model = ModelConfig(speech_decoder=cfg)  # float32, no remat: as the AR and MTP losses below
 
         def mdm(params, batch, key):
-            noisy = hierarchical_mask(key, batch["units"], batch["speech_valid"], MaskConfig(),
+            noisy = sampler_states_mask(key, batch["units"], batch["speech_valid"], MaskConfig(),
                                       block_size=cfg.block_size, mask_id=cfg.mask_id)
             logits = denoiser(model, batch)(params, noisy.tokens)
             return mdm_loss(logits, batch["units"], noisy, batch["speech_valid"])

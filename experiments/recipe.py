@@ -92,7 +92,7 @@ def data_overrides(corpus_dir: str, budget: Budget) -> list[str]:
             f"data.batch_size={budget.batch_size}", "data.pad_multiple=64", "log_every=10"]
 
 
-def stage_overrides(stage: str, budget: Budget, masking: str = "hierarchical",
+def stage_overrides(stage: str, budget: Budget, masking: str = "sampler_states",
                     block_size: int | None = None) -> list[str]:
     """The overrides of one stage (model and data keys excluded). The decoder stages write their
     sampler into the exported model config: AR and MTP decode as they trained, a distilled decoder

@@ -18,7 +18,7 @@ from mdm_jax.config.sampler import SamplerConfig
 from mdm_jax.decode.block_diffusion import generate
 from mdm_jax.diffusion.ema import ema_update
 from mdm_jax.diffusion.losses import mdm_loss
-from mdm_jax.diffusion.masking import hierarchical_mask
+from mdm_jax.diffusion.masking import sampler_states_mask
 from mdm_jax.diffusion.schedules import step_schedule
 from mdm_jax.model.speech_decoder import SpeechDecoder
 from mdm_jax.train.denoiser import denoiser
@@ -120,7 +120,7 @@ def test_teacher_steps_cover_one_student_step(schedule, steps):
     student's next state n^S_{j+1}; for linear schedules they are steps 2j, 2j+1 of the 2S schedule."""
     bs, length = 15, 45
     units, valid = jnp.zeros((300, length), jnp.int32), jnp.ones((300, length), bool)
-    noisy = hierarchical_mask(jax.random.key(0), units, valid, MaskConfig(denoise_steps=steps, schedule=schedule),
+    noisy = sampler_states_mask(jax.random.key(0), units, valid, MaskConfig(denoise_steps=steps, schedule=schedule),
                               block_size=bs, mask_id=99)
     start_count = np.asarray(noisy.is_target).reshape(300, -1, bs).sum(-1).ravel()
     mid, end = np.asarray(teacher_counts(jax.random.key(1), noisy.is_target, valid, bs, steps, 2 * steps,
@@ -214,7 +214,7 @@ def test_one_round_brings_the_student_closer_to_the_two_step_teacher():
     mask_cfg = MaskConfig(elbo=False, denoise_steps=TINY.block_size)
 
     def mdm(params, batch, key):
-        noisy = hierarchical_mask(key, batch["units"], batch["speech_valid"], mask_cfg, block_size=TINY.block_size,
+        noisy = sampler_states_mask(key, batch["units"], batch["speech_valid"], mask_cfg, block_size=TINY.block_size,
                                   mask_id=TINY.mask_id)
         logits = denoiser(model(TINY), batch)(params, noisy.tokens)
         return mdm_loss(logits, batch["units"], noisy, batch["speech_valid"], elbo=False)

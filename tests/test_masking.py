@@ -13,7 +13,7 @@ from mdm_jax.config.mask import MaskConfig
 from mdm_jax.config.train import get_train_config
 from mdm_jax.decode.sampling import speech_only
 from mdm_jax.diffusion.losses import mdm_loss
-from mdm_jax.diffusion.masking import MASKING, corrupt, hierarchical_levels, hierarchical_mask
+from mdm_jax.diffusion.masking import MASKING, corrupt, sampler_state_levels, sampler_states_mask
 from mdm_jax.diffusion.schedules import elbo_weight, mask_prob, sample_t, step_schedule
 from mdm_jax.model.vocalnet import random_params
 from mdm_jax.train import objectives
@@ -100,12 +100,12 @@ def test_padding_never_masked_and_tokens_match_targets(strategy):
     assert not np.any(masked & ~valid) and not np.any(c.is_target & ~valid)
     np.testing.assert_array_equal(c.tokens[~masked], units[~masked])
     assert np.all(masked[c.is_target])  # every target is masked in the input
-    if strategy != "hierarchical_single":  # there, later blocks are masked inputs, not targets
+    if strategy != "sampler_states_single":  # there, later blocks are masked inputs, not targets
         np.testing.assert_array_equal(masked, c.is_target)
     assert c.tokens.dtype == units.dtype and np.all(np.isfinite(c.weight))
 
 
-@pytest.mark.parametrize("strategy", ["iid", "hierarchical"])  # the two code paths of the weight
+@pytest.mark.parametrize("strategy", ["iid", "sampler_states"])  # the two code paths of the weight
 def test_unweighted_is_one(strategy):
     c = draw(strategy, np.zeros((8, 30), int), np.ones((8, 30), bool), block_size=5, denoise_steps=4, elbo=False)
     np.testing.assert_array_equal(c.weight, 1.0)
@@ -155,14 +155,14 @@ def test_blockwise_one_level_per_block():
     assert abs(np.corrcoef(frac[:, 0], frac[:, 1])[0, 1]) < 0.1
 
 
-# --- hierarchical -------------------------------------------------------------------------
+# --- sampler states -----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("schedule,steps", [("linear", 4), ("cosine", 4), ("linear", 16)])
-def test_hierarchical_counts_are_the_sampler_states(schedule, steps):
+def test_sampler_states_counts_are_the_sampler_states(schedule, steps):
     bs, blocks, b = 15, 6, 2000
     c = draw(
-        "hierarchical",
+        "sampler_states",
         np.zeros((b, bs * blocks), int),
         np.ones((b, bs * blocks), bool),
         block_size=bs,
@@ -179,11 +179,11 @@ def test_hierarchical_counts_are_the_sampler_states(schedule, steps):
     np.testing.assert_allclose(w[..., 0].ravel(), bs / counts, rtol=1e-6)  # ELBO weight B / n_j
 
 
-def test_hierarchical_partial_last_block():
+def test_sampler_states_partial_last_block():
     bs, steps = 10, 5
     n = step_schedule(bs, steps)[:-1]
     valid = np.tile(lengths_valid([27, 21, 30, 20], 30), (50, 1))  # last blocks with 7, 1, 10, 0 tokens
-    c = draw("hierarchical", np.zeros(valid.shape, int), valid, block_size=bs, denoise_steps=steps)
+    c = draw("sampler_states", np.zeros(valid.shape, int), valid, block_size=bs, denoise_steps=steps)
     last = c.is_target[:, 20:].sum(1)
     v = valid[:, 20:].sum(1)
     for vi in (0, 1, 7, 10):  # a last block with v valid tokens keeps ceil(n_j v / B) masked
@@ -193,20 +193,20 @@ def test_hierarchical_partial_last_block():
     np.testing.assert_allclose(c.weight[ok, 20], v[ok] / last[ok], rtol=1e-6)
 
 
-def test_hierarchical_uniform_choice_is_uniform_over_positions():
+def test_sampler_states_uniform_choice_is_uniform_over_positions():
     bs = 6
-    c = draw("hierarchical", np.zeros((20000, bs), int), np.ones((20000, bs), bool), block_size=bs, denoise_steps=3)
+    c = draw("sampler_states", np.zeros((20000, bs), int), np.ones((20000, bs), bool), block_size=bs, denoise_steps=3)
     per_position = c.is_target.mean(0)
     assert np.ptp(per_position) < 0.03, per_position
 
 
-def test_hierarchical_confidence_order():
+def test_sampler_states_confidence_order():
     bs, b, n = 5, 32, 23
     rng = np.random.default_rng(4)
     scores = rng.normal(size=(b, n))
     valid = lengths_valid(rng.integers(1, n + 1, b), n)
-    cfg = MaskConfig("hierarchical", denoise_steps=3)
-    mask = jax.jit(hierarchical_mask, static_argnums=3, static_argnames=("block_size", "mask_id"))
+    cfg = MaskConfig("sampler_states", denoise_steps=3)
+    mask = jax.jit(sampler_states_mask, static_argnums=3, static_argnames=("block_size", "mask_id"))
     c = mask(jax.random.key(5), jnp.zeros((b, n), int), jnp.asarray(valid), cfg, jnp.asarray(scores), block_size=bs,
              mask_id=MASK)
     target = np.asarray(c.is_target)
@@ -225,10 +225,10 @@ def assert_least_confident_masked(scores, target, valid, bs):
             assert s[m].max() <= s[v & ~m].min(), (i, start)
 
 
-def test_hierarchical_confidence_objective():
-    """mask.strategy=hierarchical_confidence: `prepare` draws the same per-block counts as the
+def test_sampler_states_confidence_objective():
+    """mask.strategy=sampler_states_confidence: `prepare` draws the same per-block counts as the
     uniform variant from the same key; the loss masks the decoder's least confident tokens."""
-    cfg = get_train_config("tiny", small_overrides() + ["mask.strategy=hierarchical_confidence",
+    cfg = get_train_config("tiny", small_overrides() + ["mask.strategy=sampler_states_confidence",
                                                          "mask.denoise_steps=4"])
     sd, b, t, u = cfg.model.speech_decoder, 6, 7, 4 * cfg.model.speech_decoder.block_size
     rng = np.random.default_rng(9)
@@ -248,7 +248,7 @@ def test_hierarchical_confidence_objective():
         probs = jax.nn.softmax(speech_only(denoise(params, jnp.where(batch["speech_valid"], sd.mask_id,
                                                                      batch["units"])), sd), -1)
         uniform = objectives.prepare(batch, jax.random.key(1), get_train_config("tiny", small_overrides() + [
-            "mask.strategy=hierarchical", "mask.denoise_steps=4"]))
+            "mask.strategy=sampler_states", "mask.denoise_steps=4"]))
         loss, _ = objectives.speech_objective(params, prepared, cfg)
         return noisy, probs.max(-1), uniform["noisy_target"], loss
 
@@ -261,19 +261,19 @@ def test_hierarchical_confidence_objective():
     assert np.isfinite(loss)
 
 
-def test_hierarchical_levels_are_the_uniform_variants():
-    """Split in two halves (levels with the batch, tokens from scores later), `hierarchical` keeps
+def test_sampler_state_levels_are_the_uniform_variants():
+    """Split in two halves (levels with the batch, tokens from scores later), `sampler_states` keeps
     its per-block counts and the scores choose which tokens: the least confident, ties at random."""
     bs, b, n = 5, 64, 23
     rng = np.random.default_rng(10)
     valid = lengths_valid(rng.integers(1, n + 1, b), n)
     scores = np.round(rng.normal(size=(b, n)), 0)  # coarse: many ties
-    cfg = MaskConfig("hierarchical", denoise_steps=3)
+    cfg = MaskConfig("sampler_states", denoise_steps=3)
     key, units = jax.random.key(11), jnp.zeros((b, n), int)
     uniform = np.asarray(_corrupt(key, units, jnp.asarray(valid), cfg, block_size=bs, mask_id=MASK).is_target)
-    count, tiebreak = jax.jit(hierarchical_levels, static_argnums=2, static_argnames="block_size")(
+    count, tiebreak = jax.jit(sampler_state_levels, static_argnums=2, static_argnames="block_size")(
         key, jnp.asarray(valid), cfg, block_size=bs)
-    scored = np.asarray(jax.jit(hierarchical_mask, static_argnums=3, static_argnames=("block_size", "mask_id"))(
+    scored = np.asarray(jax.jit(sampler_states_mask, static_argnums=3, static_argnames=("block_size", "mask_id"))(
         key, units, jnp.asarray(valid), cfg, jnp.asarray(scores), block_size=bs, mask_id=MASK).is_target)
     per_block = lambda m: np.pad(m, ((0, 0), (0, -n % bs))).reshape(b, -1, bs).sum(-1)  # noqa: E731
     np.testing.assert_array_equal(per_block(uniform), count)
@@ -286,11 +286,11 @@ def test_hierarchical_levels_are_the_uniform_variants():
             assert s[j] < s[k] or (s[j] == s[k] and tb[j] < tb[k])  # ties: the lowest tie-break
 
 
-def test_hierarchical_single_layout():
+def test_sampler_states_single_layout():
     bs, blocks, b = 4, 5, 3000
     lengths = np.random.default_rng(6).integers(1, bs * blocks + 1, b)
     valid = lengths_valid(lengths, bs * blocks)
-    c = draw("hierarchical_single", np.zeros((b, bs * blocks), int), valid, block_size=bs, denoise_steps=4)
+    c = draw("sampler_states_single", np.zeros((b, bs * blocks), int), valid, block_size=bs, denoise_steps=4)
     n = set(step_schedule(bs, 4)[:-1].tolist())
     masked = (c.tokens == MASK).reshape(b, blocks, bs)
     target = c.is_target.reshape(b, blocks, bs)

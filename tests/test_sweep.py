@@ -11,7 +11,7 @@ from experiments import sweep
 from mdm_jax.config.overrides import ConfigError
 
 GRID_2 = """
-MASKING = ("iid", "hierarchical")
+MASKING = ("iid", "sampler_states")
 DENOISE_STEPS = (1,)
 BLOCK_SIZE = (15,)
 DISTILL_ROUNDS = (0,)
@@ -47,7 +47,7 @@ def test_quick_sweep_writes_results_and_plots(demo_run, tmp_path):
                 "--stage1", str(demo_run / "stage1" / "params"), "--llm-states", str(demo_run / "llm_states.npz")])
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert [(r["masking"], r["denoise_steps"], r["block_size"]) for r in rows] == [
-        ("iid", "1", "15"), ("hierarchical", "1", "15")]
+        ("iid", "1", "15"), ("sampler_states", "1", "15")]
     for r in rows:
         assert 0 <= float(r["unit_accuracy"]) <= 1 and float(r["length_ratio"]) >= 0 and float(r["wer"]) >= 0
         assert float(r["tokens_per_s"]) > 0 and float(r["first_chunk_s"]) > 0

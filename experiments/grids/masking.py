@@ -8,7 +8,7 @@ grid runs on a pod with a bigger preset. 4 strategies x 3 block sizes = 12 MDM d
 distilled for 1, 2 and 3 rounds (36 more), all evaluated at every steps value.
 """
 
-MASKING = ("iid", "blockwise", "hierarchical", "hierarchical_confidence")  # mask.strategy
+MASKING = ("iid", "blockwise", "sampler_states", "sampler_states_confidence")  # mask.strategy
 DENOISE_STEPS = (1, 2, 4, 8, 16)  # model.sampler.denoise_steps: an evaluation axis only
 BLOCK_SIZE = (5, 15, 30)  # model.speech_decoder.block_size
 DISTILL_ROUNDS = (0, 1, 2, 3)  # r > 0: students of 2^(r-1), ..., 1 steps per block; 0: the MDM itself

@@ -9,7 +9,7 @@ token2wav (~3 min), then 33 rows evaluated at ~43 s each: 39.4 min in all (READM
 Copy the demo's token2wav.msgpack into --out first, or the sweep trains its own.
 """
 
-MASKING = ("iid", "blockwise", "hierarchical", "hierarchical_confidence")
+MASKING = ("iid", "blockwise", "sampler_states", "sampler_states_confidence")
 DENOISE_STEPS = (1, 2, 4, 8)
 BLOCK_SIZE = (15,)
 DISTILL_ROUNDS = (0, 1)

@@ -11,17 +11,17 @@ from dataclasses import dataclass
 from mdm_jax.config.overrides import check
 from mdm_jax.config.sampler import SCHEDULES
 
-# diffusion.masking.MASKING, plus hierarchical_confidence (model-in-the-loop: train.objectives)
-STRATEGIES = ("iid", "blockwise", "hierarchical", "hierarchical_single", "span", "hierarchical_confidence")
+# diffusion.masking.MASKING, plus sampler_states_confidence (model-in-the-loop: train.objectives)
+STRATEGIES = ("iid", "blockwise", "sampler_states", "sampler_states_single", "span", "sampler_states_confidence")
 T_SAMPLING = ("iid", "antithetic", "stratified")
 
 
 @dataclass(frozen=True)
 class MaskConfig:
-    strategy: str = "hierarchical"
+    strategy: str = "sampler_states"
     elbo: bool = True  # weight targets by the ELBO weight (1/t linear) instead of 1 (MaskGIT)
-    schedule: str = "linear"  # noise schedule m(t); for hierarchical, the step schedule's shape
-    denoise_steps: int = 16  # hierarchical: the sampler's steps S per block whose states are trained
+    schedule: str = "linear"  # noise schedule m(t); for sampler_states, the step schedule's shape
+    denoise_steps: int = 16  # sampler_states: the sampler's steps S per block whose states are trained
     t_min: float = 0.0  # clipped window for t (iid, blockwise, span)
     t_max: float = 1.0
     t_sampling: str = "antithetic"  # across the batch: iid | antithetic | stratified

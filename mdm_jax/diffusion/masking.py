@@ -6,12 +6,12 @@ Padding (valid = False) is never masked and never a target; masked tokens are th
 
 - `iid`: one t per sequence, each token masked w.p. m(t) (LLaDA, TtT).
 - `blockwise`: one t per block of `block_size` tokens (BD3-LM).
-- `hierarchical`: every block is a noised target block of the vectorised [x_t ; x_0] layout; its
+- `sampler_states`: every block is a noised target block of the vectorised [x_t ; x_0] layout; its
   masked count is a state the sampler visits, n_j of `step_schedule` with j uniform in 0..S-1;
   the masked tokens are uniform, or the least confident under caller-supplied scores.
-- `hierarchical_confidence`: `hierarchical` with the model's scores, drawn in two halves (the
+- `sampler_states_confidence`: `sampler_states` with the model's scores, drawn in two halves (the
   levels with the batch, the tokens inside the loss from the decoder's confidence): see `train.objectives`.
-- `hierarchical_single`: the same noise on one uniformly chosen target block; earlier blocks
+- `sampler_states_single`: the same noise on one uniformly chosen target block; earlier blocks
   clean, later blocks fully masked but not targets (the sampler's view, non-vectorised layout).
 - `span`: MAGNeT-style spans of `span_length` tokens covering a fraction m(t) in expectation.
 """
@@ -53,21 +53,22 @@ def blockwise_mask(key, units, valid, cfg: MaskConfig, *, block_size: int, mask_
     return _corrupt(units, masked, _level_weight(cfg, t, units.shape), mask_id)
 
 
-def hierarchical_mask(key, units, valid, cfg: MaskConfig, scores=None, *, block_size: int, mask_id: int) -> Corruption:
+def sampler_states_mask(key, units, valid, cfg: MaskConfig, scores=None, *, block_size: int,
+                        mask_id: int) -> Corruption:
     """units, valid: (b, l); scores: (b, l) confidences or None (uniform) -> Corruption.
 
     Each block independently gets step j ~ U{0..S-1} and keeps n_j tokens masked: the n_j with
     the lowest score. A last block with v < B valid tokens keeps ceil(n_j v / B). ELBO weight:
     v / (masked count), i.e. B / n_j for a full block, so each block's weights sum to v.
     """
-    count, tiebreak = hierarchical_levels(key, valid, cfg, block_size=block_size)
+    count, tiebreak = sampler_state_levels(key, valid, cfg, block_size=block_size)
     return mask_least_confident(units, valid, count, tiebreak if scores is None else scores, tiebreak, cfg,
                                 block_size=block_size, mask_id=mask_id)
 
 
-def hierarchical_levels(key, valid, cfg: MaskConfig, *, block_size: int):
-    """The random half of `hierarchical`: valid (b, l) -> (count (b, blocks) int32 tokens each block
-    keeps masked, tiebreak (b, l) float32 uniform). `hierarchical_confidence` draws these with the
+def sampler_state_levels(key, valid, cfg: MaskConfig, *, block_size: int):
+    """The random half of `sampler_states`: valid (b, l) -> (count (b, blocks) int32 tokens each block
+    keeps masked, tiebreak (b, l) float32 uniform). `sampler_states_confidence` draws these with the
     batch and picks the tokens later from the model's scores."""
     k_j, k_s = jax.random.split(key)
     bs = block_size
@@ -80,7 +81,7 @@ def hierarchical_levels(key, valid, cfg: MaskConfig, *, block_size: int):
 def mask_least_confident(units, valid, count, scores, tiebreak, cfg: MaskConfig, *, block_size: int,
                          mask_id: int) -> Corruption:
     """Masks the `count` (b, blocks) valid tokens of each block with the lowest `scores` (b, l),
-    ties broken by the lowest `tiebreak` (b, l); ELBO weight as `hierarchical_mask`."""
+    ties broken by the lowest `tiebreak` (b, l); ELBO weight as `sampler_states_mask`."""
     bs, length = block_size, units.shape[1]
     v = _blocks(valid, bs, False).sum(-1)  # (b, blocks)
     ranked = _blocks(jnp.where(valid, scores, jnp.inf), bs, jnp.inf)
@@ -91,16 +92,16 @@ def mask_least_confident(units, valid, count, scores, tiebreak, cfg: MaskConfig,
     return _corrupt(units, masked, _per_token(block_weight, bs, length), mask_id)
 
 
-def hierarchical_single_mask(key, units, valid, cfg: MaskConfig, scores=None, *, block_size: int,
+def sampler_states_single_mask(key, units, valid, cfg: MaskConfig, scores=None, *, block_size: int,
                              mask_id: int) -> Corruption:
     """units, valid: (b, l) -> Corruption with one noised target block per sequence.
 
     The target block is uniform among blocks holding a valid token; blocks before it are clean,
-    blocks after it fully masked (inputs only, not targets), the target noised as `hierarchical`.
+    blocks after it fully masked (inputs only, not targets), the target noised as `sampler_states`.
     """
     k_b, k_h = jax.random.split(key)
     bs = block_size
-    noised = hierarchical_mask(k_h, units, valid, cfg, scores, block_size=block_size, mask_id=mask_id)
+    noised = sampler_states_mask(k_h, units, valid, cfg, scores, block_size=block_size, mask_id=mask_id)
     has_valid = _blocks(valid, bs, False).any(-1)  # (b, blocks)
     target = jnp.argmax(jnp.where(has_valid, jax.random.uniform(k_b, has_valid.shape), -1.0), -1)
     block = jnp.arange(units.shape[1]) // bs
@@ -131,8 +132,8 @@ def span_mask(key, units, valid, cfg: MaskConfig, *, block_size: int, mask_id: i
 MASKING = {
     "iid": iid_mask,
     "blockwise": blockwise_mask,
-    "hierarchical": hierarchical_mask,
-    "hierarchical_single": hierarchical_single_mask,
+    "sampler_states": sampler_states_mask,
+    "sampler_states_single": sampler_states_single_mask,
     "span": span_mask,
 }
 

@@ -3,7 +3,7 @@
 At level t in (0, 1] each token is `[MASK]` with probability m(t) ("mask prob"); t = 1 is fully
 masked. The same m gives the sampler's step schedule: after step j of S, a block of B tokens still
 has n_j ≈ B·m(1 - j/S) masked tokens. `step_schedule` is the one definition of n_j, used by the
-hierarchical masking and by the sampler.
+sampler-state masking and by the sampler.
 """
 
 from __future__ import annotations

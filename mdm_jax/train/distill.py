@@ -38,7 +38,7 @@ from mdm_jax.config.model import ModelConfig
 from mdm_jax.decode.sampling import commit, speech_only
 from mdm_jax.diffusion.ema import ema_update
 from mdm_jax.diffusion.losses import mdm_loss
-from mdm_jax.diffusion.masking import hierarchical_mask
+from mdm_jax.diffusion.masking import sampler_states_mask
 from mdm_jax.diffusion.schedules import step_schedule
 from mdm_jax.train.denoiser import denoiser
 
@@ -95,7 +95,7 @@ def distill_loss(student, teacher, batch, key, *, cfg: ModelConfig, distill: Dis
     k_mask, k_step, k_teacher = jax.random.split(key, 3)
     units, valid = batch["units"], batch["speech_valid"]
     mask_cfg = MaskConfig(elbo=False, schedule=cfg.sampler.schedule, denoise_steps=steps)
-    noisy = hierarchical_mask(k_mask, units, valid, mask_cfg, block_size=sd.block_size, mask_id=sd.mask_id)
+    noisy = sampler_states_mask(k_mask, units, valid, mask_cfg, block_size=sd.block_size, mask_id=sd.mask_id)
     counts = teacher_counts(k_step, noisy.is_target, valid, sd.block_size, steps, teacher_steps, cfg.sampler.schedule)
     logits_fn = denoiser(cfg, batch)
     target = lax.stop_gradient(teacher_rollout(lax.stop_gradient(teacher), logits_fn, noisy.tokens, noisy.is_target,
@@ -146,7 +146,7 @@ def teacher_counts(key, masked, valid, block_size: int, steps: int, teacher_step
     with equal counts: j given the count is uniform over them, drawn here). The teacher goes from
     n^S_j to n^S_{j+1} through the k·S schedule's n_{kj+1..kj+k-1}, clipped into that range
     (equal to them when the schedules nest, as linear ones do). A block with v < B valid tokens
-    keeps ceil(n v / B), as in `hierarchical_mask`.
+    keeps ceil(n v / B), as in `sampler_states_mask`.
     """
     k = teacher_steps // steps
     coarse = jnp.asarray(step_schedule(block_size, steps, schedule))

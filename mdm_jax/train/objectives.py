@@ -9,7 +9,7 @@ Model batch (what `train_data.model_batch` builds), leading axis b:
     U a multiple of the block size); speech_valid (b, U) bool.
 
 Noise is drawn in `prepare`, on the global batch before it is split over 'data', so a sample's
-masking never depends on the mesh. `mask.strategy=hierarchical_confidence` (model-in-the-loop)
+masking never depends on the mesh. `mask.strategy=sampler_states_confidence` (model-in-the-loop)
 draws only the levels and a tie-break there; the loss then masks, per block, the tokens the current
 decoder is least sure of on the fully masked input: a per-sample function of the params, so it too
 is the same on every mesh. Losses are normalised over the global batch: every per-shard
@@ -29,7 +29,7 @@ from mdm_jax.config.train import TrainConfig
 from mdm_jax.decode.sampling import speech_only
 from mdm_jax.diffusion.attention_masks import autoregressive_mask, draw_streaming
 from mdm_jax.diffusion.losses import ar_loss, mdm_loss, mtp_loss
-from mdm_jax.diffusion.masking import Corruption, corrupt, hierarchical_levels, mask_least_confident
+from mdm_jax.diffusion.masking import Corruption, corrupt, mask_least_confident, sampler_state_levels
 from mdm_jax.model import lora as lora_lib
 from mdm_jax.model import vocab_parallel
 from mdm_jax.model.sharding import DATA
@@ -39,7 +39,7 @@ from mdm_jax.train import distill
 from mdm_jax.train.denoiser import denoiser
 from mdm_jax.train.optimizer import combine
 
-CONFIDENCE_MASKING = "hierarchical_confidence"  # mask.strategy: hierarchical, least confident tokens masked
+CONFIDENCE_MASKING = "sampler_states_confidence"  # sampler_states, least confident tokens masked
 
 
 def data_mean(x, count):
@@ -63,7 +63,7 @@ def prepare(batch: dict, key, cfg: TrainConfig) -> dict:
         return batch
     sd = cfg.model.speech_decoder
     if cfg.mask.strategy == CONFIDENCE_MASKING:  # the tokens are chosen in the loss, from the decoder's scores
-        count, tiebreak = hierarchical_levels(k_mask, batch["speech_valid"], cfg.mask, block_size=sd.block_size)
+        count, tiebreak = sampler_state_levels(k_mask, batch["speech_valid"], cfg.mask, block_size=sd.block_size)
         batch.update(noisy_count=count, noisy_tiebreak=tiebreak)  # (b, blocks) int32, (b, U) float32
     else:
         noisy = corrupt(k_mask, batch["units"], batch["speech_valid"], cfg.mask, block_size=sd.block_size,
@@ -160,7 +160,7 @@ def speech_objective(params, batch, cfg: TrainConfig):
 
 
 def confidence_corruption(params, denoise, batch, cfg: TrainConfig) -> Corruption:
-    """`hierarchical_confidence`: each block keeps its drawn count masked, the tokens with the lowest
+    """`sampler_states_confidence`: each block keeps its drawn count masked, the tokens with the lowest
     max speech probability of the decoder (no gradient) with every valid token masked: the order in
     which the sampler would leave them masked from a block's first step."""
     units, valid, sd = batch["units"], batch["speech_valid"], cfg.model.speech_decoder
