@@ -1,7 +1,9 @@
 """AR and MTP baselines: cached decoding equals an uncached greedy re-run of the teacher-forced pass
-(the training form, at the training positions: `speech_position_offset` 0 and the `tiny` preset's kind)."""
+(the training form, at the training positions: `speech_position_offset` 0 and the `tiny` preset's
+kind), on both Talkers."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -19,15 +21,16 @@ CFG = SpeechDecoderConfig(num_units=40, d_model=64, num_heads=4, num_kv_heads=2,
                           num_layers=2, mtp_modules=2, block_size=5, text_per_block=2)
 MAX = 12
 OFFSET = 256  # > 0: SOS at a fixed RoPE position whatever the text length, as the `tiny` preset trains
+TALKERS = {"vocalnet": CFG, "anchor": dataclasses.replace(CFG, talker="anchor", prenn_layers=0)}
 
 
-@pytest.fixture(scope="module")
-def setup():
+@functools.cache
+def decoder(talker: str):
     rng = np.random.default_rng(0)
     text = jnp.asarray(rng.standard_normal((3, 6, 64)).astype(np.float32))
     text_valid = jnp.asarray(np.arange(6)[None] < np.array([[6], [3], [5]]))
     streaming = jnp.array([True, False, True])
-    params = random_init(SpeechDecoder(CFG).init, text, jnp.zeros((3, 4), jnp.int32))
+    params = random_init(SpeechDecoder(TALKERS[talker]).init, text, jnp.zeros((3, 4), jnp.int32))
     # Sharp attention (q and k scaled up): logits then depend on RoPE positions, so a decode at the
     # wrong positions shows in its tokens (with the init's weights it differs by ~0.02 in a logit).
     params = jax.tree_util.tree_map_with_path(
@@ -35,24 +38,31 @@ def setup():
     return params, text, text_valid, streaming
 
 
-@jax.jit
-def _teacher_forced(params, text, tokens, mask, positions):
-    logits, mtp, _ = SpeechDecoder(CFG).apply({"params": params}, text, tokens, mask, positions)
+@pytest.fixture(scope="module")
+def setup():
+    return decoder("vocalnet")
+
+
+@functools.partial(jax.jit, static_argnames="sd")
+def _teacher_forced(params, text, text_valid, tokens, mask, positions, *, sd):
+    logits, mtp, _ = SpeechDecoder(sd).apply({"params": params}, text, tokens, mask, positions, text_valid)
     return logits, mtp
 
 
-def reference(params, text, text_valid, streaming, heads, penalty=1.0, window=15, offset=0):
+def reference(sd, params, text, text_valid, streaming, heads, penalty=1.0, window=15):
     """Greedy, re-running `[BOS][text][SOS][tokens so far]` from scratch for every forward."""
+    offset = sd.speech_position_offset
     b = text.shape[0]
-    allowed = np.r_[np.ones(CFG.num_units, bool), [False, False, True, False]]
+    allowed = np.r_[np.ones(sd.num_units, bool), [False, False, True, False]]
     out, gaps, done = np.zeros((b, 0), int), [], np.zeros(b, bool)
     while out.shape[1] < MAX and not done.all():
         now = out.shape[1]  # padded to one length: one compiled shape for the whole loop
-        tokens = np.concatenate([np.full((b, 1), CFG.sos_id), out, np.zeros((b, 2 * MAX - now), int)], axis=1)
-        mask, pos = autoregressive_mask(text_valid, jnp.asarray(np.arange(2 * MAX)[None] < now).repeat(b, 0),
-                                        streaming, chunk_size=CFG.block_size, text_per_chunk=CFG.text_per_block,
+        tokens = np.concatenate([np.full((b, 1), sd.sos_id), out, np.zeros((b, 2 * MAX - now), int)], axis=1)
+        mask, pos = autoregressive_mask(sd.prefix_text(text_valid),
+                                        jnp.asarray(np.arange(2 * MAX)[None] < now).repeat(b, 0), streaming,
+                                        chunk_size=sd.block_size, text_per_chunk=sd.text_per_block,
                                         speech_offset=offset)
-        logits, mtp = _teacher_forced(params, text, jnp.asarray(tokens), mask, pos)
+        logits, mtp = _teacher_forced(params, text, text_valid, jnp.asarray(tokens), mask, pos, sd=sd)
         new = []
         for lg in [logits] + mtp[:heads]:
             lg = np.where(allowed, np.asarray(lg)[:, now], -1e30)
@@ -67,22 +77,24 @@ def reference(params, text, text_valid, streaming, heads, penalty=1.0, window=15
         new = np.stack(new, axis=1)
         for r in range(b):
             if done[r]:
-                new[r] = CFG.pad_id
-            elif (new[r] == CFG.eos_id).any():
-                new[r, np.argmax(new[r] == CFG.eos_id) + 1:] = CFG.pad_id
+                new[r] = sd.pad_id
+            elif (new[r] == sd.eos_id).any():
+                new[r, np.argmax(new[r] == sd.eos_id) + 1:] = sd.pad_id
                 done[r] = True
         out = np.concatenate([out, new], axis=1)
     return out[:, :MAX], np.stack(gaps, 1)[:, :MAX]
 
 
-@pytest.mark.parametrize("heads,penalty,offset", [(0, 1.0, 0), (2, 1.0, 0), (1, 1.5, 0), (0, 1.0, OFFSET),
-                                                  (2, 1.0, OFFSET)])
-def test_cached_equals_uncached(setup, heads, penalty, offset):
-    params, text, text_valid, streaming = setup
-    ref, gaps = reference(params, text, text_valid, streaming, heads, penalty, offset=offset)
+@pytest.mark.parametrize("talker,heads,penalty,offset", [
+    ("vocalnet", 0, 1.0, 0), ("vocalnet", 2, 1.0, 0), ("vocalnet", 1, 1.5, 0), ("vocalnet", 0, 1.0, OFFSET),
+    ("vocalnet", 2, 1.0, OFFSET), ("anchor", 0, 1.0, 0), ("anchor", 2, 1.0, 0)])
+def test_cached_equals_uncached(talker, heads, penalty, offset):
+    params, text, text_valid, streaming = decoder(talker)
+    sd = dataclasses.replace(TALKERS[talker], speech_position_offset=offset)
+    ref, gaps = reference(sd, params, text, text_valid, streaming, heads, penalty)
     sampler = SamplerConfig(method="mtp" if heads else "ar", mtp_heads=heads,
                             token=TokenSampling(repetition_penalty=penalty))
-    cfg = ModelConfig(speech_decoder=dataclasses.replace(CFG, speech_position_offset=offset), sampler=sampler)
+    cfg = ModelConfig(speech_decoder=sd, sampler=sampler)
     out = generate(params, text, text_valid, streaming, jax.random.key(0), cfg=cfg, max_tokens=MAX)
     tokens = np.asarray(out.tokens)[:, :ref.shape[1]]
     for r in range(tokens.shape[0]):

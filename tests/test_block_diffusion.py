@@ -1,4 +1,8 @@
-"""The block-diffusion sampler: cache exactness against an uncached re-run, schedules, EOS, compiles."""
+"""The block-diffusion sampler: cache exactness against an uncached re-run of the training-form
+forward (both Talkers), schedules, EOS, compiles."""
+
+import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -8,61 +12,71 @@ import pytest
 from mdm_jax.config.model import ModelConfig, SpeechDecoderConfig
 from mdm_jax.config.sampler import SamplerConfig, TokenSampling
 from mdm_jax.decode.block_diffusion import generate
-from mdm_jax.diffusion.attention_masks import block_diffusion_mask
 from mdm_jax.diffusion.schedules import step_schedule
 from mdm_jax.model.init import random_init
 from mdm_jax.model.speech_decoder import SpeechDecoder
+from mdm_jax.train.denoiser import denoiser
 
 CFG = SpeechDecoderConfig(num_units=40, d_model=64, num_heads=4, num_kv_heads=2, ffn_dim=96, prenn_layers=1,
                           num_layers=2, mtp_modules=0, block_size=5, text_per_block=2)
+ANCHOR = dataclasses.replace(CFG, talker="anchor", prenn_layers=0)  # 2 anchors per block of 5: text for 3 blocks
 NUM_BLOCKS = 3
 
 
-def with_sampler(sampler: SamplerConfig) -> ModelConfig:
-    return ModelConfig(speech_decoder=CFG, sampler=sampler)
+def with_sampler(sampler: SamplerConfig, sd: SpeechDecoderConfig = CFG) -> ModelConfig:
+    return ModelConfig(speech_decoder=sd, sampler=sampler)
 
 
-@pytest.fixture(scope="module")
-def setup():
+def decoder(sd: SpeechDecoderConfig):
+    """(sd, params, text, text_valid, streaming): ragged text, streaming and not, sharp random weights."""
     rng = np.random.default_rng(0)
     text = jnp.asarray(rng.standard_normal((3, 6, 64)).astype(np.float32))
     text_valid = jnp.asarray(np.arange(6)[None] < np.array([[6], [4], [5]]))
     streaming = jnp.array([True, False, True])
-    tokens = jnp.zeros((3, 1 + 2 * NUM_BLOCKS * CFG.block_size), jnp.int32)
-    params = random_init(SpeechDecoder(CFG).init, text, tokens)
+    tokens = jnp.zeros((3, 1 + 2 * NUM_BLOCKS * sd.block_size), jnp.int32)
+    params = random_init(SpeechDecoder(sd).init, text, tokens)
     params = jax.tree.map(lambda p: p * 3.0 if p.ndim == 2 else p, params)  # sharper distributions, fewer ties
-    return params, text, text_valid, streaming
+    return sd, params, text, text_valid, streaming
 
 
-@jax.jit
-def _teacher_forced(params, text, tokens, mask, positions):
-    return SpeechDecoder(CFG).apply({"params": params}, text, tokens, mask, positions)[0]
+@pytest.fixture(scope="module")
+def setup():
+    return decoder(CFG)[1:]
 
 
-def reference_decode(params, text, text_valid, streaming, sampler: SamplerConfig):
+@pytest.fixture(scope="module", params=["vocalnet", "anchor"])
+def talker(request):
+    return decoder(CFG if request.param == "vocalnet" else ANCHOR)
+
+
+@functools.partial(jax.jit, static_argnames="cfg")
+def _training_form(params, batch, x_t, *, cfg):
+    return denoiser(cfg, batch)(params, x_t)
+
+
+def reference_decode(sd, params, text, text_valid, streaming, sampler: SamplerConfig):
     """Greedy decoding that re-runs the whole vectorised training sequence `[SOS][x_t][x_0]` at every
     step (no cache), with the commit rule written out in numpy."""
-    B, L, b = CFG.block_size, NUM_BLOCKS * CFG.block_size, text.shape[0]
-    speech_valid = jnp.ones((b, L), bool)
-    mask, positions = block_diffusion_mask(text_valid, speech_valid, streaming, block_size=B,
-                                           text_per_block=CFG.text_per_block)
-    allowed = np.r_[np.ones(CFG.num_units, bool), [False, False, True, False]]  # units + EOS
+    B, L, b = sd.block_size, NUM_BLOCKS * sd.block_size, text.shape[0]
+    batch = {"text_hidden": text, "text_valid": text_valid, "streaming": streaming,
+             "speech_valid": jnp.ones((b, L), bool)}
+    allowed = np.r_[np.ones(sd.num_units, bool), [False, False, True, False]]  # units + EOS
     n = step_schedule(B, sampler.denoise_steps, sampler.schedule)
-    x0 = np.full((b, L), CFG.mask_id)
-    out = np.full((b, L), CFG.pad_id)
-    out_logits = np.zeros((b, L, CFG.output_vocab), np.float32)
+    x0 = np.full((b, L), sd.mask_id)
+    out = np.full((b, L), sd.pad_id)
+    out_logits = np.zeros((b, L, sd.output_vocab), np.float32)
     min_gap = np.full((b, L), np.inf)  # top-2 logit gap at the commit of each position
     done = np.zeros(b, bool)
     for blk in range(NUM_BLOCKS):
-        cur, masked = np.full((b, B), CFG.mask_id), np.ones((b, B), bool)
+        cur, masked = np.full((b, B), sd.mask_id), np.ones((b, B), bool)
         for step in range(B if sampler.threshold else sampler.denoise_steps):
             if not masked.any():
                 break
-            xt = np.full((b, L), CFG.mask_id)
+            xt = np.full((b, L), sd.mask_id)
             xt[:, blk * B:(blk + 1) * B] = cur
-            tokens = np.concatenate([np.full((b, 1), CFG.sos_id), xt, x0], axis=1)
-            logits = _teacher_forced(params, text, jnp.asarray(tokens), mask, positions)
-            lg = np.where(allowed, np.asarray(logits)[:, 1 + blk * B:1 + (blk + 1) * B], -1e30)
+            logits = _training_form(params, dict(batch, units=jnp.asarray(x0)), jnp.asarray(xt),
+                                    cfg=with_sampler(sampler, sd))
+            lg = np.where(allowed, np.asarray(logits)[:, blk * B:(blk + 1) * B], -1e30)
             probs = np.exp(lg - lg.max(-1, keepdims=True))
             probs /= probs.sum(-1, keepdims=True)
             proposal, score = lg.argmax(-1), probs.max(-1)
@@ -78,11 +92,11 @@ def reference_decode(params, text, text_valid, streaming, sampler: SamplerConfig
                     out_logits[r, blk * B + i] = lg[r, i]
                     min_gap[r, blk * B + i] = top2[r, i, 1] - top2[r, i, 0]
         for r in range(b):
-            eos = np.flatnonzero(cur[r] == CFG.eos_id)
+            eos = np.flatnonzero(cur[r] == sd.eos_id)
             if done[r]:
-                cur[r] = CFG.pad_id
+                cur[r] = sd.pad_id
             elif eos.size:
-                cur[r, eos[0] + 1:] = CFG.pad_id
+                cur[r, eos[0] + 1:] = sd.pad_id
                 done[r] = True
         out[:, blk * B:(blk + 1) * B] = cur
         x0[:, blk * B:(blk + 1) * B] = cur
@@ -94,10 +108,10 @@ def reference_decode(params, text, text_valid, streaming, sampler: SamplerConfig
 @pytest.mark.parametrize("sampler", [SamplerConfig(denoise_steps=1), SamplerConfig(denoise_steps=2),
                                      SamplerConfig(denoise_steps=5), SamplerConfig(denoise_steps=3, schedule="cosine"),
                                      SamplerConfig(threshold=0.3)], ids=str)
-def test_cached_generation_equals_uncached_rerun(setup, sampler):
-    params, text, text_valid, streaming = setup
-    ref_tokens, ref_logits, gap = reference_decode(params, text, text_valid, streaming, sampler)
-    out = generate(params, text, text_valid, streaming, jax.random.key(0), cfg=with_sampler(sampler),
+def test_cached_generation_equals_uncached_rerun(talker, sampler):
+    sd, params, text, text_valid, streaming = talker
+    ref_tokens, ref_logits, gap = reference_decode(sd, params, text, text_valid, streaming, sampler)
+    out = generate(params, text, text_valid, streaming, jax.random.key(0), cfg=with_sampler(sampler, sd),
                    num_blocks=NUM_BLOCKS, record_logits=True)
     tokens, logits = np.asarray(out.tokens), np.asarray(out.logits)
     near_ties = 0
@@ -107,7 +121,7 @@ def test_cached_generation_equals_uncached_rerun(setup, sampler):
         if diff.size:
             assert gap[r, diff[0]] < 1e-5, f"row {r}: token {diff[0]} differs without a near-tie"
             near_ties += 1
-        real = ref_tokens[r, :upto] != CFG.pad_id
+        real = ref_tokens[r, :upto] != sd.pad_id
         allowed = ref_logits[r, :upto][real] > -1e29
         np.testing.assert_allclose(logits[r, :upto][real][allowed], ref_logits[r, :upto][real][allowed], atol=1e-5)
     print(f"{sampler}: {near_ties} near-ties")

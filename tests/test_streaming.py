@@ -19,10 +19,10 @@ from mdm_jax.model.vocalnet import VocalNet, random_params
 SAMPLER = SamplerConfig(denoise_steps=2)
 
 
-def _decoder(offset):
-    sd = SpeechDecoderConfig(num_units=40, d_model=64, num_heads=4, num_kv_heads=2, ffn_dim=96, prenn_layers=1,
-                             num_layers=2, mtp_modules=0, block_size=5, text_per_block=2,
-                             speech_position_offset=offset)
+def _decoder(offset, talker="vocalnet"):
+    sd = SpeechDecoderConfig(talker=talker, num_units=40, d_model=64, num_heads=4, num_kv_heads=2, ffn_dim=96,
+                             prenn_layers=int(talker == "vocalnet"), num_layers=2, mtp_modules=0, block_size=5,
+                             text_per_block=2, speech_position_offset=offset)
     text = jnp.asarray(np.random.default_rng(0).standard_normal((2, 6, 64)).astype(np.float32))
     params = random_init(SpeechDecoder(sd).init, text, jnp.zeros((2, 4), jnp.int32))
     return ModelConfig(speech_decoder=sd, sampler=SAMPLER), jax.tree.map(lambda p: p * 3.0 if p.ndim == 2 else p,
@@ -46,24 +46,29 @@ def _chunked(cfg, params, text, blocks):
     return state
 
 
-@pytest.mark.parametrize("offset", [64, 0])
-def test_streamed_blocks_equal_offline_blocks_only_with_a_fixed_speech_offset(offset):
-    cfg, params, text = _decoder(offset)
+@pytest.mark.parametrize("offset,talker", [(64, "vocalnet"), (0, "vocalnet"), (0, "anchor")])
+def test_streamed_blocks_equal_offline_blocks_only_with_a_fixed_speech_offset(offset, talker):
+    """VocalNet's talker streams exactly only with a fixed speech offset; the anchor Talker always
+    does (its text enters as anchors, the sequence before speech is the same at every length)."""
+    cfg, params, text = _decoder(offset, talker)
     offline = block_diffusion.generate(params, text, jnp.ones((2, 6), bool), jnp.ones((2,), bool),
                                        jax.random.key(0), cfg=cfg, num_blocks=4, record_logits=True)
     streamed = _chunked(cfg, params, text, 4)
     gap = np.abs(np.asarray(streamed.logits) - np.asarray(offline.logits)).max()
-    if offset:
+    if offset or talker == "anchor":
         np.testing.assert_array_equal(streamed.tokens, offline.tokens)
         assert gap < 1e-4
     else:  # VocalNet's positions depend on the final text length, unknown while streaming
         assert gap > 1e-2
 
 
-def test_speech_to_speech_stream_matches_offline_decoding():
+@pytest.mark.parametrize("talker", ["vocalnet", "anchor"])
+def test_speech_to_speech_stream_matches_offline_decoding(talker):
     cfg = get_config("tiny", ["llm.num_layers=2", "encoder.num_layers=1", "speech_decoder.num_layers=1",
                               "speech_decoder.mtp_modules=0", "speech_decoder.block_size=5",
-                              "speech_decoder.text_per_block=2", "sampler.denoise_steps=2"])
+                              "speech_decoder.text_per_block=2", "sampler.denoise_steps=2",
+                              f"speech_decoder.talker={talker}",
+                              f"speech_decoder.prenn_layers={int(talker == 'vocalnet')}"])
     params = random_params(cfg)
     mel = np.random.default_rng(0).standard_normal((cfg.encoder.num_mel_bins, 100)).astype(np.float32)
     prompt = [1, 3] + [SPEECH_PLACEHOLDER] * 10 + [4]

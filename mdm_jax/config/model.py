@@ -10,7 +10,7 @@ import json
 import typing
 from dataclasses import dataclass, field
 
-from mdm_jax.config.overrides import ConfigError, apply_overrides, differing_keys, from_dict
+from mdm_jax.config.overrides import ConfigError, apply_overrides, check, differing_keys, from_dict
 from mdm_jax.config.sampler import SamplerConfig
 
 
@@ -83,29 +83,58 @@ class LLMConfig:
         return self.family == "qwen3"
 
 
+TALKERS = ("vocalnet", "anchor")
+
+
 @dataclass(frozen=True)
 class SpeechDecoderConfig:
-    """VocalNet speech decoder ("talker"): pre-NN over text states, LLaMA layers, MTP modules.
+    """The speech decoder ("Talker"), one of two designs (`talker`):
+
+    - `vocalnet`: VocalNet's decoder over `[BOS][pre-NN(text states)][SOS][speech]`, the text a
+      prefix that speech block c reads up to position (c + 1)·text_per_block (5 text : 15 speech)
+      under the streaming mask; its width is the LLM's.
+    - `anchor`: VocalNet-MDM's Talker over `[BOS][SOS][speech]`: the Thinker's states enter as
+      anchors added at the first Q = text_per_block positions of each block (block c's anchors
+      are text states cQ .. cQ + Q - 1, a learned end-of-text vector past the text), attention
+      block-causal, so block c sees text < (c + 1)·Q and nothing of its future; any width.
 
     Speech ids: units 0..num_units-1, then BOS, SOS, EOS, PAD (VocalNet) and MASK (ours).
     The head predicts units + the four specials; MASK is an input-only id.
     """
 
+    talker: str = "vocalnet"
     num_units: int = 512
-    d_model: int = 256  # = LLM width in VocalNet (the text states are fed as they are)
+    d_model: int = 256  # vocalnet: = LLM width (the text states are fed as they are)
     num_heads: int = 4
     num_kv_heads: int = 4
     ffn_dim: int = 768
-    prenn_layers: int = 1
+    prenn_layers: int = 1  # vocalnet: causal layers over the text states (anchor: unused, 0)
     num_layers: int = 2
     mtp_modules: int = 3
     rope_theta: float = 10_000.0
     rms_norm_eps: float = 1e-6
-    block_size: int = 15  # speech tokens per block = one 0.6 s streaming chunk
-    text_per_block: int = 5  # text positions visible per extra speech block (5 : 15)
+    block_size: int = 15  # speech tokens per block = one 0.6 s streaming chunk (anchor: 16)
+    text_per_block: int = 5  # text states per speech block: vocalnet's 5 : 15, anchor's Q = 4 : 16
     # 0: SOS right after the real text (VocalNet). > 0: SOS at this RoPE position whatever the text
     # length, which streaming needs: the text length is unknown when the first block is decoded.
     speech_position_offset: int = 0
+
+    def __post_init__(self):
+        check(self.talker in TALKERS, f"speech_decoder.talker={self.talker!r}; expected one of {TALKERS}")
+        check(self.text_in_prefix or 0 < self.text_per_block <= self.block_size,
+              f"speech_decoder.text_per_block={self.text_per_block} anchors must fit in a block of "
+              f"{self.block_size}")
+        check(self.text_in_prefix or self.prenn_layers == 0,
+              "speech_decoder.talker=anchor has no pre-NN over the text: set speech_decoder.prenn_layers=0")
+
+    @property
+    def text_in_prefix(self) -> bool:
+        """Whether the text states are a prefix of the decoder's sequence (vocalnet), not anchors."""
+        return self.talker == "vocalnet"
+
+    def prefix_text(self, text_valid):
+        """The text slots of the decoder's sequence, (b, T) -> all of them (vocalnet) or none (anchor)."""
+        return text_valid if self.text_in_prefix else text_valid[:, :0]
 
     @property
     def head_dim(self) -> int:

@@ -33,22 +33,28 @@ def config_keys(cfg: object, prefix: str = "") -> dict[str, type]:
 
 
 def apply_overrides(cfg, overrides: typing.Sequence[str]):
-    """Apply `a.b=value` strings; unknown keys and ill-typed values raise `ConfigError`."""
+    """Apply `a.b=value` strings (a later one wins); unknown keys and ill-typed values raise
+    `ConfigError`. Each config is validated once, with every override in place, so settings that
+    must change together (e.g. a Talker and its layer counts) can."""
+    types_, changes = config_keys(cfg), {}
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep:
             raise ConfigError(f"override {item!r} is not of the form key=value")
-        types_ = config_keys(cfg)
         if key not in types_:
             raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(sorted(types_))}")
-        cfg = _replace_path(cfg, key.split("."), _parse(key, raw, types_[key]))
-    return cfg
+        changes[key] = _parse(key, raw, types_[key])
+    return _replace(cfg, changes)
 
 
-def _replace_path(cfg, path: list[str], value):
-    head, *rest = path
-    new = _replace_path(getattr(cfg, head), rest, value) if rest else value
-    return dataclasses.replace(cfg, **{head: new})
+def _replace(cfg, changes: dict):
+    """`cfg` with the dotted-key `changes`, each nested config rebuilt once."""
+    fields = {}
+    for key, value in changes.items():
+        head, _, rest = key.partition(".")
+        fields.setdefault(head, {})[rest] = value
+    return dataclasses.replace(cfg, **{head: _replace(getattr(cfg, head), sub) if "" not in sub else sub[""]
+                                       for head, sub in fields.items()})
 
 
 def _parse(key: str, raw: str, typ):

@@ -56,13 +56,21 @@ def generate(params, text_hidden, text_valid, streaming, key, *, cfg: ModelConfi
     heads = mtp_heads(cfg)
     dec = SpeechDecoder(sd, dtype)
     apply = lambda method, *a: dec.apply({"params": params}, *a, method=method)  # noqa: E731
-    b, t, _ = text_hidden.shape
-    n, P = 1 + heads, t + 2
+    b = text_hidden.shape[0]
+    prefix_text = sd.prefix_text(text_valid)
+    n, P = 1 + heads, prefix_text.shape[1] + 2
     width = max_tokens + n  # the last forward may overshoot by up to k tokens
+    # anchor Talker: anchor i rides on the input that predicts unit i (SOS: unit 0), as in training
+    anchors = None if sd.text_in_prefix else apply(SpeechDecoder.anchors, text_hidden, text_valid, width + 1)
+
+    def inputs(ids, first):
+        """Embeddings of input ids (b, r) predicting units [first, first + r), with their anchors."""
+        x = apply(SpeechDecoder.embed_tokens, ids)
+        return x if anchors is None else x + lax.dynamic_slice_in_dim(anchors, first, ids.shape[1], axis=1)
 
     def forward(x, start, caches):
         """x: (b, r, d) inputs at slots [start, start + r) -> logits (b, n, V) for the next n tokens."""
-        mask, pos = cached_rows(text_valid, streaming, width, start, x.shape[1], block_diffusion=False,
+        mask, pos = cached_rows(prefix_text, streaming, width, start, x.shape[1], block_diffusion=False,
                                 block_size=sd.block_size, text_per_block=sd.text_per_block,
                                 speech_offset=sd.speech_position_offset)
         h, dec_caches = apply(SpeechDecoder.backbone, x, pos, mask, caches["decoder"], start)
@@ -94,14 +102,14 @@ def generate(params, text_hidden, text_valid, streaming, key, *, cfg: ModelConfi
 
     def step(state: ARState) -> ARState:
         start = P + state.count - n
-        logits, caches = forward(apply(SpeechDecoder.embed_tokens, state.last), start, state.caches)
+        logits, caches = forward(inputs(state.last, state.count - n + 1), start, state.caches)
         new, key = choose(state.tokens, state.count, logits, state.key)
         return finish(state, new, caches, key)
 
     kv = lambda: init_cache(b, P + width, sd.num_kv_heads, sd.head_dim, dtype)  # noqa: E731
     caches = {"decoder": [kv() for _ in range(sd.num_layers)], "mtp": [kv() for _ in range(heads)]}
-    prefix = jnp.concatenate([apply(SpeechDecoder.prefix, text_hidden),
-                              apply(SpeechDecoder.embed_tokens, jnp.full((b, 1), sd.sos_id))], axis=1)
+    prefix = jnp.concatenate([apply(SpeechDecoder.prefix, text_hidden), inputs(jnp.full((b, 1), sd.sos_id), 0)],
+                             axis=1)
     logits, caches = forward(prefix, 0, caches)
     state = ARState(count=jnp.int32(0), last=jnp.zeros((b, n), jnp.int32), caches=caches,
                     tokens=jnp.full((b, width), sd.pad_id), done=jnp.zeros((b,), bool),

@@ -49,10 +49,17 @@ class BlockState(NamedTuple):
     forwards: jax.Array  # () denoising forwards so far (text prefill not counted)
     key: jax.Array
     logits: jax.Array | None  # (b, num_blocks * B, V) logits each token was committed from (record_logits)
+    anchors: jax.Array | None  # (b, num_blocks * B, d) anchor Talker: the text inputs of every speech position
 
 
 def _apply(params, cfg: ModelConfig, method, *args):
     return SpeechDecoder(cfg.speech_decoder, jnp.dtype(cfg.dtype)).apply({"params": params}, *args, method=method)
+
+
+def _speech_inputs(params, state: BlockState, ids, start, cfg: ModelConfig):
+    """Embeddings of speech ids (b, n) at speech positions [start, start + n), with their anchors."""
+    x = _apply(params, cfg, SpeechDecoder.embed_tokens, ids)
+    return x if state.anchors is None else x + lax.dynamic_slice_in_dim(state.anchors, start, ids.shape[1], axis=1)
 
 
 def _forward(params, state: BlockState, x, start, cfg: ModelConfig):
@@ -68,17 +75,20 @@ def _forward(params, state: BlockState, x, start, cfg: ModelConfig):
 def begin(params, streaming, key, *, cfg: ModelConfig, num_blocks: int, text_capacity: int,
           record_logits: bool = False) -> BlockState:
     """An empty state for `streaming.shape[0]` requests with room for `text_capacity` text states;
-    writes BOS into the cache (in `cfg.dtype`)."""
-    sd = cfg.speech_decoder
+    writes BOS into the cache (in `cfg.dtype`). The anchor Talker holds no text in its cache: its
+    text enters as anchors (`add_text`)."""
+    sd, dtype = cfg.speech_decoder, jnp.dtype(cfg.dtype)
     b, B = streaming.shape[0], sd.block_size
-    slots = text_capacity + 2 + num_blocks * B
+    prefix = text_capacity if sd.text_in_prefix else 0
+    slots = prefix + 2 + num_blocks * B
     state = BlockState(
-        text_valid=jnp.zeros((b, text_capacity), bool), streaming=streaming, block=jnp.int32(0),
-        prev=jnp.full((b, B), -1), caches=[init_cache(b, slots, sd.num_kv_heads, sd.head_dim, jnp.dtype(cfg.dtype))
+        text_valid=jnp.zeros((b, prefix), bool), streaming=streaming, block=jnp.int32(0),
+        prev=jnp.full((b, B), -1), caches=[init_cache(b, slots, sd.num_kv_heads, sd.head_dim, dtype)
                                           for _ in range(sd.num_layers)],
         tokens=jnp.full((b, num_blocks * B), sd.pad_id), done=jnp.zeros((b,), bool),
         lengths=jnp.zeros((b,), jnp.int32), forwards=jnp.int32(0), key=key,
-        logits=jnp.zeros((b, num_blocks * B, sd.output_vocab)) if record_logits else None)
+        logits=jnp.zeros((b, num_blocks * B, sd.output_vocab)) if record_logits else None,
+        anchors=None if sd.text_in_prefix else jnp.zeros((b, num_blocks * B, sd.d_model), dtype))
     bos = _apply(params, cfg, SpeechDecoder.embed_tokens, jnp.full((b, 1), sd.bos_id))
     return state._replace(caches=_forward(params, state, bos, 0, cfg)[1])
 
@@ -87,7 +97,12 @@ def begin(params, streaming, key, *, cfg: ModelConfig, num_blocks: int, text_cap
 def add_text(params, state: BlockState, text_hidden, text_valid, *, start: int, count: int,
              cfg: ModelConfig) -> BlockState:
     """Write text slots [start, start + count) into the cache. text_hidden: (b, T, d) LLM states known
-    so far (later rows are ignored: the pre-NN and the text attention are causal); text_valid: (b, T)."""
+    so far (later rows are ignored: the pre-NN and the text attention are causal); text_valid: (b, T).
+    The anchor Talker recomputes every anchor from the text known so far instead (cheap; blocks
+    already decoded only read text they had)."""
+    if not cfg.speech_decoder.text_in_prefix:
+        anchors = _apply(params, cfg, SpeechDecoder.anchors, text_hidden, text_valid, state.tokens.shape[1])
+        return state._replace(anchors=anchors)
     pre = _apply(params, cfg, SpeechDecoder.encode_text, text_hidden)[:, start:start + count]
     state = state._replace(text_valid=text_valid)
     return state._replace(caches=_forward(params, state, pre, 1 + start, cfg)[1])
@@ -115,8 +130,7 @@ def _decode(params, state: BlockState, x, start, cfg: ModelConfig) -> BlockState
     def body(carry):
         tokens, masked, seen, caches, j, key = carry
         key, k = jax.random.split(key)
-        x = _apply(params, cfg, SpeechDecoder.embed_tokens, tokens)
-        logits, caches = logits_at(x, P + current * B, caches)
+        logits, caches = logits_at(_speech_inputs(params, state, tokens, current * B, cfg), P + current * B, caches)
         tokens, masked, seen = step(tokens, masked, seen, logits, j, k)
         return tokens, masked, seen, caches, j + 1, key
 
@@ -144,8 +158,8 @@ def first_block(params, state: BlockState, *, cfg: ModelConfig) -> BlockState:
     """Block 0: its first forward is `[SOS ; masked block]`."""
     sd = cfg.speech_decoder
     b, B = state.prev.shape
-    ids = jnp.concatenate([jnp.full((b, 1), sd.sos_id), jnp.full((b, B), sd.mask_id)], axis=1)
-    x = _apply(params, cfg, SpeechDecoder.embed_tokens, ids)
+    sos = _apply(params, cfg, SpeechDecoder.embed_tokens, jnp.full((b, 1), sd.sos_id))
+    x = jnp.concatenate([sos, _speech_inputs(params, state, jnp.full((b, B), sd.mask_id), 0, cfg)], axis=1)
     return _decode(params, state, x, state.text_valid.shape[1] + 1, cfg)
 
 
@@ -154,7 +168,7 @@ def _next_block(params, state: BlockState, *, cfg: ModelConfig) -> BlockState:
     sd = cfg.speech_decoder
     b, B = state.prev.shape
     ids = jnp.concatenate([state.prev, jnp.full((b, B), sd.mask_id)], axis=1)
-    x = _apply(params, cfg, SpeechDecoder.embed_tokens, ids)
+    x = _speech_inputs(params, state, ids, (state.block - 1) * B, cfg)
     return _decode(params, state, x, state.text_valid.shape[1] + 2 + (state.block - 1) * B, cfg)
 
 

@@ -1,4 +1,6 @@
-"""VocalNet speech decoder ("talker") over `[BOS][pre-NN(text states)][speech ids]`.
+"""The speech decoder ("Talker"): VocalNet's over `[BOS][pre-NN(text states)][speech ids]`, or
+VocalNet-MDM's anchor Talker over `[BOS][speech ids]` with the text states added as anchors at
+the first Q positions of every block (`SpeechDecoderConfig.talker`).
 
 The pre-NN (causal LLaMA layers) refines the LLM's text states; the decoder layers run over the
 concatenation under whatever mask the objective needs (AR causal, MDM block-causal [x_t ; x_0],
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 from mdm_jax.config.model import SpeechDecoderConfig
 from mdm_jax.model.layers import Embed, RMSNorm, param
@@ -35,6 +38,30 @@ class Head(nn.Module):
         w = param(self, "w", (c.d_model, c.output_vocab), ("embed", "speech_vocab"), self.dtype)
         b = param(self, "b", (c.output_vocab,), ("speech_vocab",), self.dtype, nn.initializers.zeros)
         return (h @ w + b).astype(jnp.float32)
+
+
+class Anchors(nn.Module):
+    """Thinker states -> the anchor Talker's additive inputs: position r < Q of block c gets
+    Linear(h[cQ + r]), or a learned end-of-text vector where that text state is not (yet) valid;
+    positions r >= Q get nothing. text_hidden (b, T, d_text), text_valid (b, T) -> (b, length, d)."""
+
+    cfg: SpeechDecoderConfig
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, text_hidden, text_valid, length: int):
+        c = self.cfg
+        t = text_hidden.shape[1]
+        w = param(self, "w", (text_hidden.shape[-1], c.d_model), ("adaptor", "embed"), self.dtype)
+        bias = param(self, "b", (c.d_model,), ("embed",), self.dtype, nn.initializers.zeros)
+        end = param(self, "end_of_text", (c.d_model,), ("embed",), self.dtype)
+        block, r = np.divmod(np.arange(length), c.block_size)
+        j = block * c.text_per_block + r  # (length,) the text state each position would carry
+        anchor = r < c.text_per_block
+        safe = np.minimum(j, t - 1)
+        valid = jnp.asarray(anchor & (j < t)) & jnp.take(text_valid, safe, axis=1)  # (b, length)
+        text = jnp.take(text_hidden.astype(self.dtype), safe, axis=1) @ w + bias
+        return jnp.where(valid[..., None], text, jnp.where(anchor[:, None], end, 0.0)).astype(self.dtype)
 
 
 class MTPModule(nn.Module):
@@ -64,6 +91,8 @@ class SpeechDecoder(nn.Module):
         self.decoder = DecoderStack(c.num_layers, layer, self.remat)
         self.head = Head(c, self.dtype)
         self.mtp = [MTPModule(c, layer, self.dtype) for _ in range(c.mtp_modules)]
+        if not c.text_in_prefix:
+            self.anchor = Anchors(c, self.dtype)
 
     def encode_text(self, text_hidden):
         """Pre-NN, causal over the text states: (b, t, d) -> (b, t, d)."""
@@ -72,9 +101,15 @@ class SpeechDecoder(nn.Module):
         return self.prenn(text_hidden.astype(self.dtype), positions, causal_mask(b, t))[0]
 
     def prefix(self, text_hidden):
-        """`[BOS][pre-NN(text)]`: (b, t, d) -> (b, 1 + t, d)."""
+        """`[BOS][pre-NN(text)]` (vocalnet): (b, t, d) -> (b, 1 + t, d); `[BOS]` (anchor): -> (b, 1, d)."""
         bos = self.embed(jnp.full((text_hidden.shape[0], 1), self.cfg.bos_id))
+        if not self.cfg.text_in_prefix:
+            return bos
         return jnp.concatenate([bos, self.encode_text(text_hidden)], axis=1)
+
+    def anchors(self, text_hidden, text_valid, length: int):
+        """The anchor Talker's text inputs at speech positions 0..length-1: (b, length, d) (see `Anchors`)."""
+        return self.anchor(text_hidden, text_valid, length)
 
     def embed_tokens(self, ids):
         return self.embed(ids)
@@ -90,16 +125,21 @@ class SpeechDecoder(nn.Module):
         """MTP module k over states h -> (states, logits, cache)."""
         return self.mtp[k](h, positions, mask, cache, cache_index)
 
-    def __call__(self, text_hidden, tokens, mask=None, positions=None):
-        """Teacher-forced pass over `[BOS][pre-NN(text)][tokens]`.
+    def __call__(self, text_hidden, tokens, mask=None, positions=None, text_valid=None):
+        """Teacher-forced pass over `[BOS][pre-NN(text)][tokens]` (anchor: `[BOS][tokens + anchors]`).
 
         text_hidden: (b, t, d) LLM states; tokens: (b, l) speech input ids (e.g. `[SOS] units` for
-        AR, `[x_t ; x_0]` for MDM); mask: (b, n, n) with n = 1 + t + l (default causal); positions:
-        (b, n) (default 0..n-1). Returns (speech logits (b, l, V), mtp logits [(b, l, V)] * modules,
-        states (b, n, d)); the MTP modules reuse `mask` (objectives that need shifted masks call
-        `mtp_step`).
+        AR, `[x_t ; x_0]` for MDM); mask: (b, n, n) with n = 1 + t + l (anchor: 1 + l; default
+        causal); positions: (b, n) (default 0..n-1); text_valid: (b, t) (default all; anchor talker:
+        anchor i is added to token i, the AR alignment where input i predicts unit i). Returns
+        (speech logits (b, l, V), mtp logits [(b, l, V)] * modules, states (b, n, d)); the MTP
+        modules reuse `mask` (objectives that need shifted masks call `mtp_step`).
         """
-        x = jnp.concatenate([self.prefix(text_hidden), self.embed(tokens)], axis=1)
+        speech = self.embed(tokens)
+        if not self.cfg.text_in_prefix:
+            valid = jnp.ones(text_hidden.shape[:2], bool) if text_valid is None else text_valid
+            speech = speech + self.anchors(text_hidden, valid, tokens.shape[1])
+        x = jnp.concatenate([self.prefix(text_hidden), speech], axis=1)
         b, n, _ = x.shape
         mask = causal_mask(b, n) if mask is None else mask
         positions = jnp.broadcast_to(jnp.arange(n), (b, n)) if positions is None else positions

@@ -28,9 +28,9 @@ class VocalNet(nn.Module):
 
     def setup(self):
         c = self.cfg
-        if c.speech_decoder.d_model != c.llm.d_model:
+        if c.speech_decoder.text_in_prefix and c.speech_decoder.d_model != c.llm.d_model:
             raise ConfigError(f"speech_decoder.d_model={c.speech_decoder.d_model} must equal "
-                              f"llm.d_model={c.llm.d_model}: the talker reads the LLM states as they are")
+                              f"llm.d_model={c.llm.d_model}: the VocalNet talker reads the LLM states as they are")
         dtype = jnp.dtype(c.dtype)
         self.encoder = WhisperEncoder(c.encoder, dtype)
         self.adaptor = Adaptor(c.adaptor, c.llm.d_model, dtype)

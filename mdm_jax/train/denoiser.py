@@ -1,6 +1,7 @@
 """The masked-diffusion forward of the speech decoder over the vectorised BD3-LM layout
-`[BOS][text][SOS][x_t][x_0]`: every block of a sequence denoised in one pass, each x_t block reading
-the clean x_0 blocks before it. The MDM objective, self-distillation and the training benchmark
+`[BOS][text][SOS][x_t][x_0]` (anchor Talker: `[BOS][SOS][x_t][x_0]`, both halves with the text
+anchors): every block of a sequence denoised in one pass, each x_t block reading the clean x_0
+blocks before it. The MDM objective, self-distillation and the training benchmark
 all call it.
 
     logits = denoiser(cfg, batch)(params["speech_decoder"], x_t)     # x_t (b, L) -> (b, L, V)
@@ -23,13 +24,16 @@ def denoiser(cfg: ModelConfig, batch):
     """
     sd, units = cfg.speech_decoder, batch["units"]
     b, length = units.shape
-    mask, positions = block_diffusion_mask(batch["text_valid"], batch["speech_valid"], batch["streaming"],
-                                           block_size=sd.block_size, text_per_block=sd.text_per_block,
-                                           speech_offset=sd.speech_position_offset)
+    mask, positions = block_diffusion_mask(sd.prefix_text(batch["text_valid"]), batch["speech_valid"],
+                                           batch["streaming"], block_size=sd.block_size,
+                                           text_per_block=sd.text_per_block, speech_offset=sd.speech_position_offset)
     sos = jnp.full((b, 1), sd.sos_id, units.dtype)
 
     def run(module: SpeechDecoder, x_t):
         speech = module.embed_tokens(jnp.concatenate([sos, x_t, units], axis=1))
+        if not sd.text_in_prefix:  # x_t and x_0 carry the same anchors, SOS none
+            anchors = module.anchors(batch["text_hidden"], batch["text_valid"], length)
+            speech = speech + jnp.concatenate([jnp.zeros_like(anchors[:, :1]), anchors, anchors], axis=1)
         h, _ = module.backbone(jnp.concatenate([module.prefix(batch["text_hidden"]), speech], axis=1), positions, mask)
         return module.logits(h[:, -2 * length : -length])
 

@@ -138,12 +138,13 @@ def speech_objective(params, batch, cfg: TrainConfig):
     b = units.shape[0]
     tokens = jnp.concatenate([jnp.full((b, 1), sd.sos_id, units.dtype), units], axis=1)
     tokens_valid = jnp.concatenate([jnp.ones((b, 1), bool), valid], axis=1)
-    mask, positions = autoregressive_mask(batch["text_valid"], valid, batch["streaming"],
+    mask, positions = autoregressive_mask(sd.prefix_text(batch["text_valid"]), valid, batch["streaming"],
                                           chunk_size=sd.block_size, text_per_chunk=sd.text_per_block,
                                           speech_offset=sd.speech_position_offset)
     heads = sd.mtp_modules if objective == "mtp" else 0
     decoder = SpeechDecoder(dataclasses.replace(sd, mtp_modules=heads), jnp.dtype(cfg.model.dtype), cfg.model.remat)
-    logits, mtp_logits, _ = decoder.apply({"params": params}, batch["text_hidden"], tokens, mask, positions)
+    logits, mtp_logits, _ = decoder.apply({"params": params}, batch["text_hidden"], tokens, mask, positions,
+                                          batch["text_valid"])
     if objective == "ar":
         loss, m = ar_loss(logits, tokens, tokens_valid)
         n = tokens_valid[:, 1:].sum()
