@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(PY) -m experiments.demo --out runs/demo
 
 bench: $(STAMP)
-	$(PY) -m experiments.bench_decode --config tiny --out runs/bench/decode_tiny.json
+	$(PY) -m experiments.bench_decode --configs tiny,tiny-vocalnet --out runs/bench/decode_tiny.json
 	$(PY) -m experiments.bench_train --out runs/bench/train.json
 
 lint: $(STAMP)

@@ -1,6 +1,6 @@
 """Speech-token decoding speed: AR vs MTP vs block diffusion (MDM) on the same speech decoder.
 
-    python -m experiments.bench_decode --config tiny --out runs/bench/decode_tiny.json
+    python -m experiments.bench_decode --configs tiny,tiny-vocalnet --out runs/bench/decode_tiny.json
 
 Random weights (speed does not need trained ones) with EOS suppressed, so every method decodes
 the same number of tokens. Each row is the median of repeated runs after a warm-up, and every
@@ -24,24 +24,19 @@ import numpy as np
 from mdm_jax.config.model import get_config
 from mdm_jax.config.sampler import SamplerConfig
 from mdm_jax.decode import speech
+from mdm_jax.model.init import random_init
 from mdm_jax.model.speech_decoder import SpeechDecoder
 
 
-def random_params(cfg, dtype, seed=0):
-    """Normal(0, 0.02) weights (norm scales 1) without Flax's slow eager init; EOS never wins."""
-    text = jax.ShapeDtypeStruct((1, 4, cfg.d_model), jnp.float32)
-    tokens = jax.ShapeDtypeStruct((1, 4), jnp.int32)
-    abstract = jax.eval_shape(lambda t, x: SpeechDecoder(cfg).init(jax.random.key(0), t, x)["params"], text, tokens)
-    rng = np.random.default_rng(seed)
-    leaves, tree = jax.tree.flatten_with_path(__import__("flax").linen.unbox(abstract))
-    arrays = [np.ones(x.shape, np.float32) if "scale" in jax.tree_util.keystr(p) else
-              (0.02 * rng.standard_normal(x.shape)).astype(np.float32) for p, x in leaves]
-    params = jax.tree.unflatten(tree, [jnp.asarray(a, dtype) for a in arrays])
-    suppress = lambda head: dict(head, b=head["b"].at[cfg.eos_id].set(-1e9))  # noqa: E731
+def random_params(sd, text_dim: int, dtype):
+    """The decoder's init distributions (drawn by numpy: fast) with EOS suppressed, so every method
+    decodes every token."""
+    params = random_init(SpeechDecoder(sd).init, jnp.zeros((1, 4, text_dim)), jnp.zeros((1, 4), jnp.int32))
+    suppress = lambda head: dict(head, b=head["b"].at[sd.eos_id].set(-1e9))  # noqa: E731
     params["head"] = suppress(params["head"])
-    for k in range(cfg.mtp_modules):
+    for k in range(sd.mtp_modules):
         params[f"mtp_{k}"] = dict(params[f"mtp_{k}"], head=suppress(params[f"mtp_{k}"]["head"]))
-    return params
+    return jax.tree.map(lambda p: jnp.asarray(p, dtype), params)
 
 
 def timed(fn, repeats):
@@ -63,9 +58,9 @@ def bench(config: str, batch: int, text_len: int, num_blocks: int, steps, thresh
     cfg = get_config(config, [f"dtype={dtype}"])
     sd = cfg.speech_decoder
     B, L = sd.block_size, num_blocks * sd.block_size
-    params = random_params(sd, jnp.dtype(dtype))
+    params = random_params(sd, cfg.llm.d_model, jnp.dtype(dtype))
     rng = np.random.default_rng(1)
-    text = jnp.asarray(rng.standard_normal((batch, text_len, sd.d_model)), dtype)
+    text = jnp.asarray(rng.standard_normal((batch, text_len, cfg.llm.d_model)), dtype)
     valid, streaming, key = jnp.ones((batch, text_len), bool), jnp.ones((batch,), bool), jax.random.key(0)
 
     def run(sampler: SamplerConfig):
@@ -92,8 +87,8 @@ def bench(config: str, batch: int, text_len: int, num_blocks: int, steps, thresh
     for r in rows:
         r["speedup_vs_ar"] = r["tokens_per_s"] / ar_row["tokens_per_s"]
         r["first_chunk_vs_ar"] = r["first_chunk_s"] / ar_row["first_chunk_s"]
-    return {"device": f"{jax.devices()[0].device_kind} ({jax.devices()[0].platform}, {jax.device_count()} device)",
-            "config": config, "batch": batch, "text_len": text_len, "num_blocks": num_blocks, "dtype": dtype,
+    return {"config": config, "talker": sd.talker, "batch": batch, "text_len": text_len, "num_blocks": num_blocks,
+            "dtype": dtype,
             "bare_block_forward_s": bare_forward(params, sd, text, valid, streaming, num_blocks, repeats,
                                                  jnp.dtype(dtype)),
             "rows": rows}
@@ -103,7 +98,7 @@ def bare_forward(params, cfg, text, valid, streaming, num_blocks, repeats, dtype
     """One decoder forward over one block against a full cache: the floor for an MDM step."""
     B = cfg.block_size
     dec = SpeechDecoder(cfg, dtype)
-    b, t = valid.shape
+    b, t = cfg.prefix_text(valid).shape  # the anchor Talker holds no text in its cache
     n_slots = t + 2 + num_blocks * B
     caches = [{"k": jnp.zeros((b, n_slots, cfg.num_kv_heads, cfg.head_dim), dtype)} | {
         "v": jnp.zeros((b, n_slots, cfg.num_kv_heads, cfg.head_dim), dtype)} for _ in range(cfg.num_layers)]
@@ -116,8 +111,8 @@ def bare_forward(params, cfg, text, valid, streaming, num_blocks, repeats, dtype
     return timed(lambda: fwd(params, x, caches), repeats)[1]
 
 
-def print_table(result):
-    print(f"\n{result['config']} on {result['device']}: batch {result['batch']}, "
+def print_table(result, device: str):
+    print(f"\n{result['config']} ({result['talker']} talker) on {device}: batch {result['batch']}, "
           f"{result['num_blocks']} blocks, bare block forward {1e3 * result['bare_block_forward_s']:.2f} ms")
     print(f"{'method':>6} {'S':>4} {'tau':>5} {'tok/s':>10} {'fwd/tok':>8} {'speedup':>8} "
           f"{'1st chunk ms':>12} {'vs AR':>6} {'ms/step':>8} {'compile s':>9}")
@@ -130,7 +125,8 @@ def print_table(result):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="tiny")
+    parser.add_argument("--configs", default="tiny,tiny-vocalnet",
+                        help="presets measured in this run, e.g. the anchor Talker and VocalNet's")
     parser.add_argument("--out", default="runs/bench/decode.json")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--text-len", type=int, default=40)
@@ -141,10 +137,12 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dtype", default="float32")
     args = parser.parse_args(argv)
-    result = bench(args.config, args.batch, args.text_len, args.num_blocks,
-                   [int(s) for s in args.denoise_steps.split(",")], args.threshold, args.mtp_heads, args.repeats,
-                   args.dtype)
-    print_table(result)
+    device = f"{jax.devices()[0].device_kind} ({jax.devices()[0].platform}, {jax.device_count()} device)"
+    result = {"device": device, "runs": [
+        bench(config, args.batch, args.text_len, args.num_blocks, [int(s) for s in args.denoise_steps.split(",")],
+              args.threshold, args.mtp_heads, args.repeats, args.dtype) for config in args.configs.split(",")]}
+    for run in result["runs"]:
+        print_table(run, device)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

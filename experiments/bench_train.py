@@ -8,7 +8,7 @@ median of `--repeats` rounds after a warm-up (compile) round, each round running
 once, so the ratios come from one process on one machine under the same load. AR and MDM train the decoder without MTP
 modules (they use none); MTP trains the decoder with the preset's modules.
 
-Shapes. `tiny`: the preset's decoder, batch 4, 40 text states, L = 120 (8 blocks). `1b`: the
+Shapes. `tiny`: the preset's decoder, batch 4, 40 text states, 8 speech blocks. `1b`: the
 widths of `vocalnet-1b` (d 2048, 32 heads, FFN 8192, 6561 units) at reduced depth (pre-NN 1,
 decoder 2, MTP 2 instead of 2, 4, 5: the full MTP model's params, grads and adam moments need
 ~16 GB and its steps tens of seconds on CPU), batch 1, 20 text states, L = 60 (4 blocks); float32
@@ -75,10 +75,11 @@ def loss_fn(objective: str, cfg: SpeechDecoderConfig):
     def causal(params, batch, key):
         b = batch["units"].shape[0]
         tokens = jnp.concatenate([jnp.full((b, 1), cfg.sos_id), batch["units"]], axis=1)  # [SOS] units
-        mask, positions = autoregressive_mask(batch["text_valid"], batch["speech_valid"], batch["streaming"],
-                                              chunk_size=cfg.block_size, text_per_chunk=cfg.text_per_block)
+        mask, positions = autoregressive_mask(cfg.prefix_text(batch["text_valid"]), batch["speech_valid"],
+                                              batch["streaming"], chunk_size=cfg.block_size,
+                                              text_per_chunk=cfg.text_per_block)
         logits, mtp_logits, _ = SpeechDecoder(cfg).apply({"params": params}, batch["text_hidden"], tokens, mask,
-                                                         positions)
+                                                         positions, batch["text_valid"])
         valid = jnp.concatenate([jnp.ones((b, 1), bool), batch["speech_valid"]], axis=1)
         if objective == "ar":
             return ar_loss(logits, tokens, valid)

@@ -144,7 +144,8 @@ def test_vectorised_forward_equals_blockwise_forward():
     from mdm_jax.model.speech_decoder import SpeechDecoder
 
     cfg = SpeechDecoderConfig(
-        num_units=20, d_model=32, num_heads=4, num_kv_heads=2, ffn_dim=64, num_layers=2, mtp_modules=0
+        talker="vocalnet", num_units=20, d_model=32, num_heads=4, num_kv_heads=2, ffn_dim=64, prenn_layers=1,
+        num_layers=2, mtp_modules=0
     )
     bs, tpb, t, n_speech = 4, 2, 6, 10
     text_len, speech_len, streaming = np.array([6, 4]), np.array([10, 7]), np.array([True, False])

@@ -17,7 +17,8 @@ from mdm_jax.diffusion.attention_masks import autoregressive_mask
 from mdm_jax.model.init import random_init
 from mdm_jax.model.speech_decoder import SpeechDecoder
 
-CFG = SpeechDecoderConfig(num_units=40, d_model=64, num_heads=4, num_kv_heads=2, ffn_dim=96, prenn_layers=1,
+CFG = SpeechDecoderConfig(talker="vocalnet",
+                          num_units=40, d_model=64, num_heads=4, num_kv_heads=2, ffn_dim=96, prenn_layers=1,
                           num_layers=2, mtp_modules=2, block_size=5, text_per_block=2)
 MAX = 12
 OFFSET = 256  # > 0: SOS at a fixed RoPE position whatever the text length, as the `tiny` preset trains

@@ -17,7 +17,8 @@ from mdm_jax.model.init import random_init
 from mdm_jax.model.speech_decoder import SpeechDecoder
 from mdm_jax.train.denoiser import denoiser
 
-CFG = SpeechDecoderConfig(num_units=40, d_model=64, num_heads=4, num_kv_heads=2, ffn_dim=96, prenn_layers=1,
+CFG = SpeechDecoderConfig(talker="vocalnet",
+                          num_units=40, d_model=64, num_heads=4, num_kv_heads=2, ffn_dim=96, prenn_layers=1,
                           num_layers=2, mtp_modules=0, block_size=5, text_per_block=2)
 ANCHOR = dataclasses.replace(CFG, talker="anchor", prenn_layers=0)  # 2 anchors per block of 5: text for 3 blocks
 NUM_BLOCKS = 3

@@ -33,7 +33,8 @@ from mdm_jax.train.distill import (
     teacher_counts,
 )
 
-CFG = SpeechDecoderConfig(num_units=40, d_model=64, num_heads=4, num_kv_heads=2, ffn_dim=96, prenn_layers=1,
+CFG = SpeechDecoderConfig(talker="vocalnet",
+                          num_units=40, d_model=64, num_heads=4, num_kv_heads=2, ffn_dim=96, prenn_layers=1,
                           num_layers=2, mtp_modules=0, block_size=5, text_per_block=2)
 
 
@@ -156,7 +157,8 @@ def test_rounds_halve_and_hand_the_student_over():
 
 # --- one short round on a tiny trained model -------------------------------------------------
 
-TINY = SpeechDecoderConfig(num_units=16, d_model=32, num_heads=4, num_kv_heads=2, ffn_dim=64, prenn_layers=1,
+TINY = SpeechDecoderConfig(talker="vocalnet",
+                           num_units=16, d_model=32, num_heads=4, num_kv_heads=2, ffn_dim=64, prenn_layers=1,
                            num_layers=2, mtp_modules=0, block_size=5, text_per_block=2)
 TEXT_LEN, BLOCKS = 4, 2
 

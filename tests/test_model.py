@@ -134,7 +134,8 @@ def test_whole_model_forward_shapes_and_finite(params):
     tokens = jnp.full((2, 6), CFG.speech_decoder.sos_id)
     logits, mtp, states = jitted(model)({"params": params}, mel, ids, tokens)
     assert logits.shape == (2, 6, CFG.speech_decoder.output_vocab) and len(mtp) == 1
-    assert states.shape == (2, 1 + ids.shape[1] + 6, CFG.llm.d_model)
+    text = ids.shape[1] if CFG.speech_decoder.text_in_prefix else 0  # the anchor Talker has no text prefix
+    assert states.shape == (2, 1 + text + 6, CFG.speech_decoder.d_model)
     assert np.isfinite(np.asarray(logits)).all()
 
 

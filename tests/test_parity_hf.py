@@ -159,7 +159,7 @@ def test_speech_decoder_matches_a_transformers_built_vocalnet_talker():
     glued together; glue the same pieces here and compare the whole teacher-forced forward."""
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding
 
-    c = SpeechDecoderConfig(num_units=40, d_model=64, num_heads=4, num_kv_heads=4, ffn_dim=96,
+    c = SpeechDecoderConfig(talker="vocalnet", num_units=40, d_model=64, num_heads=4, num_kv_heads=4, ffn_dim=96,
                             prenn_layers=2, num_layers=2, mtp_modules=2)
     lc = transformers.LlamaConfig(vocab_size=c.output_vocab, hidden_size=64, intermediate_size=96,
                                   num_attention_heads=4, num_key_value_heads=4, rms_norm_eps=c.rms_norm_eps,

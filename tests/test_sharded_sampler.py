@@ -20,7 +20,8 @@ SCRIPT = textwrap.dedent("""
     from mdm_jax.model.sharding import make_mesh
     from mdm_jax.model.speech_decoder import SpeechDecoder
 
-    sd = SpeechDecoderConfig(num_units=40, d_model=64, num_heads=8, num_kv_heads=4, ffn_dim=128, prenn_layers=1,
+    sd = SpeechDecoderConfig(talker="vocalnet",
+                             num_units=40, d_model=64, num_heads=8, num_kv_heads=4, ffn_dim=128, prenn_layers=1,
                              num_layers=2, mtp_modules=0, block_size=5, text_per_block=2)
     cfg = ModelConfig(speech_decoder=sd, sampler=SamplerConfig(denoise_steps=2))
     rng = np.random.default_rng(0)

@@ -64,11 +64,9 @@ def test_streamed_blocks_equal_offline_blocks_only_with_a_fixed_speech_offset(of
 
 @pytest.mark.parametrize("talker", ["vocalnet", "anchor"])
 def test_speech_to_speech_stream_matches_offline_decoding(talker):
-    cfg = get_config("tiny", ["llm.num_layers=2", "encoder.num_layers=1", "speech_decoder.num_layers=1",
-                              "speech_decoder.mtp_modules=0", "speech_decoder.block_size=5",
-                              "speech_decoder.text_per_block=2", "sampler.denoise_steps=2",
-                              f"speech_decoder.talker={talker}",
-                              f"speech_decoder.prenn_layers={int(talker == 'vocalnet')}"])
+    cfg = get_config("tiny" if talker == "anchor" else "tiny-vocalnet", [
+        "llm.num_layers=2", "encoder.num_layers=1", "speech_decoder.num_layers=1", "speech_decoder.mtp_modules=0",
+        "speech_decoder.block_size=5", "speech_decoder.text_per_block=2", "sampler.denoise_steps=2"])
     params = random_params(cfg)
     mel = np.random.default_rng(0).standard_normal((cfg.encoder.num_mel_bins, 100)).astype(np.float32)
     prompt = [1, 3] + [SPEECH_PLACEHOLDER] * 10 + [4]

@@ -102,19 +102,19 @@ class SpeechDecoderConfig:
     The head predicts units + the four specials; MASK is an input-only id.
     """
 
-    talker: str = "vocalnet"
+    talker: str = "anchor"  # the paper's; "vocalnet" is VocalNet's (presets vocalnet-*, tiny-vocalnet)
     num_units: int = 512
     d_model: int = 256  # vocalnet: = LLM width (the text states are fed as they are)
     num_heads: int = 4
     num_kv_heads: int = 4
     ffn_dim: int = 768
-    prenn_layers: int = 1  # vocalnet: causal layers over the text states (anchor: unused, 0)
-    num_layers: int = 2
+    prenn_layers: int = 0  # vocalnet: causal layers over the text states (VocalNet: 2); anchor: none
+    num_layers: int = 4  # the paper's Talker: 4 layers
     mtp_modules: int = 3
     rope_theta: float = 10_000.0
     rms_norm_eps: float = 1e-6
-    block_size: int = 15  # speech tokens per block = one 0.6 s streaming chunk (anchor: 16)
-    text_per_block: int = 5  # text states per speech block: vocalnet's 5 : 15, anchor's Q = 4 : 16
+    block_size: int = 16  # speech tokens per block (the paper's B; VocalNet's streaming chunk: 15 = 0.6 s)
+    text_per_block: int = 4  # text states per speech block: the paper's Q = 4 anchors : 16, VocalNet's 5 : 15
     # 0: SOS right after the real text (VocalNet). > 0: SOS at this RoPE position whatever the text
     # length, which streaming needs: the text length is unknown when the first block is decoded.
     speech_position_offset: int = 0
@@ -230,22 +230,29 @@ QWEN3_8B = LLMConfig(
 
 
 def _vocalnet_decoder(llm: LLMConfig) -> SpeechDecoderConfig:
-    """Published VocalNet talker: width of the LLM, 32 heads (28 for Qwen), FFN 8192, 2 + 4 layers."""
+    """Published VocalNet talker: width of the LLM, 32 heads (28 for Qwen), FFN 8192, 2 + 4 layers,
+    chunks of 15 speech tokens per 5 text states."""
     heads = 32 if llm.d_model % 32 == 0 else llm.num_heads
     return SpeechDecoderConfig(
-        num_units=6561, d_model=llm.d_model, num_heads=heads, num_kv_heads=heads,
-        ffn_dim=8192, prenn_layers=2, num_layers=4, mtp_modules=5,
+        talker="vocalnet", num_units=6561, d_model=llm.d_model, num_heads=heads, num_kv_heads=heads,
+        ffn_dim=8192, prenn_layers=2, num_layers=4, mtp_modules=5, block_size=15, text_per_block=5,
     )
 
 
+# VocalNet-MDM's Talker (4 layers from scratch, B = 16, Q = 4) at a width the paper does not give:
+# ours, 1024 (16 heads, FFN 4096), with VocalNet's 5 MTP modules for the AR-MTP baseline.
+MDM_TALKER = SpeechDecoderConfig(num_units=6561, d_model=1024, num_heads=16, num_kv_heads=16, ffn_dim=4096,
+                                 mtp_modules=5)
+TINY = ModelConfig(name="tiny", encoder=WHISPER_TINY_EN, adaptor=AdaptorConfig(downsample=5, hidden_dim=512),
+                   llm=LLMConfig(), speech_decoder=SpeechDecoderConfig(num_layers=2))
+
+
 PRESETS: dict[str, ModelConfig] = {
-    "tiny": ModelConfig(
-        name="tiny",
-        encoder=WHISPER_TINY_EN,
-        adaptor=AdaptorConfig(downsample=5, hidden_dim=512),
-        llm=LLMConfig(),
-        speech_decoder=SpeechDecoderConfig(speech_position_offset=256),
-    ),
+    "tiny": TINY,  # the anchor Talker, 2 layers: what a CPU demo trains
+    "tiny-vocalnet": dataclasses.replace(  # the ablation: VocalNet's talker (1 pre-NN + 2 layers, 5 : 15)
+        TINY, name="tiny-vocalnet", speech_decoder=SpeechDecoderConfig(
+            talker="vocalnet", prenn_layers=1, num_layers=2, block_size=15, text_per_block=5,
+            speech_position_offset=256)),
     "vocalnet-1b": ModelConfig(
         name="vocalnet-1b", encoder=WHISPER_LARGE_V3, llm=LLAMA_3_2_1B,
         speech_decoder=_vocalnet_decoder(LLAMA_3_2_1B), dtype="bfloat16",
@@ -261,8 +268,7 @@ PRESETS: dict[str, ModelConfig] = {
     # speech decoder: a stand-in until the Talker variant lands (no pre-NN, 16-token blocks)
     "vocalnet-mdm-qwen3-8b": ModelConfig(
         name="vocalnet-mdm-qwen3-8b", encoder=WHISPER_LARGE_V3, llm=QWEN3_8B,
-        speech_decoder=dataclasses.replace(_vocalnet_decoder(QWEN3_8B), prenn_layers=0, block_size=16),
-        dtype="bfloat16", remat=True,
+        speech_decoder=MDM_TALKER, dtype="bfloat16", remat=True,
     ),
 }
 
