@@ -4,6 +4,7 @@ import pytest
 
 from mdm_jax.config.model import PRESETS, ModelConfig, get_config
 from mdm_jax.config.overrides import ConfigError, config_keys
+from mdm_jax.config.train import get_train_config
 from mdm_jax.model.vocalnet import count_params
 
 # Published sizes (Hugging Face model cards / safetensors headers).
@@ -82,6 +83,11 @@ def test_overrides_apply_and_parse_types():
 def test_bad_overrides_raise_clear_errors(override, message):
     with pytest.raises(ConfigError, match=message):
         get_config("tiny", [override])
+
+
+def test_empty_mask_ratio_window_names_the_key():
+    with pytest.raises(ConfigError, match="mask.bernoulli_min=0.9"):
+        get_train_config("tiny", ["mask.bernoulli_min=0.9", "mask.bernoulli_max=0.2"])
 
 
 def test_unknown_preset():

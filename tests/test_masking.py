@@ -111,6 +111,83 @@ def test_unweighted_is_one(strategy):
     np.testing.assert_array_equal(c.weight, 1.0)
 
 
+# --- the paper's: bernoulli and hierarchical ----------------------------------------------
+
+
+def ceil_law(c, lo, hi):
+    """(c + 1,) P(ceil(γ c) = k) for k = 0..c, γ ~ U(lo, hi]."""
+    k = np.arange(c + 1)
+    return np.clip(np.minimum(k / c, hi) - np.maximum((k - 1) / c, lo), 0.0, None) / (hi - lo)
+
+
+def assert_law(samples, p):
+    """samples: ints drawn from the law p (k,), each frequency within 5 binomial sd (exactly 0 where p = 0)."""
+    freq = np.bincount(samples, minlength=p.size) / samples.size
+    assert freq.size == p.size and np.all(np.abs(freq - p) <= 5 * np.sqrt(p * (1 - p) / samples.size)), (freq, p)
+
+
+def test_bernoulli_ratio_per_sequence_and_independent_tokens():
+    b, n = 4096, 40
+    lengths = np.random.default_rng(12).integers(0, n + 1, b)
+    valid = lengths_valid(lengths, n)
+    c = draw("bernoulli", np.zeros((b, n), int), valid)
+    assert not c.is_target[~valid].any()
+    assert np.all(c.weight == c.weight[:, :1])  # one ratio per sequence
+    gamma = 1 / c.weight[:, 0]  # the weight is 1/γ_g
+    assert gamma.min() > 0.3 - 1e-6 and gamma.max() < 0.8 + 1e-6
+    counts = np.histogram(gamma, bins=10, range=(0.3, 0.8))[0]
+    assert np.all(np.abs(counts - b / 10) < 5 * math.sqrt(b / 10)), counts
+    ok = lengths > 0
+    g, v = gamma[ok], lengths[ok]
+    z = (c.is_target.sum(1)[ok] - v * g) / np.sqrt(v * g * (1 - g))  # standardised binomial residual
+    bins = np.digitize(g, np.linspace(0.3, 0.8, 6)[1:-1])
+    for i in range(5):  # the masked fraction follows γ_g over its whole window
+        assert abs(z[bins == i].mean()) < 5 / math.sqrt((bins == i).sum()), i
+    assert abs((z**2).mean() - 1) < 5 * math.sqrt(2 / z.size)  # binomial spread: tokens masked independently
+    unweighted = draw("bernoulli", np.zeros((8, n), int), np.ones((8, n), bool), elbo=False)
+    np.testing.assert_array_equal(unweighted.weight, 1.0)
+
+
+def hierarchical_draw(bs=8, blocks=5, b=8192, **kw):
+    """Rows of every length 0..bs·blocks (fully padded rows, partial last blocks) -> (c, masked count per
+    block (b, blocks), valid tokens per block (b, blocks), weight at each block's first token (b, blocks))."""
+    lengths = np.random.default_rng(13).integers(0, bs * blocks + 1, b)
+    valid = lengths_valid(lengths, bs * blocks)
+    c = draw("hierarchical", np.zeros(valid.shape, int), valid, block_size=bs, **kw)
+    per_block = lambda x: x.reshape(b, blocks, bs)  # noqa: E731
+    return c, per_block(c.is_target).sum(-1), per_block(valid).sum(-1), per_block(c.weight)[..., 0]
+
+
+def test_hierarchical_chooses_ceil_of_block_ratio_blocks_uniformly():
+    c, count, v, _ = hierarchical_draw()
+    chosen = count > 0  # a chosen block has >= 1 target, an unchosen one none
+    assert not np.any(chosen & (v == 0)) and np.all(np.isfinite(c.weight))
+    num_valid_blocks = (v > 0).sum(-1)
+    assert not chosen[num_valid_blocks == 0].any()  # fully padded rows
+    for nb in range(1, 6):  # ceil(γ_c · blocks with a valid token), γ_c ~ U(0.5, 1.0]
+        assert_law(chosen[num_valid_blocks == nb].sum(-1), ceil_law(nb, 0.5, 1.0))
+    full = num_valid_blocks == 5
+    p = (ceil_law(5, 0.5, 1.0) * np.arange(6)).sum() / 5  # every block equally likely to be among them
+    freq = chosen[full].mean(0)
+    assert np.all(np.abs(freq - p) < 5 * math.sqrt(p * (1 - p) / full.sum())), (freq, p)
+
+
+def test_hierarchical_masks_ceil_of_token_ratio_per_chosen_block():
+    bs = 8
+    c, count, v, weight = hierarchical_draw(bs=bs)
+    chosen = count > 0
+    for vi in range(1, bs + 1):  # ceil(γ_t v) >= 1 of v valid tokens, γ_t ~ U(0.3, 1.0]; partial blocks too
+        assert_law(count[chosen & (v == vi)], ceil_law(vi, 0.3, 1.0))
+    np.testing.assert_allclose(weight[chosen], v[chosen] / count[chosen], rtol=1e-6)  # ELBO weight v / count
+    both = chosen[:, 0] & chosen[:, 1] & (v[:, 1] == bs)  # one γ_t per block: counts of a row's blocks uncorrelated
+    assert abs(np.corrcoef(count[both, 0], count[both, 1])[0, 1]) < 0.1
+    tokens = c.is_target.reshape(count.shape + (bs,))[chosen & (v == bs)]  # (blocks, bs)
+    p = (ceil_law(bs, 0.3, 1.0) * np.arange(bs + 1)).sum() / bs  # the masked tokens are uniform over positions
+    assert np.all(np.abs(tokens.mean(0) - p) < 5 * math.sqrt(p * (1 - p) / tokens.shape[0])), tokens.mean(0)
+    _, _, _, unweighted = hierarchical_draw(bs=bs, elbo=False)
+    np.testing.assert_array_equal(unweighted, 1.0)
+
+
 # --- iid and blockwise --------------------------------------------------------------------
 
 

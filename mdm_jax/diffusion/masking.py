@@ -4,6 +4,14 @@ Every strategy maps clean units (b, l) and their valid mask to the same `Corrupt
 a `config.mask.MaskConfig` and the speech decoder's block size and mask id.
 Padding (valid = False) is never masked and never a target; masked tokens are the targets.
 
+The VocalNet-MDM paper's two (`bernoulli` is the default; the others are ablations):
+- `bernoulli` (paper stage 2, "global Bernoulli"): one ratio γ_g ~ U(0.3, 0.8) per sequence, each
+  token masked w.p. γ_g.
+- `hierarchical` (paper stage 3): a fraction γ_c ~ U(0.5, 1.0) of a sequence's blocks is chosen, and
+  a fraction γ_t ~ U(0.3, 1.0) of each chosen block's tokens masked; the other blocks stay clean.
+  Where the paper is silent: exact counts (ceil), one γ_t per chosen block, ratios by `mask.t_sampling`.
+
+Ablations:
 - `iid`: one t per sequence, each token masked w.p. m(t) (LLaDA, TtT).
 - `blockwise`: one t per block of `block_size` tokens (BD3-LM).
 - `sampler_states`: every block is a noised target block of the vectorised [x_t ; x_0] layout; its
@@ -40,6 +48,37 @@ def iid_mask(key, units, valid, cfg: MaskConfig, *, block_size: int, mask_id: in
     t = sample_t(k_t, units.shape[:1], t_min=cfg.t_min, t_max=cfg.t_max, method=cfg.t_sampling)[:, None]
     masked = valid & (jax.random.uniform(k_m, units.shape) < mask_prob(cfg.schedule, t))
     return _corrupt(units, masked, _level_weight(cfg, t, units.shape), mask_id)
+
+
+def bernoulli_mask(key, units, valid, cfg: MaskConfig, *, block_size: int, mask_id: int) -> Corruption:
+    """units, valid: (b, l) -> Corruption; one ratio γ_g ~ U(bernoulli_min, bernoulli_max] per sequence,
+    each valid token masked w.p. γ_g; ELBO weight 1/γ_g."""
+    k_g, k_m = jax.random.split(key)
+    gamma = sample_t(k_g, units.shape[:1], t_min=cfg.bernoulli_min, t_max=cfg.bernoulli_max,
+                     method=cfg.t_sampling)[:, None]
+    masked = valid & (jax.random.uniform(k_m, units.shape) < gamma)
+    return _corrupt(units, masked, _level_weight(cfg, gamma, units.shape, "linear"), mask_id)  # γ_g is m itself
+
+
+def hierarchical_mask(key, units, valid, cfg: MaskConfig, *, block_size: int, mask_id: int) -> Corruption:
+    """units, valid: (b, l) -> Corruption; the paper's hierarchical block-wise masking.
+
+    Of the c blocks of a sequence that hold a valid token, ceil(γ_c c) are chosen uniformly without
+    replacement, γ_c ~ U(block_ratio_min, block_ratio_max]; a chosen block with v valid tokens gets
+    its own γ_t ~ U(token_ratio_min, token_ratio_max] and ceil(γ_t v) ≥ 1 of them masked, uniformly.
+    Unchosen blocks are clean inputs. ELBO weight: v / (masked count), as `sampler_states_mask`.
+    """
+    k_c, k_b, k_t, k_s = jax.random.split(key, 4)
+    v = _blocks(valid, block_size, False).sum(-1)  # (b, blocks)
+    has_valid = v > 0
+    gamma_c = sample_t(k_c, v.shape[:1], t_min=cfg.block_ratio_min, t_max=cfg.block_ratio_max, method=cfg.t_sampling)
+    num_chosen = jnp.ceil(gamma_c * has_valid.sum(-1)).astype(jnp.int32)  # (b,)
+    rank = _rank(jnp.where(has_valid, jax.random.uniform(k_b, v.shape), jnp.inf))  # a uniform order of the blocks
+    chosen = has_valid & (rank < num_chosen[:, None])
+    gamma_t = sample_t(k_t, v.shape, t_min=cfg.token_ratio_min, t_max=cfg.token_ratio_max, method=cfg.t_sampling)
+    count = jnp.where(chosen, jnp.ceil(gamma_t * v), 0).astype(jnp.int32)  # (b, blocks)
+    tiebreak = jax.random.uniform(k_s, units.shape)
+    return mask_least_confident(units, valid, count, tiebreak, tiebreak, cfg, block_size=block_size, mask_id=mask_id)
 
 
 def blockwise_mask(key, units, valid, cfg: MaskConfig, *, block_size: int, mask_id: int) -> Corruption:
@@ -84,9 +123,7 @@ def mask_least_confident(units, valid, count, scores, tiebreak, cfg: MaskConfig,
     ties broken by the lowest `tiebreak` (b, l); ELBO weight as `sampler_states_mask`."""
     bs, length = block_size, units.shape[1]
     v = _blocks(valid, bs, False).sum(-1)  # (b, blocks)
-    ranked = _blocks(jnp.where(valid, scores, jnp.inf), bs, jnp.inf)
-    order = jnp.lexsort((_blocks(tiebreak, bs, jnp.inf), ranked), axis=-1)  # last key primary
-    rank = jnp.argsort(order, axis=-1)  # 0 = least confident
+    rank = _rank(_blocks(jnp.where(valid, scores, jnp.inf), bs, jnp.inf), _blocks(tiebreak, bs, jnp.inf))
     masked = valid & _unblock(rank < count[..., None], length)
     block_weight = v / jnp.maximum(count, 1) if cfg.elbo else jnp.ones_like(v, jnp.float32)
     return _corrupt(units, masked, _per_token(block_weight, bs, length), mask_id)
@@ -130,6 +167,8 @@ def span_mask(key, units, valid, cfg: MaskConfig, *, block_size: int, mask_id: i
 
 
 MASKING = {
+    "bernoulli": bernoulli_mask,
+    "hierarchical": hierarchical_mask,
     "iid": iid_mask,
     "blockwise": blockwise_mask,
     "sampler_states": sampler_states_mask,
@@ -151,9 +190,16 @@ def _corrupt(units, masked, weight, mask_id: int, is_target=None) -> Corruption:
     return Corruption(tokens, masked if is_target is None else is_target, weight.astype(jnp.float32))
 
 
-def _level_weight(cfg: MaskConfig, t, shape):
-    """Per-token weight for level t broadcast to `shape`: ELBO weight m'(t)/m(t), or 1."""
-    return jnp.broadcast_to(elbo_weight(cfg.schedule, t) if cfg.elbo else jnp.ones_like(t), shape)
+def _level_weight(cfg: MaskConfig, t, shape, schedule: str | None = None):
+    """Per-token weight for level t broadcast to `shape`: ELBO weight m'(t)/m(t) of `schedule` (by
+    default `cfg.schedule`), or 1."""
+    return jnp.broadcast_to(elbo_weight(schedule or cfg.schedule, t) if cfg.elbo else jnp.ones_like(t), shape)
+
+
+def _rank(*keys):
+    """keys: arrays (..., k), the primary first -> (..., k) int32 rank of each entry along the last
+    axis, 0 = the lowest; ties broken by the later keys."""
+    return jnp.argsort(jnp.lexsort(keys[::-1], axis=-1), axis=-1)
 
 
 def _blocks(x, block_size: int, fill):
