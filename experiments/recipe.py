@@ -4,7 +4,7 @@
     stage1   speech -> text: adaptor + the whole LLM (tiny has no pretrained LLM to adapt with LoRA)
     states   the frozen encoder + LLM's answer states, computed once (`mdm_jax.train.llm_states`)
     mdm/ar/mtp  stage II speech decoders on the same states (MDM with `masking`)
-    distill  self-distillation rounds from the MDM decoder (student steps S, S/2, ..., 1)
+    distill  self-distillation rounds from the MDM decoder (ours, allocation=schedule: student steps S, ..., 1)
 
 Each stage trains in its own workdir and resumes from its checkpoints if interrupted; a stage
 whose params are exported is reused, after checking it was trained with the same settings.
@@ -106,7 +106,8 @@ def stage_overrides(stage: str, budget: Budget, masking: str = "sampler_states",
                 f"mask.strategy={masking}", f"train_steps={budget.speech_train_steps}",
                 f"optimizer.lr={budget.speech_lr}"]
     if stage == "distill":
-        return [*block, "stage.name=distill", "model.sampler.denoise_steps=1",
+        return [*block, "stage.name=distill", "model.sampler.denoise_steps=1", "distill.allocation=schedule",
+                "distill.alpha=1.0", "distill.temperature=1.0",
                 f"distill.start_denoise_steps={distill.start_for_rounds(budget.distill_rounds)}",
                 f"distill.round_updates={budget.distill_round_updates}",
                 f"train_steps={budget.distill_rounds * budget.distill_round_updates}",

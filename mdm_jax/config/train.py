@@ -128,6 +128,13 @@ class TrainConfig:
               "data.llm_states holds stage II inputs: it cannot train stage.name=text")
         check(self.stage.objective != "mtp" or self.model.speech_decoder.mtp_modules > 0,
               "stage.objective=mtp needs model.speech_decoder.mtp_modules > 0")
+        distilling, strategy = self.stage.name == "distill", self.mask.strategy
+        check(not distilling or self.distill.allocation != "schedule" or strategy == "sampler_states",
+              f"distill.allocation=schedule trains on the S-step sampler's states: it needs "
+              f"mask.strategy=sampler_states, not {strategy!r}")
+        check(not distilling or strategy != "sampler_states_confidence",
+              "distillation masks from the units alone: mask.strategy=sampler_states_confidence needs the "
+              "speech objective's model scores")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)

@@ -1,24 +1,29 @@
-"""Iterative self-distillation through time (SDTT) for the block-diffusion speech decoder: the one
-implementation (loss, teacher, rounds) the trainer, the recipe and the sweeps use.
+"""Self-distillation of the block-diffusion speech decoder: the one implementation (loss, teacher,
+rounds) the trainer, the recipe and the sweeps use. One training example is one student forward
+from a masked state of every block of the vectorised `[x_t ; x_0]` layout; the teacher goes on
+from the same state, committing by the model's own sampler rule (`decode.sampling.commit`), and
+the target for each position masked in x_t is the teacher's distribution at the step that
+committed it. Loss = α · KL_τ(student ‖ target), averaged over those positions, + (1 − α) · CE to
+x_0 over the same positions (`distill.alpha`, `distill.temperature`). Two allocations of the
+teacher's steps (`distill.allocation`):
 
-Round r: the student learns to do in S steps per block what the teacher does in k·S (k =
-`distill.teacher_factor`, 2). One training example is one sampler step. Each block of the
-vectorised `[x_t ; x_0]` layout gets a state the S-step sampler visits (after step j of S, n^S_j
-tokens masked, j uniform); from it the student makes one forward, the teacher runs the k steps of
-its k·S-step sampler that cover the same stretch (n^S_j → n^S_{j+1} masked; midpoints from the
-k·S schedule), committing by the model's own sampler rule (`decode.sampling.commit`). The target
-for each position masked in x_t is the teacher's distribution at the step that committed it, or
-at its last step if it is still masked (left for the student's next step). Loss = reverse
-KL(student ‖ target), averaged over those positions, + lam_ce · CE to x_0.
+even (the paper, default): the state is whatever the run's masking (`TrainConfig.mask`, e.g.
+hierarchical) drew; a frozen teacher reveals each block's R_1 masked tokens in K =
+`distill.teacher_steps` iterations, n_j = ceil(R_j / (K − j + 1)) most confident at iteration j
+(`even_counts`), so every target is set after K. One stage: the student, trained on the teacher's
+K-iteration targets, decodes in 1–2 steps per block.
 
-Why this is "teacher k·S steps, student S steps": the S-step sampler is S applications of one
-step, each from a state of the schedule. Matching the teacher's k-step transition from every
-state the student visits (j uniform, every block at once) makes each student step imitate k
-teacher steps, so S student steps imitate the teacher's k·S (SDTT trains exactly on such
-per-step targets rather than on whole rollouts; errors compound over S instead of k·S steps).
-With k = 1 the target is the teacher's own one-step distribution: a student equal to its teacher
-has loss 0. After a round the student becomes the teacher (`promote`) and S halves: 16 → 8 → 4 →
-2 → 1 (`rounds`); a frozen teacher stays put within a round, an EMA teacher follows the student.
+schedule (ours, SDTT): round r trains the student to do in S steps per block what the teacher
+does in k·S (k = `distill.teacher_factor`, 2). Each block gets a state the S-step sampler visits
+(after step j of S, n^S_j tokens masked, j uniform); the teacher runs the k steps of its k·S-step
+sampler that cover the same stretch (n^S_j → n^S_{j+1}, `teacher_counts`); a position still masked
+after them takes the last step's distribution (left for the student's next step). Matching the
+teacher's k-step transition from every state the student visits makes each student step imitate
+k teacher steps, so S student steps imitate the teacher's k·S (SDTT trains on such per-step
+targets rather than whole rollouts; errors compound over S instead of k·S steps). With k = 1 the
+target is the teacher's own one-step distribution: a student equal to its teacher has loss 0.
+After a round the student becomes the teacher (`promote`) and S halves: 16 → 8 → 4 → 2 → 1
+(`rounds`); a frozen teacher stays put within a round, an EMA teacher follows the student.
 
 Everything is a function of plain pytrees (params, a batch dict) and explicit keys.
 """
@@ -38,7 +43,7 @@ from mdm_jax.config.model import ModelConfig
 from mdm_jax.decode.sampling import commit, speech_only
 from mdm_jax.diffusion.ema import ema_update
 from mdm_jax.diffusion.losses import mdm_loss
-from mdm_jax.diffusion.masking import sampler_states_mask
+from mdm_jax.diffusion.masking import corrupt
 from mdm_jax.diffusion.schedules import step_schedule
 from mdm_jax.train.denoiser import denoiser
 
@@ -81,30 +86,36 @@ def follow(teacher, student, cfg: DistillConfig):
 # --- the loss ----------------------------------------------------------------------------------
 
 
-def distill_loss(student, teacher, batch, key, *, cfg: ModelConfig, distill: DistillConfig, steps: int,
-                 teacher_steps: int | None = None):
-    """Reverse KL(student's one step ‖ teacher's k steps) on every block of the batch, k =
-    teacher_steps / steps (default distill.teacher_factor). batch: as `denoiser`, speech length L
-    a multiple of the block size. Returns (loss, metrics: kl, ce, accuracy, num_targets)."""
+def distill_loss(student, teacher, batch, key, *, cfg: ModelConfig, distill: DistillConfig, mask: MaskConfig,
+                 steps: int = 1):
+    """α · KL_τ(student's one step ‖ teacher's targets) + (1 − α) · CE on every block of the batch.
+
+    batch: as `denoiser`, speech length L a multiple of the block size. mask: the run's masking
+    (even), or sampler_states whose S is set here to `steps`, the round's student steps (schedule).
+    Returns (loss, metrics: kl, ce, accuracy, num_targets).
+    """
     sd = cfg.speech_decoder
-    teacher_steps = distill.teacher_factor * steps if teacher_steps is None else teacher_steps
-    if teacher_steps % steps:
-        raise ValueError(f"teacher steps {teacher_steps} must be a multiple of student steps {steps}")
     if batch["units"].shape[1] % sd.block_size:
         raise ValueError(f"speech length {batch['units'].shape[1]} is not whole blocks of {sd.block_size}")
+    schedule = distill.allocation == "schedule"
+    if schedule and mask.strategy != "sampler_states":
+        raise ValueError(f"distill.allocation=schedule needs mask.strategy=sampler_states, not {mask.strategy!r}")
     k_mask, k_step, k_teacher = jax.random.split(key, 3)
     units, valid = batch["units"], batch["speech_valid"]
-    mask_cfg = MaskConfig(elbo=False, schedule=cfg.sampler.schedule, denoise_steps=steps)
-    noisy = sampler_states_mask(k_mask, units, valid, mask_cfg, block_size=sd.block_size, mask_id=sd.mask_id)
-    counts = teacher_counts(k_step, noisy.is_target, valid, sd.block_size, steps, teacher_steps, cfg.sampler.schedule)
+    if schedule:  # the states the student's S-step sampler visits
+        mask = dataclasses.replace(mask, schedule=cfg.sampler.schedule, denoise_steps=steps)
+    noisy = corrupt(k_mask, units, valid, mask, block_size=sd.block_size, mask_id=sd.mask_id)
+    counts = (teacher_counts(k_step, noisy.is_target, valid, sd.block_size, steps, distill.teacher_factor * steps,
+                             cfg.sampler.schedule) if schedule
+              else even_counts(noisy.is_target, sd.block_size, distill.teacher_steps))
     logits_fn = denoiser(cfg, batch)
     target = lax.stop_gradient(teacher_rollout(lax.stop_gradient(teacher), logits_fn, noisy.tokens, noisy.is_target,
                                                counts, k_teacher, cfg))
     logits = speech_only(logits_fn(student, noisy.tokens), sd)
     on = noisy.is_target.astype(jnp.float32)
-    kl = (reverse_kl(logits, target) * on).sum() / jnp.maximum(1.0, on.sum())
-    ce, metrics = mdm_loss(logits, units, noisy, valid, elbo=False)  # weight 1: mean CE over targets
-    return kl + distill.lam_ce * ce, dict(metrics, kl=kl)
+    kl = (reverse_kl(logits, target, distill.temperature) * on).sum() / jnp.maximum(1.0, on.sum())
+    _, metrics = mdm_loss(logits, units, noisy, valid, elbo=False)  # ce: mean over the KL's positions, weight 1
+    return distill.alpha * kl + (1.0 - distill.alpha) * metrics["ce"], dict(metrics, kl=kl)
 
 
 def teacher_rollout(teacher, logits_fn, x_t, masked, counts, key, cfg: ModelConfig):
@@ -132,11 +143,26 @@ def teacher_rollout(teacher, logits_fn, x_t, masked, counts, key, cfg: ModelConf
     return lax.fori_loop(0, num_steps, step, (x_t, masked, target))[2]
 
 
-def reverse_kl(student_logits, teacher_logits):
-    """KL(p_student ‖ p_teacher) (...) over the last axis, in float32."""
-    log_s = jax.nn.log_softmax(student_logits.astype(jnp.float32), axis=-1)
-    log_t = jax.nn.log_softmax(teacher_logits.astype(jnp.float32), axis=-1)
+def reverse_kl(student_logits, teacher_logits, temperature: float = 1.0):
+    """KL(softmax(s / τ) ‖ softmax(t / τ)) (...) over the last axis, in float32."""
+    # no τ² (Hinton): the paper's loss is α · KL_τ + (1 − α) · L_MDM as written, so α alone sets the balance
+    log_s = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature, axis=-1)
+    log_t = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / temperature, axis=-1)
     return jnp.sum(jnp.exp(log_s) * (log_s - log_t), axis=-1)
+
+
+def even_counts(masked, block_size: int, teacher_steps: int):
+    """masked (b, L) -> (K, b, blocks) tokens each block keeps masked after each of K iterations.
+
+    The paper's even allocation: from R_1 masked tokens, iteration j = 1..K reveals
+    n_j = ceil(R_j / (K − j + 1)) and R_{j+1} = R_j − n_j, so R_{K+1} = 0.
+    """
+    left = rearrange(masked, "b (n s) -> b n s", s=block_size).sum(-1)
+    after = []
+    for j in range(teacher_steps):
+        left = left - -(-left // (teacher_steps - j))  # minus ceil(R_j / (K − j + 1)), j 0-based here
+        after.append(left)
+    return jnp.stack(after)
 
 
 def teacher_counts(key, masked, valid, block_size: int, steps: int, teacher_steps: int, schedule: str):

@@ -172,13 +172,15 @@ def confidence_corruption(params, denoise, batch, cfg: TrainConfig) -> Corruptio
 
 
 def distill_objective(student, teacher, batch, key, cfg: TrainConfig, steps: int):
-    """One SDTT round's loss: the student's one step against the teacher's two (per data shard noise)."""
+    """The self-distillation loss (`cfg.distill`: even allocation from `cfg.mask`'s states, or the
+    schedule round's `steps`), noise drawn per data shard."""
     try:
         key = jax.random.fold_in(key, lax.axis_index(DATA))
     except NameError:
         pass
-    loss, m = distill.distill_loss(student, teacher, batch, key, cfg=cfg.model, distill=cfg.distill, steps=steps)
+    loss, m = distill.distill_loss(student, teacher, batch, key, cfg=cfg.model, distill=cfg.distill, mask=cfg.mask,
+                                   steps=steps)
     n = m["num_targets"]
     loss = data_mean(loss, n)
-    return loss, {"distill/loss": loss, "distill/kl": data_mean(m["kl"], n),
+    return loss, {"distill/loss": loss, "distill/kl": data_mean(m["kl"], n), "distill/ce": data_mean(m["ce"], n),
                   "distill/accuracy": data_mean(m["accuracy"], n), "distill/steps": jnp.float32(steps)}
