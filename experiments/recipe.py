@@ -1,10 +1,12 @@
-"""The training recipe behind the demo and the sweeps, on the embedded corpus and the `tiny` preset:
+"""The training recipe behind the demo and the sweeps, on the embedded corpus and the `tiny` preset
+(the anchor Talker), following the paper's curriculum:
 
     init     random tiny + Whisper tiny.en's encoder (frozen everywhere)
     stage1   speech -> text: adaptor + the whole LLM (tiny has no pretrained LLM to adapt with LoRA)
     states   the frozen encoder + LLM's answer states, computed once (`mdm_jax.train.llm_states`)
-    mdm/ar/mtp  stage II speech decoders on the same states (MDM with `masking`)
-    distill  self-distillation rounds from the MDM decoder (ours, allocation=schedule: student steps S, ..., 1)
+    mdm/ar/mtp  stage II Talkers on the same states (MDM under the paper's global Bernoulli masking)
+    distill  the paper's self-distillation from the stage II MDM Talker (frozen teacher, K = 4 even
+             allocation, alpha 0.7, tau 2) under hierarchical masking; or ours (SDTT rounds, `sdtt_rounds`)
 
 Each stage trains in its own workdir and resumes from its checkpoints if interrupted; a stage
 whose params are exported is reused, after checking it was trained with the same settings.
@@ -47,8 +49,7 @@ class Budget:
     stage1_lr: float = 2e-3
     speech_train_steps: int = 250  # each stage II decoder
     speech_lr: float = 2e-3
-    distill_rounds: int = 2  # student steps 2^(rounds-1), ..., 2, 1 per block
-    distill_round_updates: int = 80
+    distill_updates: int = 160  # the distillation stage (SDTT: split evenly over its rounds)
     token2wav_train_steps: int = 600  # flow-matching token2wav
     eval_dialogues: int = 20  # held-out test dialogues evaluated
     max_blocks: int = 8  # speech blocks decoded per answer (8 x 0.6 s)
@@ -56,7 +57,7 @@ class Budget:
 
 FULL = Budget()
 QUICK = Budget(corpus_n=24, units=64, voices_per_dialogue=1, batch_size=8, stage1_train_steps=30,
-               speech_train_steps=20, distill_round_updates=8, token2wav_train_steps=60, eval_dialogues=3,
+               speech_train_steps=20, distill_updates=16, token2wav_train_steps=60, eval_dialogues=3,
                max_blocks=4)
 
 
@@ -92,26 +93,31 @@ def data_overrides(corpus_dir: str, budget: Budget) -> list[str]:
             f"data.batch_size={budget.batch_size}", "data.pad_multiple=64", "log_every=10"]
 
 
-def stage_overrides(stage: str, budget: Budget, masking: str = "sampler_states",
-                    block_size: int | None = None) -> list[str]:
-    """The overrides of one stage (model and data keys excluded). The decoder stages write their
-    sampler into the exported model config: AR and MTP decode as they trained, a distilled decoder
-    in one step per block."""
+def stage_overrides(stage: str, budget: Budget, masking: str | None = None, block_size: int | None = None,
+                    alpha: float = 0.7, sdtt_rounds: int = 0) -> list[str]:
+    """The overrides of one stage (model and data keys excluded): `masking` of the MDM stage
+    (default the paper's bernoulli) or of the distillation (default hierarchical); `alpha` of the
+    paper's distillation, or `sdtt_rounds` > 0 for ours. The decoder stages write their sampler
+    into the exported model config: AR and MTP decode as they trained, a distilled decoder in one
+    step per block."""
     block = [f"model.speech_decoder.block_size={block_size}"] if block_size else []
     if stage == "stage1":
         return ["stage.name=text", "stage.train_llm=true", f"train_steps={budget.stage1_train_steps}",
                 f"optimizer.lr={budget.stage1_lr}"]
     if stage in ("mdm", "ar", "mtp"):
         return [*block, "stage.name=speech", f"stage.objective={stage}", f"model.sampler.method={stage}",
-                f"mask.strategy={masking}", f"train_steps={budget.speech_train_steps}",
+                f"mask.strategy={masking or 'bernoulli'}", f"train_steps={budget.speech_train_steps}",
                 f"optimizer.lr={budget.speech_lr}"]
     if stage == "distill":
-        return [*block, "stage.name=distill", "model.sampler.denoise_steps=1", "distill.allocation=schedule",
-                "distill.alpha=1.0", "distill.temperature=1.0",
-                f"distill.start_denoise_steps={distill.start_for_rounds(budget.distill_rounds)}",
-                f"distill.round_updates={budget.distill_round_updates}",
-                f"train_steps={budget.distill_rounds * budget.distill_round_updates}",
-                f"optimizer.lr={budget.speech_lr / 4}", "optimizer.warmup=0.0"]
+        common = [*block, "stage.name=distill", "model.sampler.denoise_steps=1",
+                  f"train_steps={budget.distill_updates}",
+                  f"optimizer.lr={budget.speech_lr / 4}", "optimizer.warmup=0.0"]
+        if sdtt_rounds:  # ours: the student halves its steps every round, on the sampler's own states
+            return common + ["mask.strategy=sampler_states", "distill.allocation=schedule", "distill.alpha=1.0",
+                             "distill.temperature=1.0",
+                             f"distill.start_denoise_steps={distill.start_for_rounds(sdtt_rounds)}",
+                             f"distill.round_updates={-(-budget.distill_updates // sdtt_rounds)}"]
+        return common + [f"mask.strategy={masking or 'hierarchical'}", f"distill.alpha={alpha}"]
     raise ValueError(f"unknown stage {stage!r}")
 
 

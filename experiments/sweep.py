@@ -1,12 +1,14 @@
-"""Stage II ablation sweeps: masking strategy x block size x distillation rounds, each decoder evaluated
-at several sampler steps per block on held-out spoken questions (the demo's protocol).
+"""Stage II ablation sweeps: masking strategy x block size x distillation, each Talker evaluated at
+several sampler steps per block on held-out spoken questions (the demo's protocol).
 
-    python -m experiments.sweep --grid experiments/grids/masking.py --out runs/sweep [--quick]
+    python -m experiments.sweep --grid experiments/grids/paper_ablations.py --out runs/sweep [--quick]
         [--corpus DIR] [--stage1 PARAMS_DIR [--llm-states FILE]] [--eval-dialogues N] [--answers reference]
 
-The grid file is plain Python defining MASKING, DENOISE_STEPS, BLOCK_SIZE, DISTILL_ROUNDS (sequences) and
-AR_REFERENCE (bool): see experiments/grids/masking.py. Every decoder trains in its own workdir
-named by its settings (OUT/mdm-<masking>-b<B>, OUT/mdm-<masking>-b<B>-distill<r>, OUT/ar-b<B>)
+The grid file is plain Python defining MASKING, DENOISE_STEPS, BLOCK_SIZE (sequences) and optionally
+DISTILL ((masking, alpha) pairs: the paper's distillation), DISTILL_FROM (the stage II maskings
+distilled), DISTILL_ROUNDS (ours, SDTT) and AR_REFERENCE (bool): see experiments/grids/. Every
+Talker trains in its own workdir named by its settings (OUT/mdm-<masking>-b<B>,
+OUT/mdm-<masking>-b<B>-distill-<masking>-a<alpha>, OUT/mdm-<masking>-b<B>-sdtt<r>, OUT/ar-b<B>)
 through `recipe.run_stage`, so a rerun resumes or reuses it; its evaluated rows are kept there
 (eval_rows.jsonl) and not recomputed. `--stage1` starts from an existing stage I (e.g. a demo's
 OUT/stage1/params, whatever its block size) instead of training one; `--llm-states` reuses that
@@ -48,16 +50,18 @@ from mdm_jax.config.train import get_train_config
 from mdm_jax.convert.params_io import load_params
 from mdm_jax.eval.metrics import decode_speech, speech_wer, text_accuracy, unit_accuracy
 
-COLUMNS = ("decoder", "method", "masking", "block_size", "distill_rounds", "denoise_steps", "unit_accuracy",
+COLUMNS = ("decoder", "method", "masking", "block_size", "distillation", "denoise_steps", "unit_accuracy",
            "length_ratio", "wer", "tokens_per_s", "first_chunk_s", "speedup_vs_ar", "eval_dialogues", "answers")
 
 
 @dataclasses.dataclass(frozen=True)
 class Grid:
-    masking: tuple[str, ...]
-    denoise_steps: tuple[int, ...]
+    masking: tuple[str, ...]  # stage II masking of each MDM Talker
+    denoise_steps: tuple[int, ...]  # an evaluation axis
     block_size: tuple[int, ...]
-    distill_rounds: tuple[int, ...]
+    distill: tuple[tuple[str, float], ...] = ()  # the paper's distillation: (its masking, alpha) per variant
+    distill_from: tuple[str, ...] = ()  # the stage II maskings whose Talkers are distilled (empty: all)
+    distill_rounds: tuple[int, ...] = (0,)  # ours (SDTT) with r > 0 rounds; 0: the stage II Talker itself
     ar_reference: bool = True
 
 
@@ -71,31 +75,40 @@ def load_grid(path: str) -> Grid:
         grid = Grid(**{k: v if isinstance(v, bool) else tuple(v) for k, v in names.items()})
     except TypeError as e:
         raise ConfigError(f"{path}: {e}") from None
-    unknown = set(grid.masking) - set(STRATEGIES)
+    unknown = (set(grid.masking) | {m for m, _ in grid.distill} | set(grid.distill_from)) - set(STRATEGIES)
     if unknown:  # fail before hours of training, not at the first step of that decoder
-        raise ConfigError(f"{path}: unknown MASKING {sorted(unknown)}")
+        raise ConfigError(f"{path}: unknown masking {sorted(unknown)}")
     return grid
 
 
 @dataclasses.dataclass(frozen=True)
 class Decoder:
-    """One trained speech decoder of the sweep: AR, or MDM with `masking`, distilled `distill_rounds` rounds."""
+    """One trained Talker of the sweep: AR, or MDM trained with `masking`, then possibly distilled: the
+    paper's way (`distill_masking`, `alpha`) or ours (`distill_rounds` SDTT rounds)."""
 
     method: str  # ar | mdm
     block_size: int
     masking: str = ""
     distill_rounds: int = 0
+    distill_masking: str = ""
+    alpha: float = 0.0
 
     @property
     def name(self) -> str:  # its workdir under OUT
         if self.method == "ar":
             return f"ar-b{self.block_size}"
-        distilled = f"-distill{self.distill_rounds}" if self.distill_rounds else ""
-        return f"mdm-{self.masking}-b{self.block_size}{distilled}"
+        return f"mdm-{self.masking}-b{self.block_size}{self.distillation and '-' + self.distillation}"
 
     @property
-    def teacher(self) -> Decoder:  # the MDM decoder a distilled one starts from
-        return dataclasses.replace(self, distill_rounds=0)
+    def distillation(self) -> str:
+        """'' (the stage II Talker), 'sdtt<r>' or 'distill-<masking>-a<alpha>'."""
+        if self.distill_rounds:
+            return f"sdtt{self.distill_rounds}"
+        return f"distill-{self.distill_masking}-a{self.alpha:g}" if self.distill_masking else ""
+
+    @property
+    def teacher(self) -> Decoder:  # the stage II Talker a distilled one starts from
+        return dataclasses.replace(self, distill_rounds=0, distill_masking="", alpha=0.0)
 
 
 def decoders(grid: Grid, default_block: int) -> list[Decoder]:
@@ -103,15 +116,19 @@ def decoders(grid: Grid, default_block: int) -> list[Decoder]:
     out = [Decoder("ar", default_block)] if grid.ar_reference else []
     for block in grid.block_size:
         for masking in grid.masking:
-            out += [Decoder("mdm", block, masking, r) for r in sorted(set(grid.distill_rounds) | {0})]
+            out.append(Decoder("mdm", block, masking))
+            if masking in (grid.distill_from or grid.masking):
+                out += [Decoder("mdm", block, masking, r) for r in sorted(set(grid.distill_rounds) - {0})]
+                out += [Decoder("mdm", block, masking, distill_masking=m, alpha=a) for m, a in grid.distill]
     return out
 
 
 def evaluated(grid: Grid, todo: list[Decoder]) -> list[tuple[Decoder, SamplerConfig]]:
-    """The rows: AR once, every MDM decoder of the grid's rounds at every denoising steps value."""
+    """The rows: AR once, every MDM decoder (stage II ones if 0 is among the grid's rounds) at every
+    denoising steps value."""
+    keep = lambda d: d.method == "ar" or d.distill_masking or d.distill_rounds in grid.distill_rounds  # noqa: E731
     return [(d, SamplerConfig(method="ar")) if d.method == "ar" else (d, SamplerConfig(denoise_steps=s))
-            for d in todo if d.method == "ar" or d.distill_rounds in grid.distill_rounds
-            for s in ((None,) if d.method == "ar" else grid.denoise_steps)]
+            for d in todo if keep(d) for s in ((None,) if d.method == "ar" else grid.denoise_steps)]
 
 
 def train(todo: list[Decoder], out: Path, base: list[str], budget: recipe.Budget, stage1: str,
@@ -121,9 +138,10 @@ def train(todo: list[Decoder], out: Path, base: list[str], budget: recipe.Budget
     for d in tqdm(todo, desc="sweep: train", unit="decoder"):
         if d.method == "ar":
             stage, init = recipe.stage_overrides("ar", budget), stage1
-        elif d.distill_rounds:
-            rounds = dataclasses.replace(budget, distill_rounds=d.distill_rounds)
-            stage, init = recipe.stage_overrides("distill", rounds, block_size=d.block_size), exported[d.teacher]
+        elif d.distillation:
+            stage = recipe.stage_overrides("distill", budget, masking=d.distill_masking or None,
+                                           block_size=d.block_size, alpha=d.alpha, sdtt_rounds=d.distill_rounds)
+            init = exported[d.teacher]
         else:  # stage I's params serve any block size: it changes how the decoder runs, not its params
             stage, init = recipe.stage_overrides("mdm", budget, masking=d.masking, block_size=d.block_size), stage1
         exported[d] = recipe.run_stage(str(out / d.name), base + stage + [f"init_from={init}"], log=log)
@@ -165,7 +183,7 @@ def evaluate(out: Path, corpus_dir: str, corpus: dict, stage1: str, trained: dic
         block = dec_cfg.speech_decoder.block_size
         speech = decode_speech(dec, dec_cfg, hiddens, max_blocks=-(-max_tokens // block))
         row = {"decoder": d.name, "method": d.method, "masking": d.masking, "block_size": block,
-               "distill_rounds": d.distill_rounds, "denoise_steps": steps,
+               "distillation": d.distillation, "denoise_steps": steps,
                **unit_accuracy(speech["units"], ref_units), "wer": speech_wer(speech["units"], references, t2w)["wer"],
                "tokens_per_s": speech["tokens_per_s"], "first_chunk_s": speech["first_chunk_s"],
                "eval_dialogues": eval_dialogues, "answers": answers}
@@ -193,11 +211,11 @@ def markdown(rows: list[dict], header: dict) -> str:
     lines = [f"Held-out test dialogues: {header['eval_dialogues']}, device: {header['device']}, budget: "
              f"{header['budget']}, wall time of this invocation {header['wall_s'] / 60:.1f} min. Speech decoded "
              f"from {source}. WER of resynthesised reference units (ceiling): {header['reference_units_wer']:.3f}.", "",
-             "| decoder | masking | block | distill rounds | denoising steps | unit acc | length ratio | WER | "
+             "| decoder | masking | block | distillation | denoising steps | unit acc | length ratio | WER | "
              "tokens/s | speed-up vs AR |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         speedup = "-" if r["speedup_vs_ar"] is None else f"{r['speedup_vs_ar']:.2f}x"
-        lines.append(f"| {r['method']} | {r['masking'] or '-'} | {r['block_size']} | {r['distill_rounds']} | "
+        lines.append(f"| {r['method']} | {r['masking'] or '-'} | {r['block_size']} | {r['distillation'] or '-'} | "
                      f"{r['denoise_steps'] or '-'} | {r['unit_accuracy']:.3f} | {r['length_ratio']:.2f} | "
                      f"{r['wer']:.3f} | {r['tokens_per_s']:.0f} | {speedup} |")
     return "\n".join(lines) + "\n"
@@ -209,8 +227,9 @@ def plot(rows: list[dict], header: dict, out: Path):
     ar = [r for r in rows if r["method"] == "ar"]
     strategies = sorted({r["masking"] for r in mdm})
     color = {s: f"C{i}" for i, s in enumerate(strategies)}
-    rounds = sorted({r["distill_rounds"] for r in mdm})
-    style = dict(zip(rounds, ("-", "--", ":", "-.")))
+    variants = sorted({r["distillation"] for r in mdm})  # '' (stage II) first
+    style = {v: ("-", "--", ":", "-.", (0, (5, 1)), (0, (1, 3)))[i % 6] for i, v in enumerate(variants)}
+    marker = {v: "os^Dvp"[i % 6] for i, v in enumerate(variants)}
     blocks = sorted({r["block_size"] for r in mdm})
     metrics = (("unit_accuracy", "unit accuracy (higher is better)"), ("wer", "WER (lower is better)"))
     fig = Figure(figsize=(5 * len(blocks), 7))  # no pyplot: no GUI backend, no global figure state
@@ -219,10 +238,12 @@ def plot(rows: list[dict], header: dict, out: Path):
         for row, (metric, name) in enumerate(metrics):
             ax = axes[row, col]
             for s in strategies:
-                for r in rounds:
+                for v in variants:
                     line = sorted((x["denoise_steps"], x[metric]) for x in mdm
-                                  if (x["masking"], x["distill_rounds"], x["block_size"]) == (s, r, block))
-                    ax.plot(*zip(*line), style[r], marker="o", color=color[s], label=f"{s}, {r} rounds")
+                                  if (x["masking"], x["distillation"], x["block_size"]) == (s, v, block))
+                    if line:
+                        ax.plot(*zip(*line), linestyle=style[v], marker=marker[v], color=color[s],
+                                label=f"{s}, {v or 'stage II'}")
             for x in ar:
                 ax.axhline(x[metric], color="gray", lw=1, ls="--", label="AR")
             if metric == "wer":
@@ -243,7 +264,7 @@ def plot(rows: list[dict], header: dict, out: Path):
     ax = fig.subplots()
     for r in rows:
         c = "gray" if r["method"] == "ar" else color[r["masking"]]
-        ax.scatter(r[speed], r["unit_accuracy"], color=c, marker="os^D"[r["distill_rounds"] % 4], s=30)
+        ax.scatter(r[speed], r["unit_accuracy"], color=c, marker=marker.get(r["distillation"], "x"), s=30)
     for s in strategies:
         ax.scatter([], [], color=color[s], label=s)
     frontier, best = [], -np.inf  # points no faster point beats on quality, fastest first
@@ -253,12 +274,13 @@ def plot(rows: list[dict], header: dict, out: Path):
             best = r["unit_accuracy"]
     ax.plot([r[speed] for r in frontier], [r["unit_accuracy"] for r in frontier], "k-", lw=1, label="frontier")
     for r in frontier:
-        label = "AR" if r["method"] == "ar" else f"S={r['denoise_steps']} B={r['block_size']} r={r['distill_rounds']}"
+        label = "AR" if r["method"] == "ar" else f"S={r['denoise_steps']} B={r['block_size']} {r['distillation']}"
         ax.annotate(label, (r[speed], r["unit_accuracy"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_xscale("log")
     ax.set_xlabel("speech tokens/s vs AR (same run)" if ar else "speech tokens/s")
     ax.set_ylabel("unit accuracy")
-    ax.set_title("speed vs quality (marker: distillation rounds 0 o, 1 s, 2 ^, 3 D)", fontsize=9)
+    ax.set_title("speed vs quality (marker: " + ", ".join(f"{v or 'stage II'} {marker[v]}" for v in variants) + ")",
+                 fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -52,8 +52,8 @@ def sdtt(**kw) -> DistillConfig:
     return DistillConfig(allocation="schedule", alpha=1.0, temperature=1.0, **kw)
 
 
-STATES = MaskConfig(elbo=False)  # sampler_states; the schedule allocation sets its S to the round's steps
-FULL = MaskConfig(denoise_steps=1)  # sampler_states with S = 1: every block fully masked
+STATES = MaskConfig("sampler_states", elbo=False)  # the schedule allocation sets its S to the round's steps
+FULL = MaskConfig("sampler_states", denoise_steps=1)  # S = 1: every block fully masked
 
 
 def init_params(cfg, seed, std=0.02):
@@ -213,9 +213,9 @@ def test_the_paper_loss_mixes_alpha_kl_and_one_minus_alpha_ce(two_models):
     masking: loss = 0.7 kl + 0.3 ce from its metrics; alpha changes neither term."""
     student, teacher = two_models
     batch = random_batch(2, blocks=3, speech_len=12)
-    blockwise = MaskConfig(strategy="blockwise", elbo=False, t_min=0.3)
+    hierarchical = MaskConfig(strategy="hierarchical", elbo=False)
     objective = jax.jit(lambda s, t, alpha: distill_objective(s, t, batch, jax.random.key(3), TrainConfig(
-        model=model(CFG), stage=StageConfig(name="distill"), mask=blockwise, distill=DistillConfig(alpha=alpha)),
+        model=model(CFG), stage=StageConfig(name="distill"), mask=hierarchical, distill=DistillConfig(alpha=alpha)),
         steps=1), static_argnames="alpha")
     loss, m = objective(student, teacher, 0.7)
     assert m["distill/kl"] > 1e-3 and m["distill/ce"] > 1.0
@@ -242,7 +242,8 @@ def test_config_defaults_are_the_paper_and_bad_combinations_are_config_errors():
     assert (cfg.distill.allocation, cfg.distill.teacher_steps, cfg.distill.alpha, cfg.distill.temperature,
             cfg.distill.teacher, rounds(cfg.distill)) == ("even", 4, 0.7, 2.0, "frozen", (1,))
     get_train_config("tiny", ["stage.name=distill", "mask.strategy=blockwise"])  # even: any masking of the units
-    get_train_config("tiny", ["stage.name=distill", "distill.allocation=schedule", "distill.start_denoise_steps=8"])
+    get_train_config("tiny", ["stage.name=distill", "distill.allocation=schedule", "distill.start_denoise_steps=8",
+                              "mask.strategy=sampler_states"])
     get_train_config("tiny", ["mask.strategy=iid", "distill.allocation=schedule"])  # not distilling: not checked
     for bad in (["distill.start_denoise_steps=2"], ["distill.allocation=sdtt"], ["distill.alpha=1.5"],
                 ["distill.temperature=0"], ["distill.teacher_steps=0"],
@@ -349,20 +350,20 @@ def test_one_round_brings_the_student_closer_to_the_two_step_teacher(tiny_teache
 
 
 def test_one_round_with_the_paper_defaults_brings_the_1_step_student_to_the_4_iteration_targets(tiny_teacher):
-    """Even allocation, K = 4, alpha 0.7, tau 2, frozen teacher, blocks masked at a level in [0.3, 1]
-    (a stand-in for the paper's hierarchical masking). Held out: KL(student's one step ‖ the
-    teacher's 4-iteration targets) at tau 1 from fully masked blocks, the 1-step student's state."""
+    """Even allocation, K = 4, alpha 0.7, tau 2, frozen teacher, the paper's hierarchical masking.
+    Held out: KL(student's one step ‖ the teacher's 4-iteration targets) at tau 1 from fully masked
+    blocks, the 1-step student's state."""
     teacher, batches, held_out = tiny_teacher
     t1 = time.perf_counter()
     cfg, updates = DistillConfig(), 60
     frozen = promote(teacher)
-    blockwise = MaskConfig(strategy="blockwise", elbo=False, t_min=0.3)
+    hierarchical = MaskConfig(strategy="hierarchical", elbo=False)
     held_out_kl = jax.jit(lambda s: distill_loss(s, frozen, held_out, jax.random.key(0), cfg=model(TINY),
                                                  distill=DistillConfig(alpha=1.0, temperature=1.0), mask=FULL)[1]["kl"])
     kl_before = float(held_out_kl(teacher))
 
     def paper_loss(student, batch, key):
-        return distill_loss(student, frozen, batch, key, cfg=model(TINY), distill=cfg, mask=blockwise)
+        return distill_loss(student, frozen, batch, key, cfg=model(TINY), distill=cfg, mask=hierarchical)
 
     student, distill_final = train(teacher, paper_loss, batches, updates, 1e-3)
     kl_after = float(held_out_kl(student))

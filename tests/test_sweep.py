@@ -1,5 +1,6 @@
-"""`python -m experiments.sweep`: the grid's plan of decoders and rows, and a 2-point quick sweep that
-starts from the shared quick demo run's stage I and LLM states."""
+"""`python -m experiments.sweep`: the grids' plans of Talkers and rows, and a 2-point version of the
+paper's ablations (a stage 2 Talker and its distillation) that starts from the shared quick demo
+run's stage I and LLM states."""
 
 import csv
 import math
@@ -11,30 +12,41 @@ from experiments import sweep
 from mdm_jax.config.overrides import ConfigError
 
 GRID_2 = """
-MASKING = ("iid", "sampler_states")
+MASKING = ("bernoulli",)
 DENOISE_STEPS = (1,)
-BLOCK_SIZE = (15,)
-DISTILL_ROUNDS = (0,)
+BLOCK_SIZE = (16,)
+DISTILL = (("hierarchical", 0.7),)
 AR_REFERENCE = False
 """
 
 
 def test_masking_grid_plan():
     grid = sweep.load_grid("experiments/grids/masking.py")
-    todo = sweep.decoders(grid, 15)
-    assert len(todo) == 1 + 4 * 3 * 4 and todo[0].name == "ar-b15"
+    todo = sweep.decoders(grid, 16)
+    assert len(todo) == 1 + 6 * 3 * (1 + 1 + 3) and todo[0].name == "ar-b16"  # stage II, paper's, 3 SDTT
     assert len({d.name for d in todo}) == len(todo)
     for i, d in enumerate(todo):  # every distilled decoder comes after the MDM decoder it starts from
-        assert not d.distill_rounds or d.teacher in todo[:i]
-    assert len(sweep.evaluated(grid, todo)) == 1 + 4 * 3 * 4 * 5
+        assert not d.distillation or d.teacher in todo[:i]
+    assert len(sweep.evaluated(grid, todo)) == 1 + 6 * 3 * 5 * 5
+
+
+def test_paper_ablations_grid_plan():
+    grid = sweep.load_grid("experiments/grids/paper_ablations.py")
+    todo = sweep.decoders(grid, 16)
+    assert [d.name for d in todo] == [
+        "ar-b16", "mdm-bernoulli-b16", "mdm-bernoulli-b16-distill-hierarchical-a0",
+        "mdm-bernoulli-b16-distill-hierarchical-a0.7", "mdm-bernoulli-b16-distill-hierarchical-a0.9",
+        "mdm-bernoulli-b16-distill-bernoulli-a0.7", "mdm-hierarchical-b16"]
+    assert all(d.teacher.name == "mdm-bernoulli-b16" for d in todo if d.distillation)
+    assert len(sweep.evaluated(grid, todo)) == 1 + 6 * 5
 
 
 def test_grid_typos_fail_before_training(tmp_path):
     (tmp_path / "bad.py").write_text(GRID_2.replace("DENOISE_STEPS", "STEPS"))
     with pytest.raises(ConfigError, match="STEP"):
         sweep.load_grid(str(tmp_path / "bad.py"))
-    (tmp_path / "bad.py").write_text(GRID_2.replace('"iid"', '"idd"'))
-    with pytest.raises(ConfigError, match="idd"):
+    (tmp_path / "bad.py").write_text(GRID_2.replace('"hierarchical"', '"hierarchichal"'))
+    with pytest.raises(ConfigError, match="hierarchichal"):
         sweep.load_grid(str(tmp_path / "bad.py"))
 
 
@@ -46,8 +58,8 @@ def test_quick_sweep_writes_results_and_plots(demo_run, tmp_path):
     sweep.main(["--grid", str(tmp_path / "grid.py"), "--out", str(out), "--quick", "--corpus", str(demo_run / "corpus"),
                 "--stage1", str(demo_run / "stage1" / "params"), "--llm-states", str(demo_run / "llm_states.npz")])
     rows = list(csv.DictReader((out / "results.csv").open()))
-    assert [(r["masking"], r["denoise_steps"], r["block_size"]) for r in rows] == [
-        ("iid", "1", "15"), ("sampler_states", "1", "15")]
+    assert [(r["masking"], r["distillation"], r["denoise_steps"], r["block_size"]) for r in rows] == [
+        ("bernoulli", "", "1", "16"), ("bernoulli", "distill-hierarchical-a0.7", "1", "16")]
     for r in rows:
         assert 0 <= float(r["unit_accuracy"]) <= 1 and float(r["length_ratio"]) >= 0 and float(r["wer"]) >= 0
         assert float(r["tokens_per_s"]) > 0 and float(r["first_chunk_s"]) > 0

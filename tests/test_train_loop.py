@@ -80,6 +80,7 @@ def test_nonfinite_updates_are_skipped_counted_and_stop_the_run(tmp_path):
 
 def test_distillation_rounds_halve_the_steps_and_promote_the_student(tmp_path):
     cfg = get_train_config("tiny", SMALL + ["stage.name=distill", "distill.allocation=schedule",
+                                            "mask.strategy=sampler_states",
                                             "distill.start_denoise_steps=2", "train_steps=3",
                                             "distill.round_updates=1", "checkpoint.every=1", "log_every=1"])
     train(cfg, str(tmp_path), log=lambda *_: None)
