@@ -81,6 +81,7 @@ def evaluate(out: Path, corpus_dir: str, corpus: dict, stages: dict[str, str], b
     baseline = speech_wer(ref_units, references, fit_token2wav(corpus_dir, corpus, str(out / "token2wav_centroid.npz")))
     log("training token2wav (flow matching to the mel)")
     t2w = fit_flow_token2wav(corpus_dir, corpus, str(out / "token2wav.msgpack"), budget.token2wav_train_steps,
+                             cfg.speech_decoder.block_size,
                              small=budget is recipe.QUICK)
     reference = speech_wer(ref_units, references, t2w)  # the ceiling of every row below
     spoken = [i for i, t in enumerate(texts) if normalize(t)]  # answers a WER can be measured against
@@ -177,6 +178,23 @@ def plot(report: dict, path: Path):
     fig.savefig(path, dpi=120)
 
 
+def train_stages(out: Path, corpus_dir: str, corpus: dict, budget: recipe.Budget, timed) -> dict[str, str]:
+    """Every stage of the recipe in OUT/<stage> (trained, resumed or reused); -> stage -> params folder.
+    `timed(name, fn, *args)` runs fn(*args) and records its seconds."""
+    base = recipe.model_overrides(corpus) + recipe.data_overrides(corpus_dir, budget)
+    init = timed("init", recipe.initial_params, str(out / "init"), base)
+    stages = {"stage1": timed("stage1", recipe.run_stage, str(out / "stage1"),
+                              base + recipe.stage_overrides("stage1", budget) + [f"init_from={init}"])}
+    states = timed("llm_states", recipe.llm_states, str(out / "llm_states.npz"), stages["stage1"], base)
+    decoder = base + [f"data.llm_states={states}"]
+    for name in ("mdm", "ar", "mtp"):
+        stages[name] = timed(name, recipe.run_stage, str(out / name),
+                             decoder + recipe.stage_overrides(name, budget) + [f"init_from={stages['stage1']}"])
+    stages["distill"] = timed("distill", recipe.run_stage, str(out / "distill"),
+                              decoder + recipe.stage_overrides("distill", budget) + [f"init_from={stages['mdm']}"])
+    return stages
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/demo")
@@ -197,17 +215,7 @@ def main(argv=None):
         return result
 
     corpus = timed("corpus", recipe.prepare_corpus, corpus_dir, budget)
-    base = recipe.model_overrides(corpus) + recipe.data_overrides(corpus_dir, budget)
-    init = timed("init", recipe.initial_params, str(out / "init"), base)
-    stages = {"stage1": timed("stage1", recipe.run_stage, str(out / "stage1"),
-                              base + recipe.stage_overrides("stage1", budget) + [f"init_from={init}"])}
-    states = timed("llm_states", recipe.llm_states, str(out / "llm_states.npz"), stages["stage1"], base)
-    decoder = base + [f"data.llm_states={states}"]
-    for name in ("mdm", "ar", "mtp"):
-        stages[name] = timed(name, recipe.run_stage, str(out / name),
-                             decoder + recipe.stage_overrides(name, budget) + [f"init_from={stages['stage1']}"])
-    stages["distill"] = timed("distill", recipe.run_stage, str(out / "distill"),
-                              decoder + recipe.stage_overrides("distill", budget) + [f"init_from={stages['mdm']}"])
+    stages = train_stages(out, corpus_dir, corpus, budget, timed)
     evaluation = timed("evaluate", evaluate, out, corpus_dir, corpus, stages, budget)
     report = {"device": f"{jax.devices()[0].device_kind} ({jax.devices()[0].platform}, {os.cpu_count()} cores)",
               "quick": args.quick, "eval_dialogues": budget.eval_dialogues, "timings_s": timings, **evaluation}

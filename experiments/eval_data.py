@@ -40,14 +40,19 @@ def fit_token2wav(corpus_dir: str, corpus: dict, path: str) -> CentroidGriffinLi
     return t2w
 
 
-def fit_flow_token2wav(corpus_dir: str, corpus: dict, path: str, train_steps: int,
+def fit_flow_token2wav(corpus_dir: str, corpus: dict, path: str, train_steps: int, chunk_units: int,
                        small: bool = False) -> FlowToken2Wav:
-    """The trained token2wav (flow matching to the mel, then Griffin-Lim) on the training answers."""
+    """The trained token2wav (flow matching to the mel, then Griffin-Lim) on the training answers,
+    chunk-causal over `chunk_units` units: the Talker's block, so each block's audio follows it."""
     if os.path.exists(path):
-        return FlowToken2Wav.load(path)
+        t2w = FlowToken2Wav.load(path)
+        if t2w.config.chunk_units != chunk_units:
+            raise ValueError(f"{path} synthesises chunks of {t2w.config.chunk_units} units, the Talker's blocks are "
+                             f"{chunk_units}: remove it to train one for these blocks")
+        return t2w
     units, audio = _training_answers(corpus_dir, corpus)
     size = dict(d_model=32, num_heads=2, ffn_dim=64, encoder_layers=1, estimator_layers=1) if small else {}
-    t2w = FlowToken2Wav.fit(units, audio, corpus["units"]["k"], train_steps, **size)
+    t2w = FlowToken2Wav.fit(units, audio, corpus["units"]["k"], train_steps, chunk_units=chunk_units, **size)
     t2w.save(path)
     return t2w
 

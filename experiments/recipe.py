@@ -122,9 +122,10 @@ def stage_overrides(stage: str, budget: Budget, masking: str | None = None, bloc
 
 
 def run_stage(workdir: str, overrides: list[str], log=print) -> str:
-    """Train (or resume, or reuse) one stage; -> its exported params folder `workdir/params`."""
+    """Train (or resume, or reuse) one stage; -> its exported params folder `workdir/params`, an absolute
+    path whether trained now or reused (a later stage's `init_from`, so a rerun matches its stamp)."""
     cfg = get_train_config(PRESET, overrides)
-    out = os.path.join(workdir, "params")
+    out = os.path.abspath(os.path.join(workdir, "params"))
     stamp = os.path.join(workdir, "train_config.json")
     if os.path.exists(stamp) and json.loads(open(stamp).read()) != json.loads(cfg.to_json()):
         raise ConfigError(f"{workdir} holds a run with other settings: remove it or choose another --out")
@@ -143,7 +144,9 @@ def run_stage(workdir: str, overrides: list[str], log=print) -> str:
 
 
 def initial_params(path: str, overrides: list[str]) -> str:
-    """Random `tiny` params with Whisper tiny.en's encoder (same shapes), written once to `path`."""
+    """Random `tiny` params with Whisper tiny.en's encoder (same shapes), written once to `path`;
+    -> its absolute path, whether written now or reused."""
+    path = os.path.abspath(path)
     if os.path.exists(os.path.join(path, "config.json")):
         return path
     cfg = get_train_config(PRESET, overrides).model

@@ -164,6 +164,7 @@ def evaluate(out: Path, corpus_dir: str, corpus: dict, stage1: str, trained: dic
         hiddens, header = reference_answers(params, cfg, corpus_dir, records), {"text_accuracy": None}
     ref_units = [load_units(r, corpus["units"]["k"]) for r in records]
     t2w = fit_flow_token2wav(corpus_dir, corpus, str(out / "token2wav.msgpack"), budget.token2wav_train_steps,
+                             cfg.speech_decoder.block_size,
                              small=budget is recipe.QUICK)
     header["reference_units_wer"] = speech_wer(ref_units, references, t2w)["wer"]  # the ceiling of every row
     max_tokens = budget.max_blocks * get_train_config(recipe.PRESET).model.speech_decoder.block_size

@@ -6,6 +6,8 @@ import math
 import pytest
 import soundfile as sf
 
+from experiments import demo, recipe
+
 FIELDS = ("text_accuracy", "unit_accuracy", "wer", "tokens_per_s", "speedup_vs_ar", "first_chunk_vs_ar",
           "first_packet_vs_ar")
 
@@ -44,3 +46,11 @@ def test_quick_demo_writes_table_plot_wavs_and_resumable_stages(demo_run):
     for stage in ("stage1", "mdm", "ar", "mtp", "distill"):
         assert (demo_run / stage / "params" / "config.json").exists()
         assert any((demo_run / stage / "checkpoints").iterdir())
+
+
+def test_a_second_demo_run_reuses_every_stage(demo_run, capsys):
+    """`make demo` again after a finished run: every stage's settings match its stamp, nothing retrains."""
+    corpus = json.loads((demo_run / "corpus" / "corpus.json").read_text())
+    stages = demo.train_stages(demo_run, str(demo_run / "corpus"), corpus, recipe.QUICK, lambda _, fn, *a: fn(*a))
+    assert capsys.readouterr().out.count("reusing exported params") == len(stages) == 5
+    assert all(path == str((demo_run / name / "params").absolute()) for name, path in stages.items())

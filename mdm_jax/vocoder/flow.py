@@ -15,7 +15,7 @@ noise scaled by a temperature.
 Chunk-streamable. Every attention uses a chunk mask: a unit (frame) sees the units (frames) of its
 own chunk of `chunk_units` units (4·chunk_units frames) and of earlier chunks, never later ones;
 the noise is drawn per chunk. So the mel of chunk c depends only on units of chunks <= c, and a
-waveform can be produced block by block as the units arrive (one block of 15 units = one chunk).
+waveform can be produced block by block as the units arrive (one block of 16 units = one chunk).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class Token2MelConfig:
     ffn_dim: int = 512
     encoder_layers: int = 2
     estimator_layers: int = 4
-    chunk_units: int = 15  # one speech block; attention never looks into a later chunk
+    chunk_units: int = 16  # one speech block of the Talker; attention never looks into a later chunk
     sigma_min: float = 1e-4
     mel_mean: float = 0.0  # the model works on (mel - mel_mean) / mel_std, set from the training data
     mel_std: float = 1.0
