@@ -21,10 +21,12 @@ from mdm_jax.vocoder.centroid import CentroidGriffinLim
 from mdm_jax.vocoder.flow import FlowToken2Wav
 
 
-def held_out_questions(corpus_dir: str, n: int):
-    """The first spoken version of each of the first `n` test dialogues (held-out templates/values)."""
+def held_out_questions(corpus_dir: str, n: int, split: str = "test"):
+    """The first spoken version of each of the first `n` dialogues of a held-out split: "test" (the
+    main split: held-out combinations of trained templates and values) or "novel" (held-out templates
+    and values)."""
     seen, out = set(), []
-    for r in read_manifest(os.path.join(corpus_dir, "test.jsonl"), BadRecords(strict=True)):
+    for r in read_manifest(os.path.join(corpus_dir, f"{split}.jsonl"), BadRecords(strict=True)):
         if r.assistant_text not in seen:
             seen.add(r.assistant_text)
             out.append(r)

@@ -48,10 +48,12 @@ from mdm_jax.config.overrides import ConfigError
 from mdm_jax.config.sampler import SamplerConfig
 from mdm_jax.config.train import get_train_config
 from mdm_jax.convert.params_io import load_params
+from mdm_jax.eval.intervals import Counts, interval
 from mdm_jax.eval.metrics import decode_speech, speech_wer, text_accuracy, unit_accuracy
 
 COLUMNS = ("decoder", "method", "masking", "block_size", "distillation", "denoise_steps", "unit_accuracy",
-           "length_ratio", "wer", "tokens_per_s", "first_chunk_s", "speedup_vs_ar", "eval_dialogues", "answers")
+           "unit_accuracy_lo", "unit_accuracy_hi", "length_ratio", "wer", "wer_lo", "wer_hi", "tokens_per_s",
+           "first_chunk_s", "speedup_vs_ar", "eval_dialogues", "answers")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,14 +161,14 @@ def evaluate(out: Path, corpus_dir: str, corpus: dict, stage1: str, trained: dic
     if answers == "spoken":
         spoken, texts = spoken_answers(params, cfg, corpus_dir, records)
         hiddens = [a.hidden for a in spoken]
-        header = {"text_accuracy": text_accuracy(texts, references)["text_accuracy"]}
+        header = {"text_accuracy": interval(text_accuracy(texts, references)["counts"])}
     else:
         hiddens, header = reference_answers(params, cfg, corpus_dir, records), {"text_accuracy": None}
     ref_units = [load_units(r, corpus["units"]["k"]) for r in records]
     t2w = fit_flow_token2wav(corpus_dir, corpus, str(out / "token2wav.msgpack"), budget.token2wav_train_steps,
                              cfg.speech_decoder.block_size,
                              small=budget is recipe.QUICK)
-    header["reference_units_wer"] = speech_wer(ref_units, references, t2w)["wer"]  # the ceiling of every row
+    header["reference_units_wer"] = interval(speech_wer(ref_units, references, t2w)["counts"])  # every row's ceiling
     max_tokens = budget.max_blocks * get_train_config(recipe.PRESET).model.speech_decoder.block_size
     loaded, rows = {}, []
     for d, sampler in tqdm(evaluated(grid, list(trained)), desc="sweep: evaluate", unit="row"):
@@ -183,9 +185,11 @@ def evaluate(out: Path, corpus_dir: str, corpus: dict, stage1: str, trained: dic
         dec, dec_cfg = loaded[d][0]["speech_decoder"], dataclasses.replace(loaded[d][1], sampler=sampler)
         block = dec_cfg.speech_decoder.block_size
         speech = decode_speech(dec, dec_cfg, hiddens, max_blocks=-(-max_tokens // block))
+        accuracy = unit_accuracy(speech["units"], ref_units)
         row = {"decoder": d.name, "method": d.method, "masking": d.masking, "block_size": block,
-               "distillation": d.distillation, "denoise_steps": steps,
-               **unit_accuracy(speech["units"], ref_units), "wer": speech_wer(speech["units"], references, t2w)["wer"],
+               "distillation": d.distillation, "denoise_steps": steps, "length_ratio": accuracy["length_ratio"],
+               **_figure("unit_accuracy", accuracy["counts"]),
+               **_figure("wer", speech_wer(speech["units"], references, t2w)["counts"]),
                "tokens_per_s": speech["tokens_per_s"], "first_chunk_s": speech["first_chunk_s"],
                "eval_dialogues": eval_dialogues, "answers": answers}
         log(f"{d.name} S={steps}: unit acc {row['unit_accuracy']:.3f}, WER {row['wer']:.3f}, "
@@ -199,6 +203,12 @@ def evaluate(out: Path, corpus_dir: str, corpus: dict, stage1: str, trained: dic
     return rows, header
 
 
+def _figure(name: str, counts: Counts) -> dict:
+    """name, name_lo, name_hi: the figure and its 95 % bootstrap interval over dialogues."""
+    f = interval(counts)
+    return {name: f["value"], f"{name}_lo": f["lo"], f"{name}_hi": f["hi"]}
+
+
 def write_csv(rows: list[dict], path: Path):
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, COLUMNS)
@@ -207,19 +217,28 @@ def write_csv(rows: list[dict], path: Path):
 
 
 def markdown(rows: list[dict], header: dict) -> str:
-    source = ("the LLM's states on the reference answers (teacher-forced)" if header["text_accuracy"] is None else
-              f"the LLM's greedy answers (text accuracy {header['text_accuracy']:.3f}, the same for every row)")
+    text = header["text_accuracy"]
+    ceiling = header["reference_units_wer"]
+    source = ("the LLM's states on the reference answers (teacher-forced)" if text is None else
+              f"the LLM's greedy answers (text accuracy {_fmt(text)}, the same for every row)")
     lines = [f"Held-out test dialogues: {header['eval_dialogues']}, device: {header['device']}, budget: "
              f"{header['budget']}, wall time of this invocation {header['wall_s'] / 60:.1f} min. Speech decoded "
-             f"from {source}. WER of resynthesised reference units (ceiling): {header['reference_units_wer']:.3f}.", "",
+             f"from {source}. WER of resynthesised reference units (ceiling): {_fmt(ceiling)}. Brackets: 95 % "
+             "bootstrap intervals over dialogues.", "",
              "| decoder | masking | block | distillation | denoising steps | unit acc | length ratio | WER | "
              "tokens/s | speed-up vs AR |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         speedup = "-" if r["speedup_vs_ar"] is None else f"{r['speedup_vs_ar']:.2f}x"
         lines.append(f"| {r['method']} | {r['masking'] or '-'} | {r['block_size']} | {r['distillation'] or '-'} | "
-                     f"{r['denoise_steps'] or '-'} | {r['unit_accuracy']:.3f} | {r['length_ratio']:.2f} | "
-                     f"{r['wer']:.3f} | {r['tokens_per_s']:.0f} | {speedup} |")
+                     f"{r['denoise_steps'] or '-'} | {_fmt(r, 'unit_accuracy')} | {r['length_ratio']:.2f} | "
+                     f"{_fmt(r, 'wer')} | {r['tokens_per_s']:.0f} | {speedup} |")
     return "\n".join(lines) + "\n"
+
+
+def _fmt(figures: dict, name: str | None = None) -> str:
+    """A figure {'value', 'lo', 'hi'}, or a row's `name`, `name`_lo, `name`_hi -> 'value [lo, hi]'."""
+    value, lo, hi = (figures[k] for k in ((name, f"{name}_lo", f"{name}_hi") if name else ("value", "lo", "hi")))
+    return f"{value:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
 def plot(rows: list[dict], header: dict, out: Path):
@@ -240,15 +259,17 @@ def plot(rows: list[dict], header: dict, out: Path):
             ax = axes[row, col]
             for s in strategies:
                 for v in variants:
-                    line = sorted((x["denoise_steps"], x[metric]) for x in mdm
+                    line = sorted((x["denoise_steps"], x[metric], x[f"{metric}_lo"], x[f"{metric}_hi"]) for x in mdm
                                   if (x["masking"], x["distillation"], x["block_size"]) == (s, v, block))
                     if line:
-                        ax.plot(*zip(*line), linestyle=style[v], marker=marker[v], color=color[s],
-                                label=f"{s}, {v or 'stage II'}")
+                        steps, value, lo, hi = map(np.array, zip(*line))
+                        ax.errorbar(steps, value, yerr=[value - lo, hi - value], linestyle=style[v], marker=marker[v],
+                                    color=color[s], capsize=2, label=f"{s}, {v or 'stage II'}")
             for x in ar:
                 ax.axhline(x[metric], color="gray", lw=1, ls="--", label="AR")
             if metric == "wer":
-                ax.axhline(header["reference_units_wer"], color="black", lw=1, ls=":", label="reference units")
+                ax.axhline(header["reference_units_wer"]["value"], color="black", lw=1, ls=":",
+                           label="reference units")
             ax.set_xscale("log", base=2)
             ax.set_xlabel("sampler steps per block")
             ax.set_ylabel(name)
@@ -256,7 +277,8 @@ def plot(rows: list[dict], header: dict, out: Path):
             ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=7)
     axes[1, 0].legend(fontsize=7)
-    fig.suptitle(f"quality vs steps ({header['device']}, {header['eval_dialogues']} dialogues)", fontsize=9)
+    fig.suptitle(f"quality vs steps, 95 % intervals ({header['device']}, {header['eval_dialogues']} dialogues)",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(out / "quality_vs_steps.png", dpi=120)
 
@@ -309,7 +331,7 @@ def main(argv=None):
     budget = recipe.QUICK if args.quick else recipe.FULL
     corpus_dir = args.corpus or (str(out / "corpus") if args.quick else "data/embedded")
     corpus = recipe.prepare_corpus(corpus_dir, budget, log=tqdm.write)
-    base = recipe.model_overrides(corpus) + recipe.data_overrides(corpus_dir, budget)
+    base = recipe.model_overrides(corpus, budget) + recipe.data_overrides(corpus_dir, budget)
     stage1 = args.stage1 or recipe.run_stage(
         str(out / "stage1"), base + recipe.stage_overrides("stage1", budget)
         + [f"init_from={recipe.initial_params(str(out / 'init'), base)}"], log=tqdm.write)

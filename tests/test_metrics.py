@@ -6,6 +6,7 @@ import pytest
 
 from mdm_jax.config.model import get_config
 from mdm_jax.decode import autoregressive, block_diffusion
+from mdm_jax.eval.asr import normalize, word_error_rate, word_errors
 from mdm_jax.eval.metrics import decode_speech, first_audio_seconds, text_accuracy, unit_accuracy
 from mdm_jax.model.vocalnet import random_params
 
@@ -23,6 +24,19 @@ def test_unit_accuracy_counts_missing_positions_as_wrong():
     m = unit_accuracy([np.array([1, 2, 3]), np.array([5, 6, 7, 8])], [np.array([1, 0, 3, 4]), np.array([5, 6])])
     assert m["unit_accuracy"] == pytest.approx(4 / 6)  # 2 of 4, then 2 of 2
     assert m["length_ratio"] == pytest.approx((3 / 4 + 4 / 2) / 2)
+    assert m["counts"].num.tolist() == [[2, 2]] and m["counts"].den.tolist() == [[4, 2]]  # per dialogue
+
+
+def test_per_dialogue_word_errors_sum_to_jiwers_corpus_wer():
+    import jiwer
+
+    refs = ["two plus four is six", "after monday comes tuesday", "cat is spelled c a t"]
+    hyps = ["two plus four is seven", "after monday comes", "the cat is spelled c a t t"]
+    pairs = word_errors(refs, hyps)
+    assert [w for _, w in pairs] == [len(normalize(r).split()) for r in refs]
+    assert pairs[1][0] == 1  # one deletion
+    assert word_error_rate(refs, hyps) == pytest.approx(jiwer.wer([normalize(r) for r in refs],
+                                                                  [normalize(h) for h in hyps]))
 
 
 def test_first_audio_seconds_times_a_warm_call_on_the_first_chunk_only():

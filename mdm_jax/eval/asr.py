@@ -116,12 +116,23 @@ def normalize(text: str) -> str:
     return _normalizer()(text)
 
 
-def word_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> float:
-    """Corpus WER (`jiwer`) after `normalize` on both sides; empty normalised references are an error."""
+def word_errors(references: Sequence[str], hypotheses: Sequence[str]) -> list[tuple[int, int]]:
+    """Per pair (word errors, reference words) after `normalize` on both sides (`jiwer`); empty
+    normalised references are an error. Their sums give the corpus WER."""
     import jiwer  # the `data` extra: optional
 
     refs, hyps = [normalize(r) for r in references], [normalize(h) for h in hypotheses]
     empty = [r for r, n in zip(references, refs) if not n]
     if empty:
         raise ValueError(f"references empty after normalisation: {empty[:3]}")
-    return jiwer.wer(refs, hyps)
+    out = []
+    for r, h in zip(refs, hyps, strict=True):
+        o = jiwer.process_words(r, h)
+        out.append((o.substitutions + o.deletions + o.insertions, len(o.references[0])))
+    return out
+
+
+def word_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> float:
+    """Corpus WER: all word errors / all reference words."""
+    errors, words = np.sum(word_errors(references, hypotheses), axis=0)
+    return float(errors / words)

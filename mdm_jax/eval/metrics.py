@@ -1,7 +1,8 @@
 """Evaluators shared by the demo, the sweeps and the tests: the model's answers to spoken
 questions (`answer_texts`), its speech decoded and timed by the model's sampler (`decode_speech`), and
-small functions from outputs (and references) to a dict of numbers. Text is compared after
-Whisper's English normaliser, so "seven" and "7" agree."""
+small functions from outputs (and references) to a dict of numbers, each with its per-dialogue
+`counts` for intervals (`mdm_jax.eval.intervals`). Text is compared after Whisper's English
+normaliser, so "seven" and "7" agree."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from tqdm import tqdm
 
 from mdm_jax.config.model import ModelConfig
 from mdm_jax.decode import speech
-from mdm_jax.decode.streaming import text_tokens
-from mdm_jax.eval.asr import WhisperASR, normalize, transcribe, word_error_rate
+from mdm_jax.decode.streaming import encode, text_tokens
+from mdm_jax.eval.asr import WhisperASR, normalize, transcribe, word_error_rate, word_errors
+from mdm_jax.eval.intervals import Counts
 from mdm_jax.vocoder.base import Token2Wav
 
 
@@ -77,12 +79,21 @@ def decode_speech(params, cfg: ModelConfig, hiddens: Sequence[np.ndarray], *, ma
 
 def first_text_seconds(params, cfg: ModelConfig, questions: Sequence[tuple[np.ndarray, Sequence[int]]], *,
                        eos_id: int, tokens: int) -> float:
-    """Median seconds from a spoken question to its first `tokens` answer tokens: the LLM's share of
-    the first speech chunk (prefill + greedy steps)."""
+    """Median seconds from a spoken question to its first `tokens` answer tokens: the encoder's and
+    the LLM's share of the first speech chunk (encoder, prefill, greedy steps)."""
     def first(mel, prompt):
         return list(itertools.islice(text_tokens(params, cfg, mel, prompt, eos_ids={eos_id}), tokens))
 
     return statistics.median(_warm_seconds(first, mel, prompt) for mel, prompt in questions)
+
+
+def encoder_seconds(params, cfg: ModelConfig, questions: Sequence[tuple[np.ndarray, Sequence[int]]]) -> float:
+    """Median seconds of the speech encoder and adaptor on a spoken question: their share of
+    `first_text_seconds`."""
+    def run(mel):
+        return jax.block_until_ready(encode(params, jnp.asarray(mel)[None], cfg=cfg))
+
+    return statistics.median(_warm_seconds(run, mel) for mel, _ in questions)
 
 
 def first_audio_seconds(token2wav: Token2Wav, units: Sequence[np.ndarray], chunk: int) -> float:
@@ -98,24 +109,24 @@ def _warm_seconds(run, *args) -> float:
     return time.perf_counter() - start
 
 
-def text_accuracy(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+def text_accuracy(hypotheses: Sequence[str], references: Sequence[str]) -> dict:
     """Exact match of normalised answers, and their word error rate."""
     exact = [normalize(h) == normalize(r) for h, r in zip(hypotheses, references, strict=True)]
-    return {"text_accuracy": float(np.mean(exact)), "text_wer": word_error_rate(references, hypotheses)}
+    return {"text_accuracy": float(np.mean(exact)), "text_wer": word_error_rate(references, hypotheses),
+            "counts": Counts.of([(e, 1) for e in exact])}
 
 
-def unit_accuracy(generated: Sequence[np.ndarray], references: Sequence[np.ndarray]) -> dict[str, float]:
+def unit_accuracy(generated: Sequence[np.ndarray], references: Sequence[np.ndarray]) -> dict:
     """Position-aligned agreement with the reference units over the reference length (a missing
     position counts as wrong), and generated / reference length."""
-    hits = total = 0
-    ratios = []
+    pairs, ratios = [], []
     for g, r in zip(generated, references, strict=True):
         g, r = np.asarray(g), np.asarray(r)
         n = min(len(g), len(r))
-        hits += int((g[:n] == r[:n]).sum())
-        total += len(r)
+        pairs.append((int((g[:n] == r[:n]).sum()), len(r)))
         ratios.append(len(g) / max(len(r), 1))
-    return {"unit_accuracy": hits / max(total, 1), "length_ratio": float(np.mean(ratios))}
+    counts = Counts.of(pairs)
+    return {"unit_accuracy": counts.value, "length_ratio": float(np.mean(ratios)), "counts": counts}
 
 
 def speech_wer(units: Sequence[np.ndarray], references: Sequence[str], token2wav: Token2Wav,
@@ -124,4 +135,5 @@ def speech_wer(units: Sequence[np.ndarray], references: Sequence[str], token2wav
     at `max_new_tokens`: unintelligible speech makes Whisper repeat itself up to the limit."""
     wavs = [token2wav(np.asarray(u)) if len(u) else np.zeros(1600, np.float32) for u in units]
     hypotheses = transcribe(wavs, asr, batch_size=min(8, len(wavs)), max_new_tokens=max_new_tokens)
-    return {"wer": word_error_rate(references, hypotheses), "transcripts": hypotheses}
+    counts = Counts.of(word_errors(references, hypotheses))
+    return {"wer": counts.value, "transcripts": hypotheses, "counts": counts}

@@ -41,6 +41,14 @@ class VocalNet(nn.Module):
         """mel: (b, n_mels, frames) -> (b, frames // 2 // k, d_llm)."""
         return self.adaptor(self.encoder(mel))
 
+    def encode(self, mel):
+        """mel: (b, n_mels, frames) -> the frozen Whisper encoder's frames (b, frames // 2, d_enc)."""
+        return self.encoder(mel)
+
+    def adapt(self, frames):
+        """Encoder frames (b, n, d_enc) -> speech embeddings (b, n // k, d_llm): `encode_speech` after `encode`."""
+        return self.adaptor(frames)
+
     def embed_prompt(self, ids, speech_embeds=None):
         """ids: (b, t) with SPEECH_PLACEHOLDER where speech goes; speech_embeds: (b, n, d) -> (b, t, d)."""
         is_speech = ids == SPEECH_PLACEHOLDER

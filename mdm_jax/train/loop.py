@@ -31,6 +31,7 @@ from mdm_jax.model.sharding import DATA, batch_sharding, make_mesh, shardings
 from mdm_jax.train import distill
 from mdm_jax.train.checkpointing import Checkpointer
 from mdm_jax.train.data import SYNTHETIC_SPEECH_ID, SyntheticSource, batch_stats, grain_source, model_batch
+from mdm_jax.train.encoder_cache import EncoderCache
 from mdm_jax.train.llm_states import StatesSource
 from mdm_jax.train.optimizer import make_optimizer
 from mdm_jax.train.step import init_state, make_train_step, state_specs
@@ -87,6 +88,8 @@ def train(cfg: TrainConfig, workdir: str, source=None, log=print) -> dict:
         source.set_state(restored.data)
         log(f"resumed from step {start} ({ckpt.manager.directory})")
 
+    cache = (EncoderCache(jax.device_get(state.params["encoder"]), cfg.model, cfg.data.pad_multiple)
+             if cfg.data.cache_encoder else None)
     writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
     stop = {"signal": None}
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
@@ -108,6 +111,8 @@ def train(cfg: TrainConfig, workdir: str, source=None, log=print) -> dict:
             raw = next(source)
             host = raw if "text_hidden" in raw else model_batch(raw, cfg.model, speech_id)
             stats = batch_stats(host)
+            if cache is not None:
+                host = cache(host, (raw["mel_segment_ids"] > 0).sum(1))
             batch = jax.tree.map(lambda x: jax.make_array_from_process_local_data(batch_sharding(mesh), x), host)
             if flops is None:
                 flops = step_flops(step_fn, state, batch)

@@ -88,7 +88,10 @@ def loss_fn(trained, frozen, teacher, batch, key, *, cfg: TrainConfig, distill_s
 def llm_states(params, batch, cfg: TrainConfig):
     """LLM over the prompt with the speech spliced in -> (logits (b, L, V / tp), hidden (b, L, d))."""
     model = VocalNet(cfg.model)
-    speech = model.apply({"params": params}, batch["mel"], method=VocalNet.encode_speech)
+    if "encoded" in batch:  # the frozen encoder's frames, cached (`mdm_jax.train.encoder_cache`)
+        speech = model.apply({"params": params}, batch["encoded"], method=VocalNet.adapt)
+    else:
+        speech = model.apply({"params": params}, batch["mel"], method=VocalNet.encode_speech)
     logits, hidden, _ = model.apply({"params": params}, batch["text"], speech, method=VocalNet.llm_forward)
     return logits, hidden
 
