@@ -78,6 +78,11 @@ def methods(budget: recipe.Budget) -> list[tuple[str, SamplerConfig, str]]:
     return rows
 
 
+def judged(sampler: SamplerConfig, budget: recipe.Budget) -> bool:
+    """Whether a row's speech goes through token2wav and the ASR judge (the evaluation's cost)."""
+    return {"ar": True, "mtp": budget.judge_mtp}.get(sampler.method, sampler.denoise_steps in budget.wer_steps)
+
+
 def references(out: Path, corpus_dir: str, corpus: dict, budget: recipe.Budget, block_size: int, log=print) -> dict:
     """What every seed is evaluated against: the held-out questions of both splits, the reference
     units, the trained token2wav, its ceiling (the reference units resynthesised and judged) and its
@@ -123,20 +128,20 @@ def evaluate(out: Path, corpus_dir: str, stages: dict[str, str], budget: recipe.
                "denoise_steps": sampler.denoise_steps if sampler.method == "mdm" else None,
                "length_ratio": accuracy["length_ratio"], "wer_vs_text": None,
                "tokens_per_s": speech["tokens_per_s"], "first_chunk_s": speech["first_chunk_s"]}
-        if sampler.method != "mdm" or sampler.denoise_steps in budget.wer_steps:
-            judged = speech_wer(speech["units"], references_, t2w)
-            counts["wer"] = judged["counts"]
+        if judged(sampler, budget):
+            heard = speech_wer(speech["units"], references_, t2w)
+            counts["wer"] = heard["counts"]
             if sampler.method == "ar":  # the target of the decoder alone is AR's
                 counts["wer_alone"] = speech_wer(alone["units"], references_, t2w)["counts"]
             own = [i for i in spoken if len(speech["units"][i])]
-            row["wer_vs_text"] = (word_error_rate([texts[i] for i in own], [judged["transcripts"][i] for i in own])
+            row["wer_vs_text"] = (word_error_rate([texts[i] for i in own], [heard["transcripts"][i] for i in own])
                                   if own else None)
             for i in range(min(WAVS_PER_METHOD, len(main))):
                 path = out / "wavs" / label.replace(" ", "_").replace("=", "") / f"{i}.wav"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 sf.write(path, t2w(speech["units"][i]) if len(speech["units"][i]) else np.zeros(1600),
                          t2w.sample_rate)
-            examples.append({"label": label, "transcripts": judged["transcripts"][:WAVS_PER_METHOD]})
+            examples.append({"label": label, "transcripts": heard["transcripts"][:WAVS_PER_METHOD]})
         rows.append({**row, "counts": {k: c.to_json() for k, c in counts.items()}})
     text = text_accuracy(texts, references_)
     return {"text_accuracy": text["counts"].to_json(), "text_wer": text["text_wer"],
@@ -273,6 +278,8 @@ def plot_steps(report: dict, path: Path):
                             marker="o", capsize=2, color=f"C{i}", label=f"{prefix} (Talker)")
         for j, label in enumerate(("ar", "mtp")):
             r = next(r for r in report["rows"] if r["label"] == label)
+            if metric not in r:
+                continue
             ax.axhline(r[metric]["value"], color=f"C{j + 2}", ls="--", lw=1, label=label.upper())
             ax.axhspan(r[metric]["lo"], r[metric]["hi"], color=f"C{j + 2}", alpha=0.1)
         if metric == "wer":

@@ -27,6 +27,15 @@ def test_unit_accuracy_counts_missing_positions_as_wrong():
     assert m["counts"].num.tolist() == [[2, 2]] and m["counts"].den.tolist() == [[4, 2]]  # per dialogue
 
 
+def test_consecutive_spoken_numbers_stay_separate_numbers():
+    """Whisper's normaliser alone reads 'fifteen sixteen seventeen' as 151617 but '15, 16, 17' as three
+    numbers: a right transcript of a counting answer would cost three errors against one word."""
+    assert normalize("fifteen sixteen seventeen") == normalize("15, 16, 17.") == "15 16 17"
+    assert word_errors(["fifteen sixteen seventeen"], ["15, 16, 17."]) == [(0, 3)]
+    assert normalize("twenty one") == "21" and normalize("two hundred and five") == "205"  # compounds stay whole
+    assert normalize("seven plus six is thirteen") == normalize("7 plus 6 is 13")
+
+
 def test_per_dialogue_word_errors_sum_to_jiwers_corpus_wer():
     import jiwer
 

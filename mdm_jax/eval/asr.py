@@ -111,9 +111,28 @@ def _normalizer():
     return EnglishTextNormalizer({})  # the British -> American spelling table is a hub file; not needed here
 
 
+_UNITS = frozenset("one two three four five six seven eight nine".split())
+_TENS = frozenset("twenty thirty forty fifty sixty seventy eighty ninety".split())
+_SCALES = frozenset("hundred thousand million billion".split())
+_NUMBER_WORDS = _UNITS | _TENS | _SCALES | frozenset(
+    "zero ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split())
+_SEP = "numbersep"  # a word the normaliser leaves alone: a boundary between two spoken numbers
+
+
 def normalize(text: str) -> str:
-    """Whisper's English normaliser: lower case, no punctuation, spelled numbers to digits."""
-    return _normalizer()(text)
+    """Whisper's English normaliser (lower case, no punctuation, spelled numbers to digits), with
+    consecutive spoken numbers kept apart: the normaliser alone reads "fifteen sixteen seventeen"
+    as one number ("151617") but the digits "15, 16, 17" as three, so a right transcript of a
+    counting answer would cost three errors against one reference word."""
+    words = text.split()
+    marked = []
+    for prev, word in zip([""] + words, words):
+        p, w = prev.lower().strip(",.?!;:"), word.lower().strip(",.?!;:")
+        if p in _NUMBER_WORDS and w in _NUMBER_WORDS and not (p in _TENS and w in _UNITS) \
+                and _SCALES.isdisjoint((p, w)):
+            marked.append(_SEP)
+        marked.append(word)
+    return " ".join(w for w in _normalizer()(" ".join(marked)).split() if w != _SEP)
 
 
 def word_errors(references: Sequence[str], hypotheses: Sequence[str]) -> list[tuple[int, int]]:
