@@ -257,7 +257,7 @@ def plot_speed(report: dict, path: Path):
         ax.set_xlabel("speech tokens/s vs AR (same run)")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{report['preset']} demo: quality vs speed, 95 % intervals ({report['device']})", fontsize=9)
+    fig.suptitle(f"{report['preset']} preset: quality vs speed, 95 % intervals ({report['device']})", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -299,7 +299,7 @@ def plot_steps(report: dict, path: Path):
     ax.set_title("the paper's WER (%, its test set: shape only, not our scale)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.suptitle(f"quality vs steps, 95 % intervals ({report['preset']}, {report['device']})", fontsize=9)
+    fig.suptitle(f"quality vs steps, 95 % intervals ({report['preset']} preset, {report['device']})", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

@@ -17,7 +17,6 @@ from data_pipelines.tokenizer import TEMPLATES, encode_dialogue, encode_prompt, 
 from data_pipelines.validation import BadRecords
 from mdm_jax.eval.metrics import Answer, answer_texts
 from mdm_jax.model.vocalnet import VocalNet
-from mdm_jax.vocoder.centroid import CentroidGriffinLim
 from mdm_jax.vocoder.flow import FlowToken2Wav
 
 
@@ -31,15 +30,6 @@ def held_out_questions(corpus_dir: str, n: int, split: str = "test"):
             seen.add(r.assistant_text)
             out.append(r)
     return out[:n]
-
-
-def fit_token2wav(corpus_dir: str, corpus: dict, path: str) -> CentroidGriffinLim:
-    if os.path.exists(path):
-        return CentroidGriffinLim.load(path)
-    units, audio = _training_answers(corpus_dir, corpus)
-    t2w = CentroidGriffinLim.fit(units, audio, corpus["units"]["k"])
-    t2w.save(path)
-    return t2w
 
 
 def fit_flow_token2wav(corpus_dir: str, corpus: dict, path: str, train_steps: int, chunk_units: int,
