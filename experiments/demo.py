@@ -104,7 +104,7 @@ def evaluate(out: Path, corpus_dir: str, stages: dict[str, str], budget: recipe.
     """One seed's trained model on the held-out questions -> its per-dialogue counts and timings."""
     params, cfg = load_params(stages["stage1"])
     main, t2w = refs["main"], refs["t2w"]
-    references_ = [r.assistant_text for r in main]
+    reference_texts = [r.assistant_text for r in main]
     answers, texts = spoken_answers(params, cfg, corpus_dir, main)
     novel_texts = spoken_answers(params, cfg, corpus_dir, refs["novel"])[1]
     forced = {"main": reference_answers(params, cfg, corpus_dir, main),
@@ -129,10 +129,10 @@ def evaluate(out: Path, corpus_dir: str, stages: dict[str, str], budget: recipe.
                "length_ratio": accuracy["length_ratio"], "wer_vs_text": None,
                "tokens_per_s": speech["tokens_per_s"], "first_chunk_s": speech["first_chunk_s"]}
         if judged(sampler, budget):
-            heard = speech_wer(speech["units"], references_, t2w)
+            heard = speech_wer(speech["units"], reference_texts, t2w)
             counts["wer"] = heard["counts"]
             if sampler.method == "ar":  # the target of the decoder alone is AR's
-                counts["wer_alone"] = speech_wer(alone["units"], references_, t2w)["counts"]
+                counts["wer_alone"] = speech_wer(alone["units"], reference_texts, t2w)["counts"]
             own = [i for i in spoken if len(speech["units"][i])]
             row["wer_vs_text"] = (word_error_rate([texts[i] for i in own], [heard["transcripts"][i] for i in own])
                                   if own else None)
@@ -143,7 +143,7 @@ def evaluate(out: Path, corpus_dir: str, stages: dict[str, str], budget: recipe.
                          t2w.sample_rate)
             examples.append({"label": label, "transcripts": heard["transcripts"][:WAVS_PER_METHOD]})
         rows.append({**row, "counts": {k: c.to_json() for k, c in counts.items()}})
-    text = text_accuracy(texts, references_)
+    text = text_accuracy(texts, reference_texts)
     return {"text_accuracy": text["counts"].to_json(), "text_wer": text["text_wer"],
             "novel_text_accuracy": text_accuracy(novel_texts, [r.assistant_text for r in refs["novel"]])[
                 "counts"].to_json(),

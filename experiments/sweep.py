@@ -1,5 +1,6 @@
 """Stage II ablation sweeps: masking strategy x block size x distillation, each Talker evaluated at
-several sampler steps per block on held-out spoken questions (the demo's protocol).
+several sampler steps per block on the main held-out split (the demo's protocol), every quality
+figure with its 95 % bootstrap interval over dialogues.
 
     python -m experiments.sweep --grid experiments/grids/paper_ablations.py --out runs/sweep [--quick]
         [--corpus DIR] [--stage1 PARAMS_DIR [--llm-states FILE]] [--eval-dialogues N] [--answers reference]
