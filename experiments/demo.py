@@ -80,7 +80,9 @@ def methods(budget: recipe.Budget) -> list[tuple[str, SamplerConfig, str]]:
 
 def judged(sampler: SamplerConfig, budget: recipe.Budget) -> bool:
     """Whether a row's speech goes through token2wav and the ASR judge (the evaluation's cost)."""
-    return {"ar": True, "mtp": budget.judge_mtp}.get(sampler.method, sampler.denoise_steps in budget.wer_steps)
+    if sampler.method == "mdm":
+        return sampler.denoise_steps in budget.wer_steps
+    return sampler.method == "ar" or budget.judge_mtp
 
 
 def references(out: Path, corpus_dir: str, corpus: dict, budget: recipe.Budget, block_size: int, log=print) -> dict:
@@ -115,9 +117,10 @@ def evaluate(out: Path, corpus_dir: str, stages: dict[str, str], budget: recipe.
                                            tokens=cfg.speech_decoder.text_per_block)}
     spoken = [i for i, t in enumerate(texts) if normalize(t)]  # answers a WER can be measured against
     rows, examples = [], []
+    talkers = {stage: load_params(stages[stage]) for stage in {stage for _, _, stage in methods(budget)}}
     for label, sampler, stage in methods(budget):
-        params_, stage_cfg = load_params(stages[stage])
-        dec, dec_cfg = params_["speech_decoder"], dataclasses.replace(stage_cfg, sampler=sampler)
+        talker, stage_cfg = talkers[stage]
+        dec, dec_cfg = talker["speech_decoder"], dataclasses.replace(stage_cfg, sampler=sampler)
         log(f"decoding speech: {label}")
         speech, alone, novel = (decode_speech(dec, dec_cfg, states, max_blocks=budget.max_blocks)
                                 for states in ([a.hidden for a in answers], forced["main"], forced["novel"]))

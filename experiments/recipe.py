@@ -65,8 +65,7 @@ class Budget:
 FULL = Budget()
 QUICK = Budget(corpus_n=24, units=64, voices_per_dialogue=1, batch_size=8, stage1_train_steps=30,
                speech_train_steps=20, mtp_train_steps=20, distill_updates=16, token2wav_train_steps=60,
-               eval_dialogues=3,
-               novel_dialogues=2, denoise_steps=(1, 4), wer_steps=(1,), max_blocks=4)
+               eval_dialogues=3, novel_dialogues=2, denoise_steps=(1, 4), wer_steps=(1,), max_blocks=4)
 GPU = Budget(model=("model.llm.d_model=512", "model.llm.num_layers=8", "model.llm.num_heads=8",
                     "model.llm.ffn_dim=1536", "model.speech_decoder.d_model=512", "model.speech_decoder.num_heads=8",
                     "model.speech_decoder.ffn_dim=1536"),

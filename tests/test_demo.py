@@ -4,12 +4,15 @@ import json
 import math
 import re
 
+import jax
 import pytest
 import soundfile as sf
 
 from experiments import demo, recipe
 from mdm_jax.config.sampler import SamplerConfig
+from mdm_jax.config.train import get_train_config
 from mdm_jax.eval.intervals import Counts
+from mdm_jax.model.vocalnet import init_params
 
 SPEED = ("tokens_per_s", "speedup_vs_ar", "first_chunk_vs_ar", "first_packet_vs_ar")
 
@@ -89,3 +92,17 @@ def test_a_second_demo_run_reuses_every_stage(demo_run, capsys):
     stages = demo.train_stages(demo_run, str(demo_run / "corpus"), corpus, recipe.QUICK, lambda _, fn, *a: fn(*a))
     assert capsys.readouterr().out.count("reusing exported params") == len(stages) == 5
     assert all(path == str((demo_run / name / "params").absolute()) for name, path in stages.items())
+
+
+@pytest.mark.parametrize("preset", sorted(recipe.BUDGETS))
+def test_every_preset_gives_valid_stage_configs_and_params(preset):
+    """The GPU preset is not run here: at least every stage's config validates and its params build."""
+    budget = recipe.BUDGETS[preset]
+    base = recipe.model_overrides({"units": {"k": budget.units}}, budget) + recipe.data_overrides("c", budget)
+    for stage in ("stage1", "mdm", "ar", "mtp", "distill"):
+        cfg = get_train_config(recipe.PRESET, base + recipe.stage_overrides(stage, budget))
+        assert cfg.data.batch_size == budget.batch_size
+    shapes = jax.eval_shape(lambda: init_params(cfg.model, jax.random.key(0)))
+    m = cfg.model
+    assert shapes["llm"]["embed"]["embedding"].shape == (m.llm.vocab_size, m.llm.d_model)
+    assert shapes["speech_decoder"]["anchor"]["w"].shape == (m.llm.d_model, m.speech_decoder.d_model)

@@ -135,13 +135,12 @@ def make_splits(seed: int = 0, valid_fraction: float = 0.08, test_fraction: floa
                 by_value[family, value].append(d)
     rest, kept = [], []  # kept: the trained templates of a held-out combination's value stay in train
     for dialogues in by_value.values():
-        held = rng.integers(len(dialogues)) if len(dialogues) > 1 and rng.random() < test_fraction else None
-        for i, d in enumerate(dialogues):
-            if held is None:
-                rest.append(d)
-            else:
-                (splits["test"] if i == held else kept).append(
-                    dataclasses.replace(d, held_out="combination") if i == held else d)
+        if len(dialogues) < 2 or rng.random() >= test_fraction:
+            rest += dialogues
+            continue
+        held = rng.integers(len(dialogues))
+        splits["test"].append(dataclasses.replace(dialogues[held], held_out="combination"))
+        kept += [d for i, d in enumerate(dialogues) if i != held]
     order = rng.permutation(len(rest))
     num_valid = round(valid_fraction * len(rest))
     splits["valid"] = [rest[i] for i in order[:num_valid]]
