@@ -6,6 +6,13 @@ Random weights (speed does not need trained ones) with EOS suppressed, so every 
 the same number of tokens. Each row is the median of repeated runs after a warm-up, and every
 ratio is against the AR row of the same run. First-chunk latency is the time to the first
 finished block of `block_size` tokens (prefill included).
+
+Bandwidth: one decoder forward must read the weights it multiplies by (the decoder stack and
+the head; MTP adds its k modules; the pre-NN and anchors run once, not per forward, and an
+embedding lookup reads a few rows) and the KV cache it attends over (every layer's k and v over
+all `prefix + 2 + blocks x B` slots, as the masks leave the whole cache in the computation).
+Achieved bandwidth = those bytes x forwards / seconds; its fraction of the device's HBM peak is
+given where the device kind is known (`HBM_BYTES_S`).
 """
 
 from __future__ import annotations
@@ -24,8 +31,25 @@ import numpy as np
 from mdm_jax.config.model import get_config
 from mdm_jax.config.sampler import SamplerConfig
 from mdm_jax.decode import speech
+from mdm_jax.model.attention import init_cache
 from mdm_jax.model.init import random_init
 from mdm_jax.model.speech_decoder import SpeechDecoder
+
+HBM_BYTES_S = {"H200": 4.8e12, "H100": 3.35e12, "A100": 2.0e12}  # HBM peak by device-kind substring (SXM)
+
+
+def hbm_peak() -> float | None:
+    kind = jax.devices()[0].device_kind
+    return next((v for k, v in HBM_BYTES_S.items() if k in kind), None)
+
+
+def bytes_per_forward(params, sd, method: str, heads: int, batch: int, slots: int, itemsize: int) -> dict:
+    """Bytes one decoder forward reads: the weights it multiplies by and the KV cache it attends over."""
+    size = lambda tree: sum(x.size for x in jax.tree.leaves(tree))  # noqa: E731
+    modules = heads if method == "mtp" else 0
+    weights = size(params["decoder"]) + size(params["head"]) + sum(size(params[f"mtp_{k}"]) for k in range(modules))
+    kv = 2 * (sd.num_layers + modules) * batch * slots * sd.num_kv_heads * sd.head_dim
+    return {"weight_bytes": weights * itemsize, "kv_bytes": kv * itemsize}
 
 
 def random_params(sd, text_dim: int, dtype):
@@ -73,16 +97,20 @@ def bench(config: str, batch: int, text_len: int, num_blocks: int, steps, thresh
     methods += [("mdm", s, None, run(SamplerConfig(denoise_steps=s))) for s in steps]
     if threshold:
         methods.append(("mdm", None, threshold, run(SamplerConfig(threshold=threshold))))
-    rows = []
+    rows, peak = [], hbm_peak()
+    slots = sd.prefix_text(valid).shape[1] + 2 + L
     for method, s, tau, make in methods:
         compile_s, seconds, out = timed(make(num_blocks), repeats)
         _, first_chunk, _ = timed(make(1), repeats)
         tokens = int(np.asarray(out.lengths).min())
         assert tokens == L, f"{method} decoded {tokens} of {L} tokens"
+        moved = bytes_per_forward(params, sd, method, mtp_heads, batch, slots, jnp.dtype(dtype).itemsize)
+        bandwidth = (moved["weight_bytes"] + moved["kv_bytes"]) * int(out.forwards) / seconds
         rows.append({"method": method, "denoise_steps": s, "threshold": tau, "block": B,
                      "tokens_per_s": batch * L / seconds, "forwards_per_token": int(out.forwards) / L,
-                     "first_chunk_s": first_chunk,
-                     "compile_s": compile_s, "seconds": seconds})
+                     "first_chunk_s": first_chunk, "compile_s": compile_s, "seconds": seconds,
+                     "ms_per_forward": 1e3 * seconds / int(out.forwards), **moved, "bytes_per_s": bandwidth,
+                     "hbm_fraction": bandwidth / peak if peak else None})
     ar_row = rows[0]
     for r in rows:
         r["speedup_vs_ar"] = r["tokens_per_s"] / ar_row["tokens_per_s"]
@@ -100,8 +128,7 @@ def bare_forward(params, cfg, text, valid, streaming, num_blocks, repeats, dtype
     dec = SpeechDecoder(cfg, dtype)
     b, t = cfg.prefix_text(valid).shape  # the anchor Talker holds no text in its cache
     n_slots = t + 2 + num_blocks * B
-    caches = [{"k": jnp.zeros((b, n_slots, cfg.num_kv_heads, cfg.head_dim), dtype)} | {
-        "v": jnp.zeros((b, n_slots, cfg.num_kv_heads, cfg.head_dim), dtype)} for _ in range(cfg.num_layers)]
+    caches = init_cache(b, n_slots, cfg.num_kv_heads, cfg.head_dim, dtype, layers=cfg.num_layers)
     x = jnp.zeros((b, B, cfg.d_model), dtype)
     positions = jnp.broadcast_to(jnp.arange(B), (b, B))
     mask = jnp.ones((b, B, n_slots), bool)
@@ -115,12 +142,14 @@ def print_table(result, device: str):
     print(f"\n{result['config']} ({result['talker']} talker) on {device}: batch {result['batch']}, "
           f"{result['num_blocks']} blocks, bare block forward {1e3 * result['bare_block_forward_s']:.2f} ms")
     print(f"{'method':>6} {'S':>4} {'tau':>5} {'tok/s':>10} {'fwd/tok':>8} {'speedup':>8} "
-          f"{'1st chunk ms':>12} {'vs AR':>6} {'ms/step':>8} {'compile s':>9}")
+          f"{'1st chunk ms':>12} {'vs AR':>6} {'ms/fwd':>8} {'MB/fwd':>8} {'GB/s':>7} {'of HBM':>6} {'compile s':>9}")
     for r in result["rows"]:
-        per_step = r["seconds"] / (r["forwards_per_token"] * result["num_blocks"] * r["block"])
+        fraction = f"{r['hbm_fraction']:.0%}" if r["hbm_fraction"] else "-"
         print(f"{r['method']:>6} {r['denoise_steps'] or '-':>4} {r['threshold'] or '-':>5} {r['tokens_per_s']:>10.1f} "
               f"{r['forwards_per_token']:>8.3f} {r['speedup_vs_ar']:>7.2f}x {1e3 * r['first_chunk_s']:>12.1f} "
-              f"{r['first_chunk_vs_ar']:>6.2f} {1e3 * per_step:>8.2f} {r['compile_s']:>9.1f}")
+              f"{r['first_chunk_vs_ar']:>6.2f} {r['ms_per_forward']:>8.2f} "
+              f"{(r['weight_bytes'] + r['kv_bytes']) / 1e6:>8.1f} {r['bytes_per_s'] / 1e9:>7.1f} {fraction:>6} "
+              f"{r['compile_s']:>9.1f}")
 
 
 def main(argv=None):

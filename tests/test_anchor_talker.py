@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from per_layer import per_layer_map
 from small_train import small_overrides
 
 from mdm_jax.config.model import ModelConfig, SpeechDecoderConfig
@@ -33,7 +34,7 @@ def setup():
     text = rng.standard_normal((2, T, 64)).astype(np.float32)  # a Thinker wider than the Talker
     valid = np.arange(T)[None] < np.array([[T], [5]])
     params = random_init(SpeechDecoder(SD).init, jnp.asarray(text), jnp.zeros((2, 3), jnp.int32))
-    params = jax.tree.map(lambda p: p * 3.0 if p.ndim == 2 else p, params)
+    params = per_layer_map(lambda p: p * 3.0 if p.ndim == 2 else p, params)
     units = rng.integers(0, SD.num_units, (2, L))
     return params, text, valid, units
 

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from per_layer import per_layer_map
 
 from mdm_jax.config.model import ModelConfig, SpeechDecoderConfig
 from mdm_jax.config.sampler import SamplerConfig, TokenSampling
@@ -34,8 +35,9 @@ def decoder(talker: str):
     params = random_init(SpeechDecoder(TALKERS[talker]).init, text, jnp.zeros((3, 4), jnp.int32))
     # Sharp attention (q and k scaled up): logits then depend on RoPE positions, so a decode at the
     # wrong positions shows in its tokens (with the init's weights it differs by ~0.02 in a logit).
-    params = jax.tree_util.tree_map_with_path(
-        lambda path, p: p * (10.0 if path[-1].key in ("wq", "wk") else 3.0) if p.ndim >= 2 else p, params)
+    params = per_layer_map(
+        lambda path, p: p * (10.0 if path[-1].key in ("wq", "wk") else 3.0) if p.ndim >= 2 else p, params,
+        with_path=True)
     return params, text, text_valid, streaming
 
 

@@ -1,15 +1,37 @@
-"""The benchmarks run end to end at the smallest size (their numbers are read from JSON, never asserted)."""
+"""The benchmarks run end to end at the smallest size (their numbers are read from JSON, never asserted):
+the device script `experiments/gpu_bench.sh --smoke` runs them all, on CPU here."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
-from experiments import bench_decode
+import jax
+import pytest
+
+from experiments import bench_compile
+
+ROOT = Path(__file__).parents[1]
 
 
-def test_bench_decode_writes_the_documented_json(tmp_path):
-    out = tmp_path / "decode.json"
-    bench_decode.main(["--configs", "tiny,tiny-vocalnet", "--out", str(out), "--num-blocks", "1",
-                       "--denoise-steps", "1,4", "--threshold", "0.5", "--repeats", "1", "--text-len", "8"])
-    result = json.loads(out.read_text())
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """gpu_bench.sh --smoke's output folder (the three benchmarks, tiny shapes)."""
+    out = tmp_path_factory.mktemp("gpu_bench")
+    env = dict(os.environ, PYTHON=sys.executable, JAX_PLATFORMS="cpu")
+    done = subprocess.run(["bash", str(ROOT / "experiments" / "gpu_bench.sh"), "--smoke", str(out)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+def test_gpu_bench_smoke_writes_every_json(smoke):
+    assert sorted(p.name for p in smoke.glob("*.json")) == ["compile.json", "decode_b1.json", "train_full.json"]
+
+
+def test_bench_decode_writes_the_documented_json(smoke):
+    result = json.loads((smoke / "decode_b1.json").read_text())
     assert {"device", "runs"} <= result.keys()
     assert [(r["config"], r["talker"]) for r in result["runs"]] == [("tiny", "anchor"), ("tiny-vocalnet", "vocalnet")]
     for run in result["runs"]:
@@ -18,5 +40,28 @@ def test_bench_decode_writes_the_documented_json(tmp_path):
             ("ar", None, None), ("mtp", None, None), ("mdm", 1, None), ("mdm", 4, None), ("mdm", None, 0.5)]
         for r in rows:
             assert {"tokens_per_s", "forwards_per_token", "first_chunk_s", "compile_s", "speedup_vs_ar",
-                    "first_chunk_vs_ar", "block"} <= r.keys()
+                    "first_chunk_vs_ar", "block", "ms_per_forward", "weight_bytes", "kv_bytes",
+                    "bytes_per_s"} <= r.keys()
         assert rows[2]["forwards_per_token"] == 1 / block and rows[3]["forwards_per_token"] == 4 / block
+        ar, mtp = rows[0], rows[1]
+        assert mtp["weight_bytes"] > ar["weight_bytes"] == rows[2]["weight_bytes"]  # MTP reads its modules too
+
+
+def test_bench_compile_and_train_full_json(smoke):
+    compile_ = json.loads((smoke / "compile.json").read_text())
+    assert [(r["program"], r["layout"]) for r in compile_["rows"]] == [("sample_mdm", "scanned"),
+                                                                       ("sample_mdm", "unrolled")]
+    assert all(r["compile_s"] > 0 and r["lower_s"] > 0 for r in compile_["rows"])
+    assert [r["program"] for r in compile_["ratios"]] == ["sample_mdm"]
+    train = json.loads((smoke / "train_full.json").read_text())
+    assert [r["stage"] for r in train["rows"]] == ["text", "speech"]
+    for r in train["rows"]:
+        assert r["flops_per_step"] > 0 and r["tokens_per_s"] > 0 and r["mfu"] is None  # a CPU has no peak
+
+
+@pytest.mark.parametrize("layout", bench_compile.LAYOUTS)
+def test_train_programs_lower_from_shapes_alone(layout):
+    """The train steps bench_compile compiles lower for both layouts (the smoke run compiles a sampler only)."""
+    for program in ("train_text", "train_speech"):
+        lowered = bench_compile.lowered("tiny", program, layout, batch=2, num_blocks=1)
+        assert isinstance(lowered, jax.stages.Lowered)

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from per_layer import per_layer_map
 
 from mdm_jax.config.model import ModelConfig, SpeechDecoderConfig
 from mdm_jax.config.sampler import SamplerConfig, TokenSampling
@@ -36,7 +37,7 @@ def decoder(sd: SpeechDecoderConfig):
     streaming = jnp.array([True, False, True])
     tokens = jnp.zeros((3, 1 + 2 * NUM_BLOCKS * sd.block_size), jnp.int32)
     params = random_init(SpeechDecoder(sd).init, text, tokens)
-    params = jax.tree.map(lambda p: p * 3.0 if p.ndim == 2 else p, params)  # sharper distributions, fewer ties
+    params = per_layer_map(lambda p: p * 3.0 if p.ndim == 2 else p, params)  # sharper distributions, fewer ties
     return sd, params, text, text_valid, streaming
 
 

@@ -98,8 +98,8 @@ RESHARD_SCRIPT = textwrap.dedent("""
     restored = ckpt.restore(target, cfg)
     ckpt.close()
     assert restored.step == 2
-    wq = restored.state.params["llm"]["layers"]["layers_0"]["attn"]["wq"]
-    assert wq.sharding.spec == P(None, "model", None) and len(wq.sharding.device_set) == 8, wq.sharding
+    wq = restored.state.params["llm"]["layers"]["stacked"]["attn"]["wq"]  # (layers, embed, heads, head_dim)
+    assert wq.sharding.spec == P(None, None, "model", None) and len(wq.sharding.device_set) == 8, wq.sharding
     flat = jax.tree_util.tree_leaves_with_path(jax.device_get(restored.state.params))
     ref = dict(jax.tree_util.tree_leaves_with_path(saved["params"]))
     for path, x in flat:

@@ -24,6 +24,7 @@ from mdm_jax.diffusion.losses import mdm_loss
 from mdm_jax.diffusion.masking import sampler_states_mask
 from mdm_jax.diffusion.schedules import step_schedule
 from mdm_jax.model.speech_decoder import SpeechDecoder
+from mdm_jax.model.transformer import stack_layers, unstack_layers
 from mdm_jax.train.denoiser import denoiser
 from mdm_jax.train.distill import (
     distill_loss,
@@ -62,11 +63,12 @@ def init_params(cfg, seed, std=0.02):
                                      jnp.zeros((1, 3), jnp.int32))["params"])
     rng = np.random.default_rng(seed)
 
-    def leaf(path, p):
+    def leaf(path, p):  # per layer, as a stack's layers
         if p.ndim > 1:
-            return jnp.asarray(rng.normal(0.0, std, p.shape).astype(np.float32))
-        return jnp.full(p.shape, 1.0 if path[-1].key == "scale" else 0.0)
-    return jax.tree_util.tree_map_with_path(leaf, shapes)
+            return rng.normal(0.0, std, p.shape).astype(np.float32)
+        return np.full(p.shape, 1.0 if path[-1].key == "scale" else 0.0, np.float32)
+    per_layer = jax.tree_util.tree_map_with_path(leaf, jax.eval_shape(unstack_layers, shapes))
+    return jax.tree.map(jnp.asarray, stack_layers(per_layer, shapes))
 
 
 def random_batch(seed, blocks, speech_len=None):

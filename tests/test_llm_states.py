@@ -16,7 +16,8 @@ from mdm_jax.config.overrides import ConfigError
 from mdm_jax.config.train import get_train_config
 from mdm_jax.model.vocalnet import init_params
 from mdm_jax.train import llm_states
-from mdm_jax.train.data import grain_source, model_batch
+from mdm_jax.train.data import model_batch
+from mdm_jax.train.grain_source import grain_source
 from mdm_jax.train.objectives import speech_inputs
 
 N = 10

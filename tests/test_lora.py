@@ -14,8 +14,9 @@ from mdm_jax.model import lora
 from mdm_jax.model.init import random_init
 from mdm_jax.model.llm import LLM
 from mdm_jax.model.speech_decoder import causal_mask
+from mdm_jax.model.transformer import STACKED
 
-CFG = get_config("tiny", ["llm.num_layers=1"])
+CFG = get_config("tiny", ["llm.num_layers=2"])
 TARGETS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
 
 
@@ -38,16 +39,16 @@ def test_merge_equals_unmerged_low_rank_path_and_fresh_lora_is_identity():
 
     factors = random_lora(params, jax.random.key(1))
     merged = lora.merge(params, factors, 2.0)
-    attn = params["llm"]["layers"]["layers_0"]["attn"]
-    f = factors["llm"]["layers"]["layers_0"]["attn"]
+    layer = lambda tree: jax.tree.map(lambda w: w[1], tree["llm"]["layers"][STACKED]["attn"])  # noqa: E731
+    attn, f, new = layer(params), layer(factors), layer(merged)  # the second layer of the stack
     x = jax.random.normal(jax.random.key(2), (3, CFG.llm.d_model))
     # x W' == x W + 2 (x a) b, for an input-first weight (wq: D -> h, d) and the output one (wo: h, d -> D)
-    np.testing.assert_allclose(jnp.einsum("bd,dhk->bhk", x, merged["llm"]["layers"]["layers_0"]["attn"]["wq"]),
+    np.testing.assert_allclose(jnp.einsum("bd,dhk->bhk", x, new["wq"]),
                                jnp.einsum("bd,dhk->bhk", x, attn["wq"]) + 2.0 * jnp.einsum("bd,dr,rhk->bhk", x,
                                                                                           f["wq"]["a"], f["wq"]["b"]),
                                atol=1e-5)
     y = jax.random.normal(jax.random.key(3), (3, CFG.llm.num_heads, CFG.llm.head_dim))
-    np.testing.assert_allclose(jnp.einsum("bhk,hkd->bd", y, merged["llm"]["layers"]["layers_0"]["attn"]["wo"]),
+    np.testing.assert_allclose(jnp.einsum("bhk,hkd->bd", y, new["wo"]),
                                jnp.einsum("bhk,hkd->bd", y, attn["wo"]) + 2.0 * jnp.einsum("bhk,hkr,rd->bd", y,
                                                                                           f["wo"]["a"], f["wo"]["b"]),
                                atol=1e-5)
@@ -64,6 +65,11 @@ def test_factor_specs_follow_the_weight_sharding():
     assert lora.specs(specs, factors) == {"wq": {"a": P(None, None), "b": P(None, "model", None)},
                                           "wo": {"a": P("model", None, None), "b": P(None, None)},
                                           "w_down": {"a": P("model", None), "b": P(None, None)}}
+    # a scanned stack's weights lead with the layer axis, and so do both factors
+    stacked = {STACKED: {"wq": P(None, None, "model", None)}}
+    factors = {STACKED: {"wq": {"a": jnp.zeros((3, 8, 2)), "b": jnp.zeros((3, 2, 4, 2))}}}
+    assert lora.specs(stacked, factors) == {STACKED: {"wq": {"a": P(None, None, None),
+                                                             "b": P(None, None, "model", None)}}}
 
 
 def test_unknown_target_is_an_error():

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from per_layer import per_layer_map
 from small_train import small_overrides
 
 from mdm_jax.config.mask import MaskConfig
@@ -315,7 +316,7 @@ def test_sampler_states_confidence_objective():
              "units": jnp.asarray(np.where(valid, rng.integers(0, sd.num_units, (b, u)), sd.pad_id), jnp.int32),
              "speech_valid": jnp.asarray(valid)}
     params = random_params(cfg.model)["speech_decoder"]
-    params = jax.tree.map(lambda p: p * 4.0 if p.ndim == 2 else p, params)  # spread the confidences apart
+    params = per_layer_map(lambda p: p * 4.0 if p.ndim == 2 else p, params)  # spread the confidences apart
 
     @jax.jit
     def run(batch):

@@ -81,5 +81,5 @@ def test_decode_speech_runs_the_decoder_in_the_presets_dtype(monkeypatch, method
 
 
 def layer_caches(caches):
-    """The per-layer {'k', 'v'} dicts of a sampler's caches (a list, or AR's {'decoder', 'mtp'})."""
-    return caches if isinstance(caches, list) else caches["decoder"] + caches["mtp"]
+    """The {'k', 'v'} dicts of a sampler's caches (the stack's, or AR's {'decoder', 'mtp'})."""
+    return [caches] if "k" in caches else [caches["decoder"], *caches["mtp"]]

@@ -13,12 +13,14 @@ import numpy as np
 import pytest
 
 from data_pipelines.tokenizer import SPEECH_PLACEHOLDER
-from mdm_jax.config.model import get_config
+from mdm_jax.config.model import REMAT_POLICIES, Loop, get_config
+from mdm_jax.convert.params_io import load_params, save_params
 from mdm_jax.model.attention import Attention, dot_product_attention, init_cache
 from mdm_jax.model.init import random_init
 from mdm_jax.model.llm import LLM
 from mdm_jax.model.rope import apply_rope, inverse_frequencies
 from mdm_jax.model.speech_decoder import causal_mask
+from mdm_jax.model.transformer import POLICIES, STACKED, stack_layers, unstack_layers
 from mdm_jax.model.vocalnet import VocalNet, abstract_params, init_params, random_params
 
 CFG = get_config("tiny", ["llm.num_layers=2", "encoder.num_layers=1", "speech_decoder.num_layers=1",
@@ -103,7 +105,7 @@ def test_llm_kv_cache_decoding_equals_full_forward(params):
     full, _, _ = llm(p, ids, pos, causal_mask(2, 12))
 
     cache_len = 16
-    caches = [init_cache(2, cache_len, CFG.llm.num_kv_heads, CFG.llm.head_dim)] * CFG.llm.num_layers
+    caches = init_cache(2, cache_len, CFG.llm.num_kv_heads, CFG.llm.head_dim, layers=CFG.llm.num_layers)
     visible = lambda start, n: jnp.broadcast_to(  # noqa: E731
         jnp.arange(cache_len)[None] <= (start + jnp.arange(n))[:, None], (2, n, cache_len))
     logits, _, caches = llm(p, ids[:, :7], pos[:, :7], visible(0, 7), caches, 0)
@@ -149,19 +151,41 @@ def test_bf16_compute_keeps_f32_params_and_stays_close(params):
     np.testing.assert_allclose(bf16, f32, atol=0.05 * float(jnp.abs(f32).max()))
 
 
-def test_remat_gives_identical_loss_and_grads(params):
+def test_every_remat_policy_and_unrolling_give_identical_loss_and_grads(params):
     ids = jax.random.randint(jax.random.key(5), (2, 10), 0, CFG.llm.vocab_size)
     pos, mask = jnp.broadcast_to(jnp.arange(10), (2, 10)), causal_mask(2, 10)
 
-    def loss(p, remat):
-        logits, _, _ = LLM(CFG.llm, remat=remat).apply({"params": p}, ids, pos, mask, method=LLM.forward_ids)
+    def loss(p, loop):
+        logits, _, _ = LLM(CFG.llm, loop=loop).apply({"params": p}, ids, pos, mask, method=LLM.forward_ids)
         return jax.nn.logsumexp(logits, -1).mean()
 
     grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
-    l0, g0 = grad(params["llm"], False)
-    l1, g1 = grad(params["llm"], True)
-    np.testing.assert_allclose(l0, l1, rtol=1e-6)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g0, g1)
+    l0, g0 = grad(params["llm"], Loop())
+    assert set(POLICIES) == set(REMAT_POLICIES)
+    for loop in [Loop(unroll=True), *(Loop(remat=name) for name in POLICIES)]:
+        l1, g1 = grad(params["llm"], loop)
+        np.testing.assert_allclose(l0, l1, rtol=1e-6, err_msg=str(loop))
+        jax.tree.map(lambda a, b, m=str(loop): np.testing.assert_allclose(a, b, atol=1e-6, err_msg=m), g0, g1)
+
+
+def test_a_stack_unstacks_into_the_per_layer_layout_and_back(params):
+    """Converters name layers one by one: `unstack_layers` gives layers_0.. with each layer's slice."""
+    flat = unstack_layers(params)
+    wq = params["llm"]["layers"][STACKED]["attn"]["wq"]
+    assert sorted(flat["llm"]["layers"]) == [f"layers_{i}" for i in range(CFG.llm.num_layers)]
+    np.testing.assert_array_equal(flat["llm"]["layers"]["layers_1"]["attn"]["wq"], wq[1])
+    assert "layers_0" in flat["encoder"] and "conv1" in flat["encoder"]
+    back = stack_layers(flat, params)
+    assert jax.tree.structure(back) == jax.tree.structure(params)
+    jax.tree.map(np.testing.assert_array_equal, back, params)
+
+
+def test_params_saved_one_subtree_per_layer_load_stacked(params, tmp_path):
+    """Exports written before the stacks were scanned (`layers_0`, ...) still load, into the stacked layout."""
+    save_params(tmp_path / "old", unstack_layers(params), CFG)
+    loaded, cfg = load_params(tmp_path / "old")
+    assert cfg == CFG and jax.tree.structure(loaded) == jax.tree.structure(params)
+    jax.tree.map(np.testing.assert_array_equal, loaded, params)
 
 
 TENSOR_PARALLEL_SCRIPT = textwrap.dedent("""

@@ -19,6 +19,7 @@ SCRIPT = textwrap.dedent("""
     from mdm_jax.model.init import random_init
     from mdm_jax.model.sharding import make_mesh
     from mdm_jax.model.speech_decoder import SpeechDecoder
+    from mdm_jax.model.transformer import stack_layers, unstack_layers
 
     sd = SpeechDecoderConfig(talker="vocalnet",
                              num_units=40, d_model=64, num_heads=8, num_kv_heads=4, ffn_dim=128, prenn_layers=1,
@@ -29,7 +30,8 @@ SCRIPT = textwrap.dedent("""
     valid = jnp.asarray(np.arange(6)[None] < rng.integers(2, 7, (8, 1)))
     streaming = jnp.asarray(rng.random(8) < 0.5)
     params = random_init(SpeechDecoder(sd).init, text, jnp.zeros((8, 4), jnp.int32))
-    params = jax.tree.map(lambda p: p * 3.0 if p.ndim == 2 else p, params)
+    params = stack_layers(jax.tree.map(lambda p: p * 3.0 if p.ndim == 2 else p, unstack_layers(params)), params)
+    params = jax.tree.map(jnp.asarray, params)
     key = jax.random.key(0)
     ref = block_diffusion.generate(params, text, valid, streaming, key, cfg=cfg, num_blocks=3, record_logits=True)
     ref_tokens, ref_logits = np.asarray(ref.tokens), np.asarray(ref.logits)

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from per_layer import per_layer_map
 
 from data_pipelines.tokenizer import SPEECH_PLACEHOLDER
 from mdm_jax.config.model import ModelConfig, SpeechDecoderConfig, get_config
@@ -25,7 +26,7 @@ def _decoder(offset, talker="vocalnet"):
                              text_per_block=2, speech_position_offset=offset)
     text = jnp.asarray(np.random.default_rng(0).standard_normal((2, 6, 64)).astype(np.float32))
     params = random_init(SpeechDecoder(sd).init, text, jnp.zeros((2, 4), jnp.int32))
-    return ModelConfig(speech_decoder=sd, sampler=SAMPLER), jax.tree.map(lambda p: p * 3.0 if p.ndim == 2 else p,
+    return ModelConfig(speech_decoder=sd, sampler=SAMPLER), per_layer_map(lambda p: p * 3.0 if p.ndim == 2 else p,
                                                                         params), text
 
 
@@ -102,7 +103,7 @@ def test_stream_decodes_in_the_presets_dtype(monkeypatch):
     def spy(fn):
         def run(*args, **kwargs):
             state = fn(*args, **kwargs)
-            seen.extend(c[name].dtype for c in state.caches for name in ("k", "v"))
+            seen.extend(state.caches[name].dtype for name in ("k", "v"))
             return state
         return run
 

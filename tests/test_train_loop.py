@@ -48,12 +48,12 @@ def test_stage_masks_freeze_and_decay_the_right_leaves():
     whole_llm = trainable(tree, StageConfig("text", train_llm=True))
     full = {names(p) for p, t in jax.tree_util.tree_leaves_with_path(whole_llm) if t}
     assert full - stage1 and all(n.startswith(("params/adaptor/", "params/llm/", "lora/")) for n in full)
-    assert "params/llm/layers/layers_0/attn/wq" in full and "params/encoder" not in str(full)
+    assert "params/llm/layers/stacked/attn/wq" in full and "params/encoder" not in str(full)
     stage2 = {names(p) for p, t in jax.tree_util.tree_leaves_with_path(trainable(tree, StageConfig("speech"))) if t}
     assert stage2 and all(n.startswith("params/speech_decoder/") for n in stage2)
     decayed = {names(p) for p, d in jax.tree_util.tree_leaves_with_path(decays(tree)) if d}
-    assert "params/llm/layers/layers_0/attn/wq" in decayed
-    assert "lora/llm/layers/layers_0/attn/wq/b" in decayed
+    assert "params/llm/layers/stacked/attn/wq" in decayed
+    assert "lora/llm/layers/stacked/attn/wq/b" in decayed
     assert not any(n.startswith("params/") and n.endswith(("scale", "/b", "embedding", "embed_positions", "bias"))
                    for n in decayed)
 

@@ -169,6 +169,22 @@ class SpeechDecoderConfig:
         return self.num_units + 5
 
 
+REMAT_POLICIES = ("full", "dots", "dots_and_attention")  # model/transformer.py maps each to a jax policy
+
+
+@dataclass(frozen=True)
+class Loop:
+    """How a stack of identical layers runs: scanned over one compiled body, or unrolled (kept to
+    measure compile time against); rematerialised under a policy of `REMAT_POLICIES`, or "none"."""
+
+    remat: str = "none"
+    unroll: bool = False
+
+    def __post_init__(self):
+        if self.remat != "none" and self.remat not in REMAT_POLICIES:
+            raise ConfigError(f"remat_policy={self.remat!r} is not one of {', '.join(REMAT_POLICIES)}")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "tiny"
@@ -178,7 +194,14 @@ class ModelConfig:
     speech_decoder: SpeechDecoderConfig = field(default_factory=SpeechDecoderConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)  # how speech tokens are decoded by default
     dtype: str = "float32"  # compute dtype; params stay float32
-    remat: bool = False  # jax.checkpoint around every transformer layer
+    remat: bool = False  # jax.checkpoint around every transformer layer, under `remat_policy`
+    remat_policy: str = "full"  # what the backward pass keeps: full (nothing), dots, dots_and_attention
+    unroll_layers: bool = False  # unroll the layer scans (longer compiles; kept to measure them against)
+
+    @property
+    def loop(self) -> Loop:
+        """How every layer stack runs."""
+        return Loop(self.remat_policy if self.remat else "none", self.unroll_layers)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -191,8 +214,8 @@ class ModelConfig:
 # Keys that change how params are used, never what they are: params saved under one value load under
 # another (`init_from`, the CLI's overrides of a checkpoint), e.g. a stage I checkpoint trains a decoder
 # of any block size.
-USAGE_KEYS = ("name", "dtype", "remat", "sampler.", "speech_decoder.block_size", "speech_decoder.text_per_block",
-              "speech_decoder.speech_position_offset")
+USAGE_KEYS = ("name", "dtype", "remat", "unroll_layers", "sampler.", "speech_decoder.block_size",
+              "speech_decoder.text_per_block", "speech_decoder.speech_position_offset")
 
 
 def param_mismatch(saved: ModelConfig, cfg: ModelConfig) -> list[str]:

@@ -1,7 +1,8 @@
 """Key tables: one `Rule` per tensor, applied with full validation in both directions.
 
 Importing checks every expected key is present with the expected shape and that no key is left
-over, so nothing is silently left at random init and nothing is silently dropped.
+over, so nothing is silently left at random init and nothing is silently dropped. Rules name
+layers one by one (`layers_3/attn/wq`); scanned stacks are (un)stacked here, in one place.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from dataclasses import dataclass
 
 import jax
 import numpy as np
+
+from mdm_jax.model.transformer import stack_layers, unstack_layers
 
 
 class ConversionError(ValueError):
@@ -59,15 +62,16 @@ def _set(tree, path, value):
 
 def import_tensors(state: Mapping[str, np.ndarray], rules: list[Rule], abstract: dict,
                    ignore: Callable[[str], bool] = lambda k: False) -> dict:
-    """state: foreign {key: array}; abstract: our params' ShapeDtypeStructs (same nesting) -> params."""
+    """state: foreign {key: array}; abstract: our params' ShapeDtypeStructs -> params (numpy)."""
     expected = {r.src for r in rules}
     unexpected = sorted(k for k in state if k not in expected and not ignore(k))
     if unexpected:
         raise ConversionError(f"unexpected key {unexpected[0]!r} ({len(unexpected)} in all: "
                               f"{unexpected[:5]}); no rule maps it into the model")
     out: dict = {}
+    per_layer = jax.eval_shape(unstack_layers, abstract)
     for r in rules:
-        target = _get(abstract, r.path)
+        target = _get(per_layer, r.path)
         src_shape = jax.eval_shape(r.to_src, target).shape
         if r.src not in state:
             raise ConversionError(f"missing key {r.src!r} (expected shape {src_shape})")
@@ -76,9 +80,10 @@ def import_tensors(state: Mapping[str, np.ndarray], rules: list[Rule], abstract:
             raise ConversionError(f"key {r.src!r} has shape {w.shape}, expected {src_shape} "
                                   f"(-> {'/'.join(r.path)} {target.shape})")
         _set(out, r.path, np.ascontiguousarray(r.to_ours(w)))
-    return out
+    return stack_layers(out, abstract)
 
 
 def export_tensors(params: dict, rules: list[Rule]) -> dict[str, np.ndarray]:
+    params = unstack_layers(params)
     return {r.src: np.ascontiguousarray(r.to_src(np.asarray(_get(params, r.path), np.float32)))
             for r in rules}

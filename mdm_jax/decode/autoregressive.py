@@ -40,7 +40,7 @@ def mtp_heads(cfg: ModelConfig) -> int:
 class ARState(NamedTuple):
     count: jax.Array  # () tokens generated per row so far
     last: jax.Array  # (b, 1 + k) tokens of the last forward, K/V not yet cached
-    caches: dict  # {'decoder': [per layer], 'mtp': [per module]} of {'k', 'v'}
+    caches: dict  # {'decoder': the stack's, 'mtp': [per module]} of {'k', 'v'}
     tokens: jax.Array  # (b, max_tokens + 1 + k) output, PAD where not generated
     done: jax.Array  # (b,) EOS seen
     lengths: jax.Array  # (b,) units before EOS
@@ -54,7 +54,7 @@ def generate(params, text_hidden, text_valid, streaming, key, *, cfg: ModelConfi
     Generates up to `max_tokens` (+ at most k overshoot, cut) units, stopping once all rows hit EOS."""
     sd, sampling, dtype = cfg.speech_decoder, cfg.sampler.token, jnp.dtype(cfg.dtype)
     heads = mtp_heads(cfg)
-    dec = SpeechDecoder(sd, dtype)
+    dec = SpeechDecoder(sd, dtype, cfg.loop)
     apply = lambda method, *a: dec.apply({"params": params}, *a, method=method)  # noqa: E731
     b = text_hidden.shape[0]
     prefix_text = sd.prefix_text(text_valid)
@@ -106,8 +106,8 @@ def generate(params, text_hidden, text_valid, streaming, key, *, cfg: ModelConfi
         new, key = choose(state.tokens, state.count, logits, state.key)
         return finish(state, new, caches, key)
 
-    kv = lambda: init_cache(b, P + width, sd.num_kv_heads, sd.head_dim, dtype)  # noqa: E731
-    caches = {"decoder": [kv() for _ in range(sd.num_layers)], "mtp": [kv() for _ in range(heads)]}
+    kv = functools.partial(init_cache, b, P + width, sd.num_kv_heads, sd.head_dim, dtype)
+    caches = {"decoder": kv(layers=sd.num_layers), "mtp": [kv() for _ in range(heads)]}
     prefix = jnp.concatenate([apply(SpeechDecoder.prefix, text_hidden), inputs(jnp.full((b, 1), sd.sos_id), 0)],
                              axis=1)
     logits, caches = forward(prefix, 0, caches)

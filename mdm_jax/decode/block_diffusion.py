@@ -42,7 +42,7 @@ class BlockState(NamedTuple):
     streaming: jax.Array  # (b,) bool
     block: jax.Array  # () index of the next block to decode
     prev: jax.Array  # (b, B) tokens of the last finished block, K/V not yet cached
-    caches: list  # per layer {'k', 'v'}: (b, slots, kv, d)
+    caches: dict  # the decoder stack's {'k', 'v'}: (layers, b, slots, kv, d)
     tokens: jax.Array  # (b, num_blocks * B) output so far, PAD where not generated
     done: jax.Array  # (b,) bool: EOS seen
     lengths: jax.Array  # (b,) speech units before EOS
@@ -53,7 +53,8 @@ class BlockState(NamedTuple):
 
 
 def _apply(params, cfg: ModelConfig, method, *args):
-    return SpeechDecoder(cfg.speech_decoder, jnp.dtype(cfg.dtype)).apply({"params": params}, *args, method=method)
+    decoder = SpeechDecoder(cfg.speech_decoder, jnp.dtype(cfg.dtype), cfg.loop)
+    return decoder.apply({"params": params}, *args, method=method)
 
 
 def _speech_inputs(params, state: BlockState, ids, start, cfg: ModelConfig):
@@ -83,8 +84,7 @@ def begin(params, streaming, key, *, cfg: ModelConfig, num_blocks: int, text_cap
     slots = prefix + 2 + num_blocks * B
     state = BlockState(
         text_valid=jnp.zeros((b, prefix), bool), streaming=streaming, block=jnp.int32(0),
-        prev=jnp.full((b, B), -1), caches=[init_cache(b, slots, sd.num_kv_heads, sd.head_dim, dtype)
-                                          for _ in range(sd.num_layers)],
+        prev=jnp.full((b, B), -1), caches=init_cache(b, slots, sd.num_kv_heads, sd.head_dim, dtype, sd.num_layers),
         tokens=jnp.full((b, num_blocks * B), sd.pad_id), done=jnp.zeros((b,), bool),
         lengths=jnp.zeros((b,), jnp.int32), forwards=jnp.int32(0), key=key,
         logits=jnp.zeros((b, num_blocks * B, sd.output_vocab)) if record_logits else None,

@@ -46,8 +46,8 @@ def _prefill(params, speech, ids, *, cfg: ModelConfig, capacity: int):
     """Run the prompt with its speech embeddings; -> (last logits (V,), caches)."""
     model = VocalNet(cfg)
     t = ids.shape[1]
-    caches = [init_cache(1, capacity, cfg.llm.num_kv_heads, cfg.llm.head_dim, jnp.dtype(cfg.dtype))
-              for _ in range(cfg.llm.num_layers)]
+    caches = init_cache(1, capacity, cfg.llm.num_kv_heads, cfg.llm.head_dim, jnp.dtype(cfg.dtype),
+                        layers=cfg.llm.num_layers)
     mask = (jnp.arange(capacity)[None] <= jnp.arange(t)[:, None])[None]
     logits, _, caches = model.apply({"params": params}, ids, speech, jnp.arange(t)[None], mask, caches, 0,
                                     method=VocalNet.llm_forward)
@@ -57,7 +57,7 @@ def _prefill(params, speech, ids, *, cfg: ModelConfig, capacity: int):
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def _llm_step(params, token, index, caches, *, cfg: ModelConfig):
     """Feed one text token at position `index` -> (next logits (V,), its hidden state (d,), caches)."""
-    capacity = caches[0]["k"].shape[1]
+    capacity = caches["k"].shape[2]
     mask = (jnp.arange(capacity) <= index)[None, None]
     logits, hidden, caches = VocalNet(cfg).apply({"params": params}, token.reshape(1, 1), None,
                                                  index.reshape(1, 1), mask, caches, index,

@@ -11,12 +11,15 @@ from mdm_jax.model.layers import RMSNorm, param
 from mdm_jax.model.rope import apply_rope
 from mdm_jax.model.sharding import local, psum_model
 
-KVCache = dict  # {'k': (b, s, kv, d), 'v': (b, s, kv, d)}: one per layer, a plain pytree
+KVCache = dict  # {'k': (b, s, kv, d), 'v': (b, s, kv, d)}, or (L, b, s, kv, d) for a stack of L layers
 
 
-def init_cache(batch: int, length: int, num_kv_heads: int, head_dim: int, dtype=jnp.float32) -> KVCache:
-    """Zeros for `length` slots; under shard_map this device's share of the kv heads."""
-    zeros = jnp.zeros((batch, length, local(num_kv_heads, "num_kv_heads"), head_dim), dtype)
+def init_cache(batch: int, length: int, num_kv_heads: int, head_dim: int, dtype=jnp.float32,
+               layers: int | None = None) -> KVCache:
+    """Zeros for `length` slots (with a leading axis of `layers` for a layer stack); under
+    shard_map this device's share of the kv heads."""
+    shape = (batch, length, local(num_kv_heads, "num_kv_heads"), head_dim)
+    zeros = jnp.zeros(shape if layers is None else (layers, *shape), dtype)
     return {"k": zeros, "v": zeros}
 
 

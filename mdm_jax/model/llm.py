@@ -10,7 +10,7 @@ from mdm_jax.config.model import LLMConfig
 from mdm_jax.model.layers import Embed, RMSNorm, param
 from mdm_jax.model.rope import inverse_frequencies
 from mdm_jax.model.sharding import local
-from mdm_jax.model.transformer import DecoderStack
+from mdm_jax.model.transformer import DecoderStack, Loop
 
 
 def layer_kwargs(num_heads, num_kv_heads, head_dim, ffn_dim, inv_freq, eps, qkv_bias, dtype, qk_norm=False) -> dict:
@@ -22,7 +22,7 @@ def layer_kwargs(num_heads, num_kv_heads, head_dim, ffn_dim, inv_freq, eps, qkv_
 class LLM(nn.Module):
     cfg: LLMConfig
     dtype: jnp.dtype = jnp.float32
-    remat: bool = False
+    loop: Loop = Loop()
 
     def setup(self):
         c = self.cfg
@@ -32,7 +32,7 @@ class LLM(nn.Module):
         self.embed = Embed(c.vocab_size, c.d_model, "vocab", self.dtype)
         self.layers = DecoderStack(c.num_layers, layer_kwargs(
             c.num_heads, c.num_kv_heads, c.head_dim, c.ffn_dim, inv_freq, c.rms_norm_eps, c.qkv_bias,
-            self.dtype, c.qk_norm), self.remat)
+            self.dtype, c.qk_norm), self.loop)
         self.norm = RMSNorm(c.rms_norm_eps, self.dtype)
         if not c.tie_embeddings:
             self.lm_head = param(self, "lm_head", (c.d_model, local(c.vocab_size, "vocab_size")),

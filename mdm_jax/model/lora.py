@@ -6,17 +6,21 @@
 A target weight W with input axes I and output axes O (e.g. wq (D, h, d): I = (D,), O = (h, d);
 wo (h, d, D): I = (h, d), O = (D,)) gets a (I..., r) and b (r, O...), and W' = W + scale · a·b.
 b starts at zero, so merging a fresh LoRA is the identity. The factors keep the logical sharding
-of the axes they share with W, so W' is sharded exactly as W under tensor parallelism.
+of the axes they share with W, so W' is sharded exactly as W under tensor parallelism. A weight of a
+scanned stack keeps its leading layer axis L in both factors: a (L, I..., r), b (L, r, O...).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import zlib
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
+
+from mdm_jax.model.transformer import layer_axes
 
 INPUT_AXES = {"wo": 2}  # weights whose input spans more than their first axis (attention out: heads, head_dim)
 
@@ -33,11 +37,12 @@ def init(params, targets: tuple[str, ...], rank: int, key):
                 if sub:
                     out[name] = sub
             elif name in targets:
-                n_in = INPUT_AXES.get(name, 1)
+                lead = layer_axes((*path, name))
+                n_in = lead + INPUT_AXES.get(name, 1)
                 k = jax.random.fold_in(key, zlib.crc32("/".join((*path, name)).encode()) % 2**31)
                 a = jax.random.normal(k, (*value.shape[:n_in], rank), jnp.float32)
-                a = a / math.prod(value.shape[:n_in]) ** 0.5
-                out[name] = {"a": a, "b": jnp.zeros((rank, *value.shape[n_in:]), jnp.float32)}
+                a = a / math.prod(value.shape[lead:n_in]) ** 0.5
+                out[name] = {"a": a, "b": jnp.zeros((*value.shape[:lead], rank, *value.shape[n_in:]), jnp.float32)}
                 found[name] = True
         return out
 
@@ -48,29 +53,38 @@ def init(params, targets: tuple[str, ...], rank: int, key):
     return lora
 
 
-def merge(params, lora, scale: float):
+def _is_factor(sub) -> bool:
+    return set(sub) == {"a", "b"} and not isinstance(sub["a"], dict)
+
+
+def merge(params, lora, scale: float, path=()):
     """params with W + scale · a·b at every LoRA leaf; other leaves unchanged (same objects)."""
     if not lora:
         return params
     out = dict(params)
     for name, sub in lora.items():
-        if set(sub) == {"a", "b"} and not isinstance(sub["a"], dict):
-            w = params[name]
-            delta = jnp.tensordot(sub["a"], sub["b"], axes=1)
+        if _is_factor(sub):
+            w, product = params[name], functools.partial(jnp.tensordot, axes=1)
+            for _ in range(layer_axes((*path, name))):
+                product = jax.vmap(product)  # one low-rank product per layer
+            delta = product(sub["a"], sub["b"])
             out[name] = (w + scale * delta.astype(w.dtype)).astype(w.dtype)
         else:
-            out[name] = merge(params[name], sub, scale)
+            out[name] = merge(params[name], sub, scale, (*path, name))
     return out
 
 
-def specs(param_specs, lora):
-    """PartitionSpecs of the factors from the specs of their weights: a keeps W's input axes, b its output axes."""
+def specs(param_specs, lora, path=()):
+    """PartitionSpecs of the factors from the specs of their weights: a keeps W's layer and input
+    axes, b its layer and output axes."""
     out = {}
     for name, sub in lora.items():
-        if set(sub) == {"a", "b"} and not isinstance(sub["a"], dict):
-            spec = tuple(param_specs[name]) + (None,) * (sub["a"].ndim + sub["b"].ndim - 2 - len(param_specs[name]))
+        if _is_factor(sub):
+            lead = layer_axes((*path, name))
+            ndim = sub["a"].ndim + sub["b"].ndim - 2 - lead
+            spec = tuple(param_specs[name]) + (None,) * (ndim - len(param_specs[name]))
             n_in = sub["a"].ndim - 1
-            out[name] = {"a": P(*spec[:n_in], None), "b": P(None, *spec[n_in:])}
+            out[name] = {"a": P(*spec[:n_in], None), "b": P(*spec[:lead], None, *spec[n_in:])}
         else:
-            out[name] = specs(param_specs[name], sub)
+            out[name] = specs(param_specs[name], sub, (*path, name))
     return out

@@ -32,6 +32,7 @@ RULES: tuple[tuple[str, str | None], ...] = (
     ("conv", None),
     ("positions", None),
     ("norm", None),
+    ("layers", None),  # the leading axis of a scanned stack's params
 )
 
 
@@ -54,6 +55,20 @@ def model_axis_index():
 def psum_model(x):
     """Sum the partial results of a row-parallel matmul over 'model' (identity when unbound)."""
     return lax.psum(x, MODEL) if model_axis_size() > 1 else x
+
+
+def varying_axes(x) -> frozenset:
+    """The manual mesh axes `x` varies over inside shard_map (empty outside); `aval.vma` before jax 0.10."""
+    aval = jax.typeof(x)
+    mat = getattr(aval, "mat", None)
+    return frozenset(mat.varying if mat is not None else getattr(aval, "vma", ()))
+
+
+def vary_like(x, *others):
+    """`x` cast to vary over every mesh axis that one of `others` varies over: a scan's carry must
+    keep its type under `shard_map(check_vma=True)`, and mixing in per-shard inputs makes it vary."""
+    missing = set().union(*(varying_axes(o) for o in jax.tree.leaves(others))) - varying_axes(x)
+    return lax.pcast(x, tuple(sorted(missing)), to="varying") if missing else x
 
 
 def local(n: int, what: str) -> int:

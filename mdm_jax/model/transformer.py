@@ -1,12 +1,41 @@
-"""The LLaMA decoder layer and a stack of them, shared by the LLM and the speech decoder."""
+"""The LLaMA decoder layer, and a stack of identical layers scanned over one compiled body.
+
+A stack's params sit under one `stacked` subtree with a leading layer axis (logical name
+`layers`): `llm/layers/stacked/attn/wq` is (L, D, h, d), and a stack's KV cache is one dict of
+(L, b, s, kv, d) arrays. `unstack_layers` gives the per-layer view `layers_0..` that converters
+name, `stack_layers` the way back.
+"""
 
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+import numpy as np
 
+from mdm_jax.config.model import Loop
 from mdm_jax.model.attention import Attention, KVCache
 from mdm_jax.model.layers import MLP, RMSNorm
+from mdm_jax.model.sharding import vary_like
+
+STACKED = "stacked"  # the params key of a scanned stack
+
+# what the backward pass may keep, per `ModelConfig.remat_policy`
+POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,  # recompute the whole layer
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep the weight matmuls' outputs
+    "dots_and_attention": jax.checkpoint_policies.dots_saveable,  # keep every matmul, attention's too
+}
+
+
+def scanned(layer: type[nn.Module], num_layers: int, loop: Loop, in_axes: tuple) -> type[nn.Module]:
+    """`layer` (called as (carry, *inputs) -> (carry, output)) scanned `num_layers` times with its
+    params stacked on axis 0; `in_axes` says per input whether it is per layer (0) or shared (nn.broadcast)."""
+    if loop.remat != "none":
+        layer = nn.remat(layer, policy=POLICIES[loop.remat], prevent_cse=False)
+    return nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=in_axes,
+                   length=num_layers, unroll=num_layers if loop.unroll else 1,
+                   metadata_params={nn.PARTITION_NAME: "layers"})
 
 
 class DecoderLayer(nn.Module):
@@ -33,18 +62,47 @@ class DecoderLayer(nn.Module):
 
 
 class DecoderStack(nn.Module):
-    """`num_layers` DecoderLayers named layers_0.. (optionally rematerialised); caches are a list."""
+    """`num_layers` DecoderLayers scanned; `caches` is one stacked KVCache (`init_cache(num_layers, ...)`)."""
 
     num_layers: int
     layer: dict  # DecoderLayer keyword arguments
-    remat: bool = False
+    loop: Loop = Loop()
 
     @nn.compact
-    def __call__(self, x, positions, mask, caches: list | None = None, cache_index=None):
-        cls = nn.remat(DecoderLayer) if self.remat else DecoderLayer
-        new_caches = []
-        for i in range(self.num_layers):
-            x, c = cls(**self.layer, name=f"layers_{i}")(
-                x, positions, mask, None if caches is None else caches[i], cache_index)
-            new_caches.append(c)
-        return x, (None if caches is None else new_caches)
+    def __call__(self, x, positions, mask, caches: KVCache | None = None, cache_index=None):
+        if self.num_layers == 0:
+            return x, caches
+        stack = scanned(DecoderLayer, self.num_layers, self.loop, (nn.broadcast, nn.broadcast, 0, nn.broadcast))
+        return stack(**self.layer, name=STACKED)(vary_like(x, positions, mask), positions, mask, caches, cache_index)
+
+
+def layer_axes(path) -> int:
+    """Leading layer axes of the params leaf at `path` (a sequence of key names): 1 inside a stack, else 0."""
+    return int(STACKED in path)
+
+
+def unstack_layers(tree):
+    """Every `stacked` subtree {leaf: (L, ...)} -> `layers_0`..`layers_{L-1}` {leaf: (...)}; the rest as is."""
+    if not isinstance(tree, dict):
+        return tree
+    out = {}
+    for key, sub in tree.items():
+        if key == STACKED:
+            n = jax.tree.leaves(sub)[0].shape[0]
+            out.update({f"layers_{i}": jax.tree.map(lambda x, i=i: x[i], sub) for i in range(n)})
+        else:
+            out[key] = unstack_layers(sub)
+    return out
+
+
+def stack_layers(tree, like):
+    """The inverse of `unstack_layers`: `layers_i` subtrees of `tree` stacked (numpy) wherever `like`
+    (a stacked tree, or its shapes) has a `stacked` subtree."""
+    if not isinstance(like, dict):
+        return tree
+    if STACKED not in like:
+        return {key: stack_layers(sub, like.get(key)) for key, sub in tree.items()}
+    n = jax.tree.leaves(like[STACKED])[0].shape[0]
+    layers = [f"layers_{i}" for i in range(n)]
+    out = {key: stack_layers(sub, like.get(key)) for key, sub in tree.items() if key not in layers}
+    return {**out, STACKED: jax.tree.map(lambda *xs: np.stack(xs), *(tree[k] for k in layers))}

@@ -11,6 +11,7 @@ from mdm_jax.config.model import EncoderConfig
 from mdm_jax.model.attention import dot_product_attention
 from mdm_jax.model.layers import param
 from mdm_jax.model.sharding import local, psum_model
+from mdm_jax.model.transformer import STACKED, Loop, scanned
 
 _zeros = nn.initializers.zeros
 
@@ -65,16 +66,18 @@ class WhisperLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x):
+        """x (b, t, d) -> (x, None): the scan's (carry, output) form."""
         c = self.cfg
         x = x + WhisperAttention(c.num_heads, self.dtype, name="attn")(
             layer_norm(c.layer_norm_eps, self.dtype, "attn_norm")(x))
         return x + WhisperMLP(c.ffn_dim, self.dtype, name="mlp")(
-            layer_norm(c.layer_norm_eps, self.dtype, "mlp_norm")(x))
+            layer_norm(c.layer_norm_eps, self.dtype, "mlp_norm")(x)), None
 
 
 class WhisperEncoder(nn.Module):
     cfg: EncoderConfig
     dtype: jnp.dtype = jnp.float32
+    loop: Loop = Loop()
 
     @nn.compact
     def __call__(self, mel):
@@ -93,6 +96,5 @@ class WhisperEncoder(nn.Module):
         table = param(self, "embed_positions", (c.max_source_positions, c.d_model), ("positions", "embed"),
                       self.dtype, lambda *_: jnp.asarray(sinusoids(c.max_source_positions, c.d_model)))
         x = x + table[: x.shape[1]]
-        for i in range(c.num_layers):
-            x = WhisperLayer(c, self.dtype, name=f"layers_{i}")(x)
+        x, _ = scanned(WhisperLayer, c.num_layers, self.loop, ())(c, self.dtype, name=STACKED)(x)
         return layer_norm(c.layer_norm_eps, self.dtype, "final_norm")(x)

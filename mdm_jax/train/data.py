@@ -1,19 +1,16 @@
-"""Batches for training: the Grain pipeline over a manifest, or synthetic batches of the same format,
-turned into the model batch of `objectives` on the host.
+"""Synthetic batches in the Grain pipeline's format (`train.grain_source` reads a manifest), and the
+turning of either into the model batch of `objectives` on the host.
 
 Both sources are iterators over this process's rows with `get_state()` / `set_state()`, so the
 checkpoint holds the input position and a resumed run reads exactly the batches it would have.
+Nothing here imports Grain: benchmarks and GPU scripts run where only JAX is installed.
 """
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
-from data_pipelines.manifest import read_manifest
-from data_pipelines.pipeline import DataConfig, make_dataset
-from data_pipelines.tokenizer import SPEECH_PLACEHOLDER, TEMPLATES, load_tokenizer, speech_token_id
+from data_pipelines.tokenizer import SPEECH_PLACEHOLDER
 from mdm_jax.config.model import ModelConfig
 from mdm_jax.config.overrides import ConfigError
 from mdm_jax.config.train import TrainConfig
@@ -73,31 +70,6 @@ class SyntheticSource:
             "units": _pad(units, d.max_units),
             "units_segment_ids": _pad(np.ones(len(units), np.int32), d.max_units),
         }
-
-
-def grain_source(cfg: TrainConfig, bad, process_index: int = 0, process_count: int = 1, epochs: int | None = None):
-    """(iterator over this process's Grain batches, speech placeholder id of the tokenizer);
-    `epochs=None` repeats forever."""
-    d, m = cfg.data, cfg.model
-    if not os.path.isfile(d.manifest):
-        raise ConfigError(f"data.manifest={d.manifest!r}: no such file")
-    tokenizer_path = d.tokenizer or os.path.join(os.path.dirname(d.manifest), "tokenizer.json")
-    if not os.path.exists(tokenizer_path):
-        raise ConfigError(f"tokenizer {tokenizer_path!r} not found: set data.tokenizer")
-    if d.template not in TEMPLATES:
-        raise ConfigError(f"data.template={d.template!r}; expected one of {sorted(TEMPLATES)}")
-    tokenizer, template = load_tokenizer(tokenizer_path), TEMPLATES[d.template]
-    if tokenizer.get_vocab_size() > m.llm.vocab_size:
-        raise ConfigError(f"tokenizer has {tokenizer.get_vocab_size()} ids > model.llm.vocab_size={m.llm.vocab_size}")
-    data_cfg = DataConfig(
-        batch_size=len(local_rows(d.batch_size, process_index, process_count)), batching="bucket",
-        n_mels=m.encoder.num_mel_bins, adaptor_k=m.adaptor.downsample, unit_vocab=m.speech_decoder.num_units,
-        max_seconds=d.max_seconds, max_text=d.max_text, max_units=d.max_units, pad_multiple=d.pad_multiple,
-        seed=d.seed, num_epochs=epochs,
-    )
-    ds = make_dataset(read_manifest(d.manifest, bad), tokenizer, template, data_cfg, bad,
-                      process_index=process_index, process_count=process_count)
-    return iter(ds), speech_token_id(tokenizer, template)
 
 
 def model_batch(raw: dict, cfg: ModelConfig, speech_id: int) -> dict:

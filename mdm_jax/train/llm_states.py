@@ -22,7 +22,8 @@ from data_pipelines.validation import BadRecords
 from mdm_jax.config.overrides import ConfigError
 from mdm_jax.config.train import TrainConfig, get_train_config
 from mdm_jax.convert.params_io import load_params
-from mdm_jax.train.data import grain_source, local_rows, model_batch
+from mdm_jax.train.data import local_rows, model_batch
+from mdm_jax.train.grain_source import grain_source
 from mdm_jax.train.objectives import speech_inputs
 
 FIELDS = ("hidden", "text_lengths", "units", "unit_lengths")

@@ -30,14 +30,13 @@ from mdm_jax.model import lora
 from mdm_jax.model.sharding import DATA, batch_sharding, make_mesh, shardings
 from mdm_jax.train import distill
 from mdm_jax.train.checkpointing import Checkpointer
-from mdm_jax.train.data import SYNTHETIC_SPEECH_ID, SyntheticSource, batch_stats, grain_source, model_batch
+from mdm_jax.train.data import SYNTHETIC_SPEECH_ID, SyntheticSource, batch_stats, model_batch
 from mdm_jax.train.encoder_cache import EncoderCache
+from mdm_jax.train.flops import peak_flops, step_flops
+from mdm_jax.train.grain_source import grain_source
 from mdm_jax.train.llm_states import StatesSource
 from mdm_jax.train.optimizer import make_optimizer
 from mdm_jax.train.step import init_state, make_train_step, state_specs
-
-PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "v6": 918e12, "v5p": 459e12, "v5 lite": 197e12,
-              "v5e": 197e12, "v4": 275e12}  # dense bf16 per device, by device-kind substring
 
 
 class TrainingDiverged(RuntimeError):
@@ -114,8 +113,8 @@ def train(cfg: TrainConfig, workdir: str, source=None, log=print) -> dict:
             if cache is not None:
                 host = cache(host, (raw["mel_segment_ids"] > 0).sum(1))
             batch = jax.tree.map(lambda x: jax.make_array_from_process_local_data(batch_sharding(mesh), x), host)
-            if flops is None:
-                flops = step_flops(step_fn, state, batch)
+            if flops is None and peak_flops(cfg):  # MFU needs both; CPUs have no peak to divide by
+                flops = step_flops(cfg, optimizer, state, batch, steps)
             state, metrics = step_fn(state, batch)
             metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}  # blocks: CPU collectives need it
             step_i += 1
@@ -183,20 +182,6 @@ def export(cfg: TrainConfig, workdir: str, out: str) -> str:
     params = lora.merge(state["params"], state["lora"], cfg.stage.lora_alpha / cfg.stage.lora_rank)
     return str(save_params(out, params, cfg.model))
 
-
-def step_flops(step_fn, state, batch) -> float | None:
-    """FLOPs of one step from XLA's cost analysis of the lowered program (no extra compile)."""
-    try:
-        return float(step_fn.lower(state, batch).cost_analysis()["flops"])
-    except (KeyError, TypeError, NotImplementedError):
-        return None
-
-
-def peak_flops(cfg: TrainConfig) -> float | None:
-    if cfg.peak_tflops > 0:
-        return cfg.peak_tflops * 1e12
-    kind = jax.devices()[0].device_kind
-    return next((v for k, v in PEAK_FLOPS.items() if k in kind), None)
 
 
 class MetricsWriter:

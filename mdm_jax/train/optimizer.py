@@ -11,6 +11,7 @@ import jax
 import optax
 
 from mdm_jax.config.train import OptimizerConfig, StageConfig, TrainConfig
+from mdm_jax.model.transformer import layer_axes
 
 TRAINS = {  # stage -> top-level subtrees that train
     "text": (("params", "adaptor"), ("lora",)),  # stage I: adaptor + LoRA; encoder and LLM weights frozen
@@ -47,8 +48,9 @@ def combine(trained, frozen):
 
 
 def decays(tree):
-    """Bool pytree: weight decay on matrices only (norms and biases are 1-D; embeddings excluded by name)."""
-    return jax.tree_util.tree_map_with_path(lambda p, x: x.ndim >= 2 and _names(p)[-1] not in NO_DECAY, tree)
+    """Bool pytree: weight decay on matrices only (norms and biases are 1-D per layer; embeddings excluded by name)."""
+    return jax.tree_util.tree_map_with_path(
+        lambda p, x: x.ndim - layer_axes(_names(p)) >= 2 and _names(p)[-1] not in NO_DECAY, tree)
 
 
 def learning_rate(cfg: OptimizerConfig, steps: int) -> optax.Schedule:
