@@ -55,7 +55,7 @@ def lowered(config: str, program: str, layout: str, batch: int, num_blocks: int)
     cfg = get_train_config(config, overrides).model
     cfg = dataclasses.replace(cfg, sampler=SamplerConfig(method=method, denoise_steps=1))
     sd, text = cfg.speech_decoder, 8 * cfg.speech_decoder.text_per_block
-    params = jax.eval_shape(lambda k: SpeechDecoder(sd, jnp.float32, cfg.loop).init(
+    params = jax.eval_shape(lambda k: SpeechDecoder(sd, jnp.float32, cfg.execution).init(
         k, jnp.zeros((1, text, cfg.llm.d_model)), jnp.zeros((1, 4), jnp.int32))["params"], jax.random.key(0))
     params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.dtype(cfg.dtype)), params)
     generate = jax.jit(speech.generate, static_argnames=("cfg", "num_blocks"))

@@ -53,7 +53,7 @@ def bench_stage(config: str, stage: str, batch: int, steps: int, overrides: list
     seconds = statistics.median(times)
     tokens = statistics.mean(batch_stats(h)["tokens"] for h in hosts[1:])
     peak = peak_flops(cfg)
-    return {"stage": stage, "batch": batch, "remat": cfg.model.loop.remat, "dtype": cfg.model.dtype,
+    return {"stage": stage, "batch": batch, "remat": cfg.model.execution.remat, "dtype": cfg.model.dtype,
             "compile_s": compile_s, "step_s": seconds, "tokens_per_step": tokens, "tokens_per_s": tokens / seconds,
             "padding": statistics.mean(batch_stats(h)["padding"] for h in hosts[1:]),
             "flops_per_step": flops, "flops_per_s": flops / seconds if flops else None,

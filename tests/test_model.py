@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from data_pipelines.tokenizer import SPEECH_PLACEHOLDER
-from mdm_jax.config.model import REMAT_POLICIES, Loop, get_config
+from mdm_jax.config.model import REMAT_POLICIES, Execution, get_config
 from mdm_jax.convert.params_io import load_params, save_params
 from mdm_jax.model.attention import Attention, dot_product_attention, init_cache
 from mdm_jax.model.init import random_init
@@ -155,17 +155,17 @@ def test_every_remat_policy_and_unrolling_give_identical_loss_and_grads(params):
     ids = jax.random.randint(jax.random.key(5), (2, 10), 0, CFG.llm.vocab_size)
     pos, mask = jnp.broadcast_to(jnp.arange(10), (2, 10)), causal_mask(2, 10)
 
-    def loss(p, loop):
-        logits, _, _ = LLM(CFG.llm, loop=loop).apply({"params": p}, ids, pos, mask, method=LLM.forward_ids)
+    def loss(p, execution):
+        logits, _, _ = LLM(CFG.llm, execution=execution).apply({"params": p}, ids, pos, mask, method=LLM.forward_ids)
         return jax.nn.logsumexp(logits, -1).mean()
 
     grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
-    l0, g0 = grad(params["llm"], Loop())
+    l0, g0 = grad(params["llm"], Execution())
     assert set(POLICIES) == set(REMAT_POLICIES)
-    for loop in [Loop(unroll=True), *(Loop(remat=name) for name in POLICIES)]:
-        l1, g1 = grad(params["llm"], loop)
-        np.testing.assert_allclose(l0, l1, rtol=1e-6, err_msg=str(loop))
-        jax.tree.map(lambda a, b, m=str(loop): np.testing.assert_allclose(a, b, atol=1e-6, err_msg=m), g0, g1)
+    for execution in [Execution(unroll=True), *(Execution(remat=name) for name in POLICIES)]:
+        l1, g1 = grad(params["llm"], execution)
+        np.testing.assert_allclose(l0, l1, rtol=1e-6, err_msg=str(execution))
+        jax.tree.map(lambda a, b, m=str(execution): np.testing.assert_allclose(a, b, atol=1e-6, err_msg=m), g0, g1)
 
 
 def test_a_stack_unstacks_into_the_per_layer_layout_and_back(params):

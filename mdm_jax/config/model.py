@@ -170,19 +170,24 @@ class SpeechDecoderConfig:
 
 
 REMAT_POLICIES = ("full", "dots", "dots_and_attention")  # model/transformer.py maps each to a jax policy
+ATTENTION = ("xla", "cudnn")  # jax.nn.dot_product_attention implementations (cudnn: GPU, bf16/fp16)
 
 
 @dataclass(frozen=True)
-class Loop:
-    """How a stack of identical layers runs: scanned over one compiled body, or unrolled (kept to
-    measure compile time against); rematerialised under a policy of `REMAT_POLICIES`, or "none"."""
+class Execution:
+    """How the layers run, never what they compute: layer stacks scanned over one compiled body or
+    unrolled (kept to measure compile time against), rematerialised under a policy of
+    `REMAT_POLICIES` or "none", attention by one of `ATTENTION`."""
 
     remat: str = "none"
     unroll: bool = False
+    attention: str = "xla"
 
     def __post_init__(self):
         if self.remat != "none" and self.remat not in REMAT_POLICIES:
             raise ConfigError(f"remat_policy={self.remat!r} is not one of {', '.join(REMAT_POLICIES)}")
+        if self.attention not in ATTENTION:
+            raise ConfigError(f"attention={self.attention!r} is not one of {', '.join(ATTENTION)}")
 
 
 @dataclass(frozen=True)
@@ -197,11 +202,11 @@ class ModelConfig:
     remat: bool = False  # jax.checkpoint around every transformer layer, under `remat_policy`
     remat_policy: str = "full"  # what the backward pass keeps: full (nothing), dots, dots_and_attention
     unroll_layers: bool = False  # unroll the layer scans (longer compiles; kept to measure them against)
+    attention: str = "xla"  # xla, or cudnn (fused flash attention on NVIDIA GPUs in bf16)
 
     @property
-    def loop(self) -> Loop:
-        """How every layer stack runs."""
-        return Loop(self.remat_policy if self.remat else "none", self.unroll_layers)
+    def execution(self) -> Execution:
+        return Execution(self.remat_policy if self.remat else "none", self.unroll_layers, self.attention)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -214,7 +219,7 @@ class ModelConfig:
 # Keys that change how params are used, never what they are: params saved under one value load under
 # another (`init_from`, the CLI's overrides of a checkpoint), e.g. a stage I checkpoint trains a decoder
 # of any block size.
-USAGE_KEYS = ("name", "dtype", "remat", "unroll_layers", "sampler.", "speech_decoder.block_size",
+USAGE_KEYS = ("name", "dtype", "remat", "unroll_layers", "attention", "sampler.", "speech_decoder.block_size",
               "speech_decoder.text_per_block", "speech_decoder.speech_position_offset")
 
 

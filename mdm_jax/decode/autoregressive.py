@@ -54,7 +54,7 @@ def generate(params, text_hidden, text_valid, streaming, key, *, cfg: ModelConfi
     Generates up to `max_tokens` (+ at most k overshoot, cut) units, stopping once all rows hit EOS."""
     sd, sampling, dtype = cfg.speech_decoder, cfg.sampler.token, jnp.dtype(cfg.dtype)
     heads = mtp_heads(cfg)
-    dec = SpeechDecoder(sd, dtype, cfg.loop)
+    dec = SpeechDecoder(sd, dtype, cfg.execution)
     apply = lambda method, *a: dec.apply({"params": params}, *a, method=method)  # noqa: E731
     b = text_hidden.shape[0]
     prefix_text = sd.prefix_text(text_valid)

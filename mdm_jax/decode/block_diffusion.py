@@ -53,7 +53,7 @@ class BlockState(NamedTuple):
 
 
 def _apply(params, cfg: ModelConfig, method, *args):
-    decoder = SpeechDecoder(cfg.speech_decoder, jnp.dtype(cfg.dtype), cfg.loop)
+    decoder = SpeechDecoder(cfg.speech_decoder, jnp.dtype(cfg.dtype), cfg.execution)
     return decoder.apply({"params": params}, *args, method=method)
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
-from einops import rearrange
 from jax import lax
 
 from mdm_jax.model.layers import RMSNorm, param
@@ -23,21 +23,15 @@ def init_cache(batch: int, length: int, num_kv_heads: int, head_dim: int, dtype=
     return {"k": zeros, "v": zeros}
 
 
-def dot_product_attention(q, k, v, mask=None):
-    """q: (b, t, h, d); k, v: (b, s, kv, d); mask: (b, t, s) bool, True = may attend, or None
-    for full attention -> (b, t, h, d).
+def dot_product_attention(q, k, v, mask=None, implementation: str = "xla"):
+    """q: (b, t, h, d); k, v: (b, s, kv, d) with h a multiple of kv (grouped queries); mask: (b, t, s)
+    bool, True = may attend, or None for full attention -> (b, t, h, d).
 
-    Softmax in float32; fully masked rows give a uniform average instead of NaN.
+    `jax.nn.dot_product_attention` by `implementation` (`config.model.ATTENTION`): logits and
+    softmax in float32; a fully masked row gives a uniform average instead of NaN.
     """
-    groups = q.shape[2] // k.shape[2]
-    q = rearrange(q, "b t (kv g) d -> b kv g t d", g=groups)
-    scores = jnp.einsum("bkgtd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
-    scores = scores * (q.shape[-1] ** -0.5)
-    if mask is not None:
-        scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->bkgtd", probs, v)
-    return rearrange(out, "b kv g t d -> b t (kv g) d")
+    return jax.nn.dot_product_attention(q, k, v, mask=None if mask is None else mask[:, None],
+                                        implementation=implementation)
 
 
 class Attention(nn.Module):
@@ -51,6 +45,7 @@ class Attention(nn.Module):
     dtype: jnp.dtype = jnp.float32
     qk_norm: bool = False  # Qwen3: RMSNorm over head_dim of each q and k head, before RoPE
     eps: float = 1e-6  # of the q/k norms
+    implementation: str = "xla"  # of `dot_product_attention`
 
     @nn.compact
     def __call__(self, x, positions, mask, cache: KVCache | None = None, cache_index=None):
@@ -80,6 +75,6 @@ class Attention(nn.Module):
             cache = {"k": lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start),
                      "v": lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)}
             k, v = cache["k"].astype(self.dtype), cache["v"].astype(self.dtype)
-        out = dot_product_attention(q, k, v, mask)
+        out = dot_product_attention(q, k, v, mask, self.implementation)
         wo = param(self, "wo", (h, hd, d), ("heads", "head_dim", "embed"), self.dtype)
         return psum_model(jnp.einsum("bthd,hdD->btD", out, wo)), cache

@@ -10,19 +10,20 @@ from mdm_jax.config.model import LLMConfig
 from mdm_jax.model.layers import Embed, RMSNorm, param
 from mdm_jax.model.rope import inverse_frequencies
 from mdm_jax.model.sharding import local
-from mdm_jax.model.transformer import DecoderStack, Loop
+from mdm_jax.model.transformer import DecoderStack, Execution
 
 
-def layer_kwargs(num_heads, num_kv_heads, head_dim, ffn_dim, inv_freq, eps, qkv_bias, dtype, qk_norm=False) -> dict:
+def layer_kwargs(num_heads, num_kv_heads, head_dim, ffn_dim, inv_freq, eps, qkv_bias, dtype, qk_norm=False,
+                 attention="xla") -> dict:
     return dict(num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, ffn_dim=ffn_dim,
                 inv_freq=tuple(float(f) for f in inv_freq), eps=eps, qkv_bias=qkv_bias, dtype=dtype,
-                qk_norm=qk_norm)
+                qk_norm=qk_norm, attention=attention)
 
 
 class LLM(nn.Module):
     cfg: LLMConfig
     dtype: jnp.dtype = jnp.float32
-    loop: Loop = Loop()
+    execution: Execution = Execution()
 
     def setup(self):
         c = self.cfg
@@ -32,7 +33,7 @@ class LLM(nn.Module):
         self.embed = Embed(c.vocab_size, c.d_model, "vocab", self.dtype)
         self.layers = DecoderStack(c.num_layers, layer_kwargs(
             c.num_heads, c.num_kv_heads, c.head_dim, c.ffn_dim, inv_freq, c.rms_norm_eps, c.qkv_bias,
-            self.dtype, c.qk_norm), self.loop)
+            self.dtype, c.qk_norm, self.execution.attention), self.execution)
         self.norm = RMSNorm(c.rms_norm_eps, self.dtype)
         if not c.tie_embeddings:
             self.lm_head = param(self, "lm_head", (c.d_model, local(c.vocab_size, "vocab_size")),

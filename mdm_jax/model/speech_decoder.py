@@ -18,7 +18,7 @@ from mdm_jax.config.model import SpeechDecoderConfig
 from mdm_jax.model.layers import Embed, RMSNorm, param
 from mdm_jax.model.llm import layer_kwargs
 from mdm_jax.model.rope import inverse_frequencies
-from mdm_jax.model.transformer import DecoderLayer, DecoderStack, Loop
+from mdm_jax.model.transformer import DecoderLayer, DecoderStack, Execution
 
 
 def causal_mask(batch: int, length: int):
@@ -80,15 +80,16 @@ class MTPModule(nn.Module):
 class SpeechDecoder(nn.Module):
     cfg: SpeechDecoderConfig
     dtype: jnp.dtype = jnp.float32
-    loop: Loop = Loop()
+    execution: Execution = Execution()
 
     def setup(self):
         c = self.cfg
         layer = layer_kwargs(c.num_heads, c.num_kv_heads, c.head_dim, c.ffn_dim,
-                             inverse_frequencies(c.head_dim, c.rope_theta), c.rms_norm_eps, False, self.dtype)
+                             inverse_frequencies(c.head_dim, c.rope_theta), c.rms_norm_eps, False, self.dtype,
+                             attention=self.execution.attention)
         self.embed = Embed(c.input_vocab, c.d_model, "speech_vocab", self.dtype)
-        self.prenn = DecoderStack(c.prenn_layers, layer, self.loop)
-        self.decoder = DecoderStack(c.num_layers, layer, self.loop)
+        self.prenn = DecoderStack(c.prenn_layers, layer, self.execution)
+        self.decoder = DecoderStack(c.num_layers, layer, self.execution)
         self.head = Head(c, self.dtype)
         self.mtp = [MTPModule(c, layer, self.dtype) for _ in range(c.mtp_modules)]
         if not c.text_in_prefix:

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mdm_jax.config.model import Loop
+from mdm_jax.config.model import Execution
 from mdm_jax.model.attention import Attention, KVCache
 from mdm_jax.model.layers import MLP, RMSNorm
 from mdm_jax.model.sharding import vary_like
@@ -28,13 +28,13 @@ POLICIES = {
 }
 
 
-def scanned(layer: type[nn.Module], num_layers: int, loop: Loop, in_axes: tuple) -> type[nn.Module]:
+def scanned(layer: type[nn.Module], num_layers: int, execution: Execution, in_axes: tuple) -> type[nn.Module]:
     """`layer` (called as (carry, *inputs) -> (carry, output)) scanned `num_layers` times with its
     params stacked on axis 0; `in_axes` says per input whether it is per layer (0) or shared (nn.broadcast)."""
-    if loop.remat != "none":
-        layer = nn.remat(layer, policy=POLICIES[loop.remat], prevent_cse=False)
+    if execution.remat != "none":
+        layer = nn.remat(layer, policy=POLICIES[execution.remat], prevent_cse=False)
     return nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=in_axes,
-                   length=num_layers, unroll=num_layers if loop.unroll else 1,
+                   length=num_layers, unroll=num_layers if execution.unroll else 1,
                    metadata_params={nn.PARTITION_NAME: "layers"})
 
 
@@ -50,11 +50,12 @@ class DecoderLayer(nn.Module):
     qkv_bias: bool = False
     dtype: jnp.dtype = jnp.float32
     qk_norm: bool = False
+    attention: str = "xla"  # the attention implementation (`Execution.attention`)
 
     @nn.compact
     def __call__(self, x, positions, mask, cache: KVCache | None = None, cache_index=None):
         h, cache = Attention(self.num_heads, self.num_kv_heads, self.head_dim, self.inv_freq,
-                             self.qkv_bias, self.dtype, self.qk_norm, self.eps, name="attn")(
+                             self.qkv_bias, self.dtype, self.qk_norm, self.eps, self.attention, name="attn")(
             RMSNorm(self.eps, self.dtype, name="attn_norm")(x), positions, mask, cache, cache_index)
         x = x + h
         x = x + MLP(self.ffn_dim, self.dtype, name="mlp")(RMSNorm(self.eps, self.dtype, name="mlp_norm")(x))
@@ -66,13 +67,13 @@ class DecoderStack(nn.Module):
 
     num_layers: int
     layer: dict  # DecoderLayer keyword arguments
-    loop: Loop = Loop()
+    execution: Execution = Execution()
 
     @nn.compact
     def __call__(self, x, positions, mask, caches: KVCache | None = None, cache_index=None):
         if self.num_layers == 0:
             return x, caches
-        stack = scanned(DecoderLayer, self.num_layers, self.loop, (nn.broadcast, nn.broadcast, 0, nn.broadcast))
+        stack = scanned(DecoderLayer, self.num_layers, self.execution, (nn.broadcast, nn.broadcast, 0, nn.broadcast))
         return stack(**self.layer, name=STACKED)(vary_like(x, positions, mask), positions, mask, caches, cache_index)
 
 

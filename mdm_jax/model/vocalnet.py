@@ -32,10 +32,10 @@ class VocalNet(nn.Module):
             raise ConfigError(f"speech_decoder.d_model={c.speech_decoder.d_model} must equal "
                               f"llm.d_model={c.llm.d_model}: the VocalNet talker reads the LLM states as they are")
         dtype = jnp.dtype(c.dtype)
-        self.encoder = WhisperEncoder(c.encoder, dtype, c.loop)
+        self.encoder = WhisperEncoder(c.encoder, dtype, c.execution)
         self.adaptor = Adaptor(c.adaptor, c.llm.d_model, dtype)
-        self.llm = LLM(c.llm, dtype, c.loop)
-        self.speech_decoder = SpeechDecoder(c.speech_decoder, dtype, c.loop)
+        self.llm = LLM(c.llm, dtype, c.execution)
+        self.speech_decoder = SpeechDecoder(c.speech_decoder, dtype, c.execution)
 
     def encode_speech(self, mel):
         """mel: (b, n_mels, frames) -> (b, frames // 2 // k, d_llm)."""

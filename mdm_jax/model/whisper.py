@@ -11,7 +11,7 @@ from mdm_jax.config.model import EncoderConfig
 from mdm_jax.model.attention import dot_product_attention
 from mdm_jax.model.layers import param
 from mdm_jax.model.sharding import local, psum_model
-from mdm_jax.model.transformer import STACKED, Loop, scanned
+from mdm_jax.model.transformer import STACKED, Execution, scanned
 
 _zeros = nn.initializers.zeros
 
@@ -27,6 +27,7 @@ def sinusoids(length: int, channels: int, max_timescale: float = 10_000.0) -> np
 class WhisperAttention(nn.Module):
     num_heads: int
     dtype: jnp.dtype = jnp.float32
+    implementation: str = "xla"
 
     @nn.compact
     def __call__(self, x):
@@ -36,7 +37,8 @@ class WhisperAttention(nn.Module):
         proj = lambda name, bias: (  # noqa: E731
             jnp.einsum("btD,Dhd->bthd", x, param(self, f"w{name}", (d, h, hd), heads, self.dtype))
             + (param(self, f"b{name}", (h, hd), heads[1:], self.dtype, _zeros) if bias else 0))
-        out = dot_product_attention(proj("q", True), proj("k", False), proj("v", True))
+        out = dot_product_attention(proj("q", True), proj("k", False), proj("v", True),
+                                    implementation=self.implementation)
         out = jnp.einsum("bthd,hdD->btD", out, param(self, "wo", (h, hd, d), (*heads[1:], "embed"), self.dtype))
         return psum_model(out) + param(self, "bo", (d,), ("embed",), self.dtype, _zeros)
 
@@ -63,12 +65,13 @@ def layer_norm(eps, dtype, name):
 class WhisperLayer(nn.Module):
     cfg: EncoderConfig
     dtype: jnp.dtype = jnp.float32
+    attention: str = "xla"
 
     @nn.compact
     def __call__(self, x):
         """x (b, t, d) -> (x, None): the scan's (carry, output) form."""
         c = self.cfg
-        x = x + WhisperAttention(c.num_heads, self.dtype, name="attn")(
+        x = x + WhisperAttention(c.num_heads, self.dtype, self.attention, name="attn")(
             layer_norm(c.layer_norm_eps, self.dtype, "attn_norm")(x))
         return x + WhisperMLP(c.ffn_dim, self.dtype, name="mlp")(
             layer_norm(c.layer_norm_eps, self.dtype, "mlp_norm")(x)), None
@@ -77,7 +80,7 @@ class WhisperLayer(nn.Module):
 class WhisperEncoder(nn.Module):
     cfg: EncoderConfig
     dtype: jnp.dtype = jnp.float32
-    loop: Loop = Loop()
+    execution: Execution = Execution()
 
     @nn.compact
     def __call__(self, mel):
@@ -96,5 +99,6 @@ class WhisperEncoder(nn.Module):
         table = param(self, "embed_positions", (c.max_source_positions, c.d_model), ("positions", "embed"),
                       self.dtype, lambda *_: jnp.asarray(sinusoids(c.max_source_positions, c.d_model)))
         x = x + table[: x.shape[1]]
-        x, _ = scanned(WhisperLayer, c.num_layers, self.loop, ())(c, self.dtype, name=STACKED)(x)
+        layers = scanned(WhisperLayer, c.num_layers, self.execution, ())
+        x, _ = layers(c, self.dtype, self.execution.attention, name=STACKED)(x)
         return layer_norm(c.layer_norm_eps, self.dtype, "final_norm")(x)

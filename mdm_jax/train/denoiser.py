@@ -37,5 +37,5 @@ def denoiser(cfg: ModelConfig, batch):
         h, _ = module.backbone(jnp.concatenate([module.prefix(batch["text_hidden"]), speech], axis=1), positions, mask)
         return module.logits(h[:, -2 * length : -length])
 
-    decoder = SpeechDecoder(sd, jnp.dtype(cfg.dtype), cfg.loop)
+    decoder = SpeechDecoder(sd, jnp.dtype(cfg.dtype), cfg.execution)
     return lambda params, x_t: decoder.apply({"params": params}, x_t, method=run)

@@ -145,7 +145,7 @@ def speech_objective(params, batch, cfg: TrainConfig):
                                           chunk_size=sd.block_size, text_per_chunk=sd.text_per_block,
                                           speech_offset=sd.speech_position_offset)
     heads = sd.mtp_modules if objective == "mtp" else 0
-    decoder = SpeechDecoder(dataclasses.replace(sd, mtp_modules=heads), jnp.dtype(cfg.model.dtype), cfg.model.loop)
+    decoder = SpeechDecoder(dataclasses.replace(sd, mtp_modules=heads), jnp.dtype(cfg.model.dtype), cfg.model.execution)
     logits, mtp_logits, _ = decoder.apply({"params": params}, batch["text_hidden"], tokens, mask, positions,
                                           batch["text_valid"])
     if objective == "ar":
