@@ -78,8 +78,8 @@ def timed(fn, repeats):
 
 
 def bench(config: str, batch: int, text_len: int, num_blocks: int, steps, threshold: float, mtp_heads: int,
-          repeats: int, dtype: str = "float32"):
-    cfg = get_config(config, [f"dtype={dtype}"])
+          repeats: int, dtype: str = "float32", overrides: tuple[str, ...] = ()):
+    cfg = get_config(config, [f"dtype={dtype}", *overrides])
     sd = cfg.speech_decoder
     B, L = sd.block_size, num_blocks * sd.block_size
     params = random_params(sd, cfg.llm.d_model, jnp.dtype(dtype))
@@ -165,11 +165,13 @@ def main(argv=None):
     parser.add_argument("--mtp-heads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("overrides", nargs="*", help="model config overrides, e.g. attention=cudnn")
     args = parser.parse_args(argv)
     device = f"{jax.devices()[0].device_kind} ({jax.devices()[0].platform}, {jax.device_count()} device)"
     result = {"device": device, "runs": [
         bench(config, args.batch, args.text_len, args.num_blocks, [int(s) for s in args.denoise_steps.split(",")],
-              args.threshold, args.mtp_heads, args.repeats, args.dtype) for config in args.configs.split(",")]}
+              args.threshold, args.mtp_heads, args.repeats, args.dtype, args.overrides)
+        for config in args.configs.split(",")], "overrides": args.overrides}
     for run in result["runs"]:
         print_table(run, device)
     out = Path(args.out)
