@@ -4,11 +4,11 @@
 
 Every (preset, program, layout) is lowered and compiled ahead of time in a fresh process from
 shapes alone (`jax.eval_shape`: no weights are allocated), so a 1B model costs only its compile.
-Programs: the stage I and stage II (MDM) train steps at `--batch` synthetic rows, and the block
-diffusion (S = 1) and AR samplers over `--num-blocks` blocks at batch 1. "unrolled" is the
-`model.unroll_layers=true` flag: the same params, each layer its own copy in the program, as the
-project compiled before its layers were scanned. Reported: trace + lower seconds, XLA compile
-seconds, and unrolled / scanned of their sum.
+Programs: the stage I and stage II (MDM) train steps at `--batch` synthetic rows, "scanned" (the
+trainer's) against "unrolled" (`model.unroll_layers=true`: one module per layer, the program this
+project compiled before its layers were scanned), with unrolled / scanned of their total; and the
+block diffusion (S = 1) and AR samplers over `--num-blocks` blocks at batch 1, which always decode
+unrolled (`decode.layout`). Reported: trace + lower seconds and XLA compile seconds.
 """
 
 from __future__ import annotations
@@ -34,7 +34,11 @@ from mdm_jax.train.optimizer import make_optimizer
 from mdm_jax.train.step import init_state, make_train_step
 
 PROGRAMS = ("train_text", "train_speech", "sample_mdm", "sample_ar")
-LAYOUTS = ("scanned", "unrolled")
+LAYOUTS = ("scanned", "unrolled")  # of the train steps; samplers have one, "decoding"
+
+
+def layouts(program: str) -> tuple[str, ...]:
+    return LAYOUTS if program.startswith("train_") else ("decoding",)
 
 
 def abstract(tree):
@@ -43,7 +47,7 @@ def abstract(tree):
 
 def lowered(config: str, program: str, layout: str, batch: int, num_blocks: int):
     """The program's `jax.stages.Lowered`, from shapes alone."""
-    overrides = [f"model.unroll_layers={layout == 'unrolled'}", f"data.batch_size={batch}"]
+    overrides = [f"model.unroll_layers={layout == 'unrolled'}", f"data.batch_size={batch}"]  # decoding: as stored
     if program.startswith("train_"):
         stage = program.removeprefix("train_")
         cfg = get_train_config(config, [*overrides, f"stage.name={stage}"])
@@ -129,7 +133,7 @@ def main(argv=None):
     if args.one:
         print(json.dumps(measure_one(*args.one, args.batch, args.num_blocks)))
         return
-    todo = [(c, p, layout) for c in args.configs.split(",") for p in args.programs.split(",") for layout in LAYOUTS]
+    todo = [(c, p, layout) for c in args.configs.split(",") for p in args.programs.split(",") for layout in layouts(p)]
     rows = [measure(*one, args.batch, args.num_blocks, args.timeout) for one in tqdm(todo, desc="compile")]
     device = f"{jax.devices()[0].device_kind} ({jax.devices()[0].platform})"
     result = {"device": device, "batch": args.batch, "num_blocks": args.num_blocks, "rows": rows,

@@ -28,12 +28,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mdm_jax.config.model import get_config
+from mdm_jax.config.model import Execution, get_config
 from mdm_jax.config.sampler import SamplerConfig
 from mdm_jax.decode import speech
 from mdm_jax.model.attention import init_cache
 from mdm_jax.model.init import random_init
 from mdm_jax.model.speech_decoder import SpeechDecoder
+from mdm_jax.model.transformer import unstack_layers
 
 HBM_BYTES_S = {"H200": 4.8e12, "H100": 3.35e12, "A100": 2.0e12}  # HBM peak by device-kind substring (SXM)
 
@@ -54,13 +55,13 @@ def bytes_per_forward(params, sd, method: str, heads: int, batch: int, slots: in
 
 def random_params(sd, text_dim: int, dtype):
     """The decoder's init distributions (drawn by numpy: fast) with EOS suppressed, so every method
-    decodes every token."""
+    decodes every token; in the per-layer layout decoding runs on (`decode.layout`), as a server holds them."""
     params = random_init(SpeechDecoder(sd).init, jnp.zeros((1, 4, text_dim)), jnp.zeros((1, 4), jnp.int32))
     suppress = lambda head: dict(head, b=head["b"].at[sd.eos_id].set(-1e9))  # noqa: E731
     params["head"] = suppress(params["head"])
     for k in range(sd.mtp_modules):
         params[f"mtp_{k}"] = dict(params[f"mtp_{k}"], head=suppress(params[f"mtp_{k}"]["head"]))
-    return jax.tree.map(lambda p: jnp.asarray(p, dtype), params)
+    return jax.tree.map(lambda p: jnp.asarray(p, dtype), unstack_layers(params))
 
 
 def timed(fn, repeats):
@@ -125,7 +126,7 @@ def bench(config: str, batch: int, text_len: int, num_blocks: int, steps, thresh
 def bare_forward(params, cfg, text, valid, streaming, num_blocks, repeats, dtype):
     """One decoder forward over one block against a full cache: the floor for an MDM step."""
     B = cfg.block_size
-    dec = SpeechDecoder(cfg, dtype)
+    dec = SpeechDecoder(cfg, dtype, Execution(unroll=True))  # the decoding layout
     b, t = cfg.prefix_text(valid).shape  # the anchor Talker holds no text in its cache
     n_slots = t + 2 + num_blocks * B
     caches = init_cache(b, n_slots, cfg.num_kv_heads, cfg.head_dim, dtype, layers=cfg.num_layers)

@@ -41,7 +41,7 @@ def bench_stage(config: str, stage: str, batch: int, steps: int, overrides: list
     source = SyntheticSource(cfg)
     hosts = [model_batch(next(source), cfg.model, SYNTHETIC_SPEECH_ID) for _ in range(steps + 1)]
     put = lambda host: jax.tree.map(lambda x: jax.device_put(x, batch_sharding(mesh)), host)  # noqa: E731
-    flops = step_flops(cfg, optimizer, state, hosts[0])
+    flops = step_flops(cfg, optimizer, hosts[0])
     times = []
     for i, host in enumerate(tqdm(hosts, desc=STAGES[stage], leave=False)):
         start = time.perf_counter()

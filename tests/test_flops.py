@@ -20,7 +20,7 @@ def counted(layers: int, scanned_count: bool = False) -> float:
     batch = model_batch(next(SyntheticSource(cfg)), cfg.model, SYNTHETIC_SPEECH_ID)
     if scanned_count:
         return make_train_step(cfg, optimizer).lower(state, batch).cost_analysis()["flops"]
-    return step_flops(cfg, optimizer, state, batch)
+    return step_flops(cfg, optimizer, batch)
 
 
 def test_step_flops_grow_by_the_same_amount_per_layer():

@@ -170,18 +170,19 @@ class SpeechDecoderConfig:
 
 
 REMAT_POLICIES = ("full", "dots", "dots_and_attention")  # model/transformer.py maps each to a jax policy
-ATTENTION = ("xla", "cudnn")  # jax.nn.dot_product_attention implementations (cudnn: GPU, bf16/fp16)
+ATTENTION = ("einsum", "cudnn")  # model/attention.py: grouped einsums, or cuDNN's fused kernel (GPU, bf16/fp16)
 
 
 @dataclass(frozen=True)
 class Execution:
-    """How the layers run, never what they compute: layer stacks scanned over one compiled body or
-    unrolled (kept to measure compile time against), rematerialised under a policy of
-    `REMAT_POLICIES` or "none", attention by one of `ATTENTION`."""
+    """How the layers run, never what they compute: layer stacks scanned over one compiled body
+    (training: stacked params) or unrolled over per-layer params (decoding, where a scan would slice
+    every layer's weights on every step; and the compile-time baseline), rematerialised under a
+    policy of `REMAT_POLICIES` or "none", attention by one of `ATTENTION`."""
 
     remat: str = "none"
     unroll: bool = False
-    attention: str = "xla"
+    attention: str = "einsum"
 
     def __post_init__(self):
         if self.remat != "none" and self.remat not in REMAT_POLICIES:
@@ -201,8 +202,8 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype; params stay float32
     remat: bool = False  # jax.checkpoint around every transformer layer, under `remat_policy`
     remat_policy: str = "full"  # what the backward pass keeps: full (nothing), dots, dots_and_attention
-    unroll_layers: bool = False  # unroll the layer scans (longer compiles; kept to measure them against)
-    attention: str = "xla"  # xla, or cudnn (fused flash attention on NVIDIA GPUs in bf16)
+    unroll_layers: bool = False  # per-layer params, layers unrolled (decoding sets it; longer compiles)
+    attention: str = "einsum"  # einsum, or cudnn (fused flash attention on NVIDIA GPUs in bf16)
 
     @property
     def execution(self) -> Execution:

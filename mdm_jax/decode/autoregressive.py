@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from mdm_jax.config.model import ModelConfig
+from mdm_jax.decode.layout import for_decoding
 from mdm_jax.decode.sampling import end_at_eos, propose, repetition_penalty, speech_only
 from mdm_jax.diffusion.attention_masks import cached_rows
 from mdm_jax.model.attention import init_cache
@@ -52,6 +53,7 @@ class ARState(NamedTuple):
 def generate(params, text_hidden, text_valid, streaming, key, *, cfg: ModelConfig, max_tokens: int) -> ARState:
     """params: SpeechDecoder params; text_hidden: (b, T, d); text_valid: (b, T); streaming: (b,).
     Generates up to `max_tokens` (+ at most k overshoot, cut) units, stopping once all rows hit EOS."""
+    cfg, params = for_decoding(cfg, params)
     sd, sampling, dtype = cfg.speech_decoder, cfg.sampler.token, jnp.dtype(cfg.dtype)
     heads = mtp_heads(cfg)
     dec = SpeechDecoder(sd, dtype, cfg.execution)

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from mdm_jax.config.model import ModelConfig
+from mdm_jax.decode.layout import for_decoding
 from mdm_jax.decode.sampling import commit, end_at_eos, speech_only
 from mdm_jax.diffusion.attention_masks import cached_rows
 from mdm_jax.diffusion.schedules import step_schedule
@@ -78,6 +79,7 @@ def begin(params, streaming, key, *, cfg: ModelConfig, num_blocks: int, text_cap
     """An empty state for `streaming.shape[0]` requests with room for `text_capacity` text states;
     writes BOS into the cache (in `cfg.dtype`). The anchor Talker holds no text in its cache: its
     text enters as anchors (`add_text`)."""
+    cfg, params = for_decoding(cfg, params)
     sd, dtype = cfg.speech_decoder, jnp.dtype(cfg.dtype)
     b, B = streaming.shape[0], sd.block_size
     prefix = text_capacity if sd.text_in_prefix else 0
@@ -100,6 +102,7 @@ def add_text(params, state: BlockState, text_hidden, text_valid, *, start: int, 
     so far (later rows are ignored: the pre-NN and the text attention are causal); text_valid: (b, T).
     The anchor Talker recomputes every anchor from the text known so far instead (cheap; blocks
     already decoded only read text they had)."""
+    cfg, params = for_decoding(cfg, params)
     if not cfg.speech_decoder.text_in_prefix:
         anchors = _apply(params, cfg, SpeechDecoder.anchors, text_hidden, text_valid, state.tokens.shape[1])
         return state._replace(anchors=anchors)
@@ -156,6 +159,7 @@ def _decode(params, state: BlockState, x, start, cfg: ModelConfig) -> BlockState
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def first_block(params, state: BlockState, *, cfg: ModelConfig) -> BlockState:
     """Block 0: its first forward is `[SOS ; masked block]`."""
+    cfg, params = for_decoding(cfg, params)
     sd = cfg.speech_decoder
     b, B = state.prev.shape
     sos = _apply(params, cfg, SpeechDecoder.embed_tokens, jnp.full((b, 1), sd.sos_id))
@@ -165,6 +169,7 @@ def first_block(params, state: BlockState, *, cfg: ModelConfig) -> BlockState:
 
 def _next_block(params, state: BlockState, *, cfg: ModelConfig) -> BlockState:
     """Block c >= 1: its first forward is `[finished block c-1 ; masked block c]`."""
+    cfg, params = for_decoding(cfg, params)
     sd = cfg.speech_decoder
     b, B = state.prev.shape
     ids = jnp.concatenate([state.prev, jnp.full((b, B), sd.mask_id)], axis=1)
@@ -181,6 +186,7 @@ def generate(params, text_hidden, text_valid, streaming, key, *, cfg: ModelConfi
     """params: SpeechDecoder params; text_hidden: (b, T, d) LLM states; text_valid: (b, T) bool;
     streaming: (b,) bool (speech block c reads text < (c+1)·text_per_block). Decodes up to
     `num_blocks` blocks, stopping early once every row has emitted EOS."""
+    cfg, params = for_decoding(cfg, params)  # once, outside the loop over blocks
     t = text_hidden.shape[1]
     state = begin(params, streaming, key, cfg=cfg, num_blocks=num_blocks, text_capacity=t,
                   record_logits=record_logits)

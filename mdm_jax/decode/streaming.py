@@ -23,6 +23,7 @@ import numpy as np
 
 from mdm_jax.config.model import ModelConfig
 from mdm_jax.decode import block_diffusion
+from mdm_jax.decode.layout import for_decoding
 from mdm_jax.model.attention import init_cache
 from mdm_jax.model.vocalnet import VocalNet
 
@@ -38,12 +39,14 @@ class StreamChunk:
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def encode(params, mel, *, cfg: ModelConfig):
     """mel (1, n_mels, frames) -> the speech embeddings (1, n, d_llm) the prompt's placeholders take."""
+    cfg, params = for_decoding(cfg, params)
     return VocalNet(cfg).apply({"params": params}, mel, method=VocalNet.encode_speech)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "capacity"))
 def _prefill(params, speech, ids, *, cfg: ModelConfig, capacity: int):
     """Run the prompt with its speech embeddings; -> (last logits (V,), caches)."""
+    cfg, params = for_decoding(cfg, params)
     model = VocalNet(cfg)
     t = ids.shape[1]
     caches = init_cache(1, capacity, cfg.llm.num_kv_heads, cfg.llm.head_dim, jnp.dtype(cfg.dtype),
@@ -57,6 +60,7 @@ def _prefill(params, speech, ids, *, cfg: ModelConfig, capacity: int):
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def _llm_step(params, token, index, caches, *, cfg: ModelConfig):
     """Feed one text token at position `index` -> (next logits (V,), its hidden state (d,), caches)."""
+    cfg, params = for_decoding(cfg, params)
     capacity = caches["k"].shape[2]
     mask = (jnp.arange(capacity) <= index)[None, None]
     logits, hidden, caches = VocalNet(cfg).apply({"params": params}, token.reshape(1, 1), None,
@@ -69,6 +73,7 @@ def text_tokens(params, cfg: ModelConfig, mel, prompt_ids: Sequence[int], *, eos
                 max_text_tokens: int = 64) -> Iterator[tuple[int, np.ndarray]]:
     """Greedy answer text, one (token id, its LLM hidden state (d,)) at a time, up to and including
     an id of `eos_ids`. mel: (n_mels, frames); prompt_ids with SPEECH_PLACEHOLDER once per adaptor frame."""
+    cfg, params = for_decoding(cfg, params)  # once: the jitted steps below get per-layer params
     ids = jnp.asarray([list(prompt_ids)], jnp.int32)
     speech = encode(params, jnp.asarray(mel)[None], cfg=cfg)
     logits, caches = _prefill(params, speech, ids, cfg=cfg, capacity=ids.shape[1] + max_text_tokens)
@@ -86,6 +91,7 @@ def stream(params, cfg: ModelConfig, mel, prompt_ids: Sequence[int], *, eos_ids:
     frame. Greedy text; speech by block diffusion as `cfg.sampler` says, in `cfg.dtype`. Yields one
     StreamChunk per speech block."""
     start = time.perf_counter()
+    cfg, params = for_decoding(cfg, params)  # once: every jitted step below gets per-layer params
     sd, tpb = cfg.speech_decoder, cfg.speech_decoder.text_per_block
     key = jax.random.key(0) if key is None else key
     dec_params = params["speech_decoder"]

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from mdm_jax.config.model import ModelConfig
 from mdm_jax.decode import speech
+from mdm_jax.decode.layout import for_decoding
 from mdm_jax.decode.streaming import encode, text_tokens
 from mdm_jax.eval.asr import WhisperASR, normalize, transcribe, word_error_rate, word_errors
 from mdm_jax.eval.intervals import Counts
@@ -35,6 +36,7 @@ def answer_texts(params, cfg: ModelConfig, questions: Sequence[tuple[np.ndarray,
                  max_text_tokens: int = 32) -> list[Answer]:
     """questions: (mel (n_mels, frames), prompt ids) pairs -> the LLM's greedy answers."""
     answers = []
+    cfg, params = for_decoding(cfg, params)  # once, not per question
     for mel, prompt in tqdm(questions, desc="answers", unit="question"):
         steps = list(text_tokens(params, cfg, mel, prompt, eos_ids={eos_id}, max_text_tokens=max_text_tokens))
         answers.append(Answer([t for t, _ in steps], np.stack([h for _, h in steps])))
@@ -44,6 +46,7 @@ def answer_texts(params, cfg: ModelConfig, questions: Sequence[tuple[np.ndarray,
 def _decoder(params, cfg: ModelConfig, blocks: int):
     """-> f(text_hidden (1, T, d), text_valid (1, T)) -> (tokens (1, N), lengths (1,)), streaming mask."""
     streaming, key = jnp.ones((1,), bool), jax.random.key(0)
+    cfg, params = for_decoding(cfg, params)  # once, not in every timed call
 
     def decode(h, v):
         out = speech.generate(params, h, v, streaming, key, cfg=cfg, num_blocks=blocks)

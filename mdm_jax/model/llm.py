@@ -14,7 +14,7 @@ from mdm_jax.model.transformer import DecoderStack, Execution
 
 
 def layer_kwargs(num_heads, num_kv_heads, head_dim, ffn_dim, inv_freq, eps, qkv_bias, dtype, qk_norm=False,
-                 attention="xla") -> dict:
+                 attention="einsum") -> dict:
     return dict(num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, ffn_dim=ffn_dim,
                 inv_freq=tuple(float(f) for f in inv_freq), eps=eps, qkv_bias=qkv_bias, dtype=dtype,
                 qk_norm=qk_norm, attention=attention)

@@ -64,11 +64,17 @@ def varying_axes(x) -> frozenset:
     return frozenset(mat.varying if mat is not None else getattr(aval, "vma", ()))
 
 
-def vary_like(x, *others):
-    """`x` cast to vary over every mesh axis that one of `others` varies over: a scan's carry must
-    keep its type under `shard_map(check_vma=True)`, and mixing in per-shard inputs makes it vary."""
-    missing = set().union(*(varying_axes(o) for o in jax.tree.leaves(others))) - varying_axes(x)
-    return lax.pcast(x, tuple(sorted(missing)), to="varying") if missing else x
+def vary_like(x, *others, sharded: bool = False):
+    """`x` (a pytree) cast to vary over every mesh axis that one of `others` varies over, and over
+    'model' when `sharded` and the axis splits something: a scan's carry must keep its type under
+    `shard_map(check_vma=True)`, and mixing in per-shard inputs or 'model'-split weights makes it vary."""
+    want = set().union(*(varying_axes(o) for o in jax.tree.leaves(others)))
+    want |= {MODEL} if sharded and model_axis_size() > 1 else set()
+
+    def cast(leaf):
+        missing = want - varying_axes(leaf)
+        return lax.pcast(leaf, tuple(sorted(missing)), to="varying") if missing else leaf
+    return jax.tree.map(cast, x)
 
 
 def local(n: int, what: str) -> int:

@@ -2,8 +2,9 @@
 
 A stack's params sit under one `stacked` subtree with a leading layer axis (logical name
 `layers`): `llm/layers/stacked/attn/wq` is (L, D, h, d), and a stack's KV cache is one dict of
-(L, b, s, kv, d) arrays. `unstack_layers` gives the per-layer view `layers_0..` that converters
-name, `stack_layers` the way back.
+(L, b, s, kv, d) arrays. `unstack_layers` gives the per-layer layout `layers_0..`, which
+converters name and unrolled stacks (`Execution.unroll`: decoding, and the compile-time
+baseline) run on; `stack_layers` is the way back.
 """
 
 from __future__ import annotations
@@ -28,12 +29,18 @@ POLICIES = {
 }
 
 
-def scanned(layer: type[nn.Module], num_layers: int, execution: Execution, in_axes: tuple) -> type[nn.Module]:
-    """`layer` (called as (carry, *inputs) -> (carry, output)) scanned `num_layers` times with its
-    params stacked on axis 0; `in_axes` says per input whether it is per layer (0) or shared (nn.broadcast)."""
-    if execution.remat != "none":
-        layer = nn.remat(layer, policy=POLICIES[execution.remat], prevent_cse=False)
-    return nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=in_axes,
+def rematerialised(layer: type[nn.Module], execution: Execution) -> type[nn.Module]:
+    """`layer` under `jax.checkpoint` with the policy `execution.remat` names (as is for "none")."""
+    if execution.remat == "none":
+        return layer
+    return nn.remat(layer, policy=POLICIES[execution.remat], prevent_cse=False)
+
+
+def scan_layers(body, num_layers: int, execution: Execution, in_axes: tuple):
+    """`body` ((carry, *inputs) -> (carry, output): a layer class, or a function of (module, carry,
+    *inputs)) scanned `num_layers` times with its params stacked on axis 0 (logical axis 'layers');
+    `in_axes` says per input whether it is per layer (0) or shared (nn.broadcast)."""
+    return nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=in_axes,
                    length=num_layers, unroll=num_layers if execution.unroll else 1,
                    metadata_params={nn.PARTITION_NAME: "layers"})
 
@@ -50,20 +57,29 @@ class DecoderLayer(nn.Module):
     qkv_bias: bool = False
     dtype: jnp.dtype = jnp.float32
     qk_norm: bool = False
-    attention: str = "xla"  # the attention implementation (`Execution.attention`)
+    attention: str = "einsum"  # the attention implementation (`Execution.attention`)
 
     @nn.compact
-    def __call__(self, x, positions, mask, cache: KVCache | None = None, cache_index=None):
+    def __call__(self, x, positions, mask, cache: KVCache | None = None, cache_index=None, layer=None):
         h, cache = Attention(self.num_heads, self.num_kv_heads, self.head_dim, self.inv_freq,
                              self.qkv_bias, self.dtype, self.qk_norm, self.eps, self.attention, name="attn")(
-            RMSNorm(self.eps, self.dtype, name="attn_norm")(x), positions, mask, cache, cache_index)
+            RMSNorm(self.eps, self.dtype, name="attn_norm")(x), positions, mask, cache, cache_index, layer)
         x = x + h
         x = x + MLP(self.ffn_dim, self.dtype, name="mlp")(RMSNorm(self.eps, self.dtype, name="mlp_norm")(x))
         return x, cache
 
 
+def _stack_body(stack, carry, positions, mask, cache_index):
+    """One layer of a DecoderStack: carry (x, the stack's caches or None, layer index)."""
+    x, caches, layer = carry
+    layer_module = rematerialised(DecoderLayer, stack.execution)(**stack.layer, name=STACKED)
+    x, caches = layer_module(x, positions, mask, caches, cache_index, None if caches is None else layer)
+    return (x, caches, layer + 1), None
+
+
 class DecoderStack(nn.Module):
-    """`num_layers` DecoderLayers scanned; `caches` is one stacked KVCache (`init_cache(num_layers, ...)`)."""
+    """`num_layers` DecoderLayers scanned; `caches` is one stacked KVCache (`init_cache(..., layers=)`),
+    carried through the scan so each layer writes its slice in place."""
 
     num_layers: int
     layer: dict  # DecoderLayer keyword arguments
@@ -73,8 +89,17 @@ class DecoderStack(nn.Module):
     def __call__(self, x, positions, mask, caches: KVCache | None = None, cache_index=None):
         if self.num_layers == 0:
             return x, caches
-        stack = scanned(DecoderLayer, self.num_layers, self.execution, (nn.broadcast, nn.broadcast, 0, nn.broadcast))
-        return stack(**self.layer, name=STACKED)(vary_like(x, positions, mask), positions, mask, caches, cache_index)
+        if self.execution.unroll:  # one module per layer, `layers_i`: no weight slicing inside a decoding loop
+            layer = rematerialised(DecoderLayer, self.execution)
+            for i in range(self.num_layers):
+                x, caches = layer(**self.layer, name=f"layers_{i}")(x, positions, mask, caches, cache_index,
+                                                                   None if caches is None else i)
+            return x, caches
+        x = vary_like(x, positions, mask)
+        caches = None if caches is None else vary_like(caches, x, sharded=True)  # the new K/V vary as x and heads
+        scan = scan_layers(_stack_body, self.num_layers, self.execution, (nn.broadcast,) * 3)
+        (x, caches, _), _ = scan(self, (x, caches, jnp.int32(0)), positions, mask, cache_index)
+        return x, caches
 
 
 def layer_axes(path) -> int:

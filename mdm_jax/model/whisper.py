@@ -11,7 +11,7 @@ from mdm_jax.config.model import EncoderConfig
 from mdm_jax.model.attention import dot_product_attention
 from mdm_jax.model.layers import param
 from mdm_jax.model.sharding import local, psum_model
-from mdm_jax.model.transformer import STACKED, Execution, scanned
+from mdm_jax.model.transformer import STACKED, Execution, rematerialised, scan_layers
 
 _zeros = nn.initializers.zeros
 
@@ -27,7 +27,7 @@ def sinusoids(length: int, channels: int, max_timescale: float = 10_000.0) -> np
 class WhisperAttention(nn.Module):
     num_heads: int
     dtype: jnp.dtype = jnp.float32
-    implementation: str = "xla"
+    implementation: str = "einsum"
 
     @nn.compact
     def __call__(self, x):
@@ -65,7 +65,7 @@ def layer_norm(eps, dtype, name):
 class WhisperLayer(nn.Module):
     cfg: EncoderConfig
     dtype: jnp.dtype = jnp.float32
-    attention: str = "xla"
+    attention: str = "einsum"
 
     @nn.compact
     def __call__(self, x):
@@ -99,6 +99,11 @@ class WhisperEncoder(nn.Module):
         table = param(self, "embed_positions", (c.max_source_positions, c.d_model), ("positions", "embed"),
                       self.dtype, lambda *_: jnp.asarray(sinusoids(c.max_source_positions, c.d_model)))
         x = x + table[: x.shape[1]]
-        layers = scanned(WhisperLayer, c.num_layers, self.execution, ())
-        x, _ = layers(c, self.dtype, self.execution.attention, name=STACKED)(x)
+        layer = rematerialised(WhisperLayer, self.execution)
+        if self.execution.unroll:  # the per-layer layout (`transformer.unstack_layers`)
+            for i in range(c.num_layers):
+                x, _ = layer(c, self.dtype, self.execution.attention, name=f"layers_{i}")(x)
+        else:
+            layers = scan_layers(layer, c.num_layers, self.execution, ())
+            x, _ = layers(c, self.dtype, self.execution.attention, name=STACKED)(x)
         return layer_norm(c.layer_norm_eps, self.dtype, "final_norm")(x)

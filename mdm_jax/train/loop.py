@@ -114,7 +114,7 @@ def train(cfg: TrainConfig, workdir: str, source=None, log=print) -> dict:
                 host = cache(host, (raw["mel_segment_ids"] > 0).sum(1))
             batch = jax.tree.map(lambda x: jax.make_array_from_process_local_data(batch_sharding(mesh), x), host)
             if flops is None and peak_flops(cfg):  # MFU needs both; CPUs have no peak to divide by
-                flops = step_flops(cfg, optimizer, state, batch, steps)
+                flops = step_flops(cfg, optimizer, batch, steps)
             state, metrics = step_fn(state, batch)
             metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}  # blocks: CPU collectives need it
             step_i += 1
