@@ -18,7 +18,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null > "$O
 $PY -c "import jax; print('jax', jax.__version__, jax.devices())" | tee -a "$OUT/device.txt"
 if (( SMOKE )); then
   $PY -m experiments.bench_compile --configs tiny --programs train_speech --batch 2 --out "$OUT/compile.json"
-  $PY -m experiments.bench_decode --configs tiny,tiny-vocalnet --num-blocks 1 --denoise-steps 1,4 --threshold 0.5 \
+  $PY -m experiments.bench_decode --configs tiny --num-blocks 1 --denoise-steps 1,4 --threshold 0.5 \
       --repeats 1 --text-len 8 --out "$OUT/decode_b1.json"
   $PY -m experiments.bench_train_full --config tiny --batch 2 --steps 1 --out "$OUT/train_full.json"
 else
