@@ -2,7 +2,7 @@
 
 Stage I (vocab-parallel text CE through the tensor-parallel LLM, LoRA + adaptor grads): loss and
 every gradient leaf. Stage II MDM (speech decoder, heads and FFN split over 'model'): the loss and
-the params after 3 AdamW steps. Each run blocks on its outputs (fake CPU devices deadlock when collectives queue up).
+the params after 3 AdamW steps, also with two accumulated micro-batches per step on mesh (4, 2). Each run blocks on its outputs (fake CPU devices deadlock when collectives queue up).
 """
 
 import textwrap
@@ -76,6 +76,15 @@ SCRIPT = textwrap.dedent("""
                 close(jax.block_until_ready(m["loss"]), ref_loss, 1e-5)
             jax.tree.map(lambda a, b: close(a, b, 2e-6), st.params, ref.params)
             print("steps ok", shape, time.time() - t0, flush=True)
+        # two accumulated micro-batches per step, sharded, update as the whole batches did unsharded
+        cfg2 = get_train_config("tiny", SMALL + ["stage.objective=mdm", "optimizer.accum_steps=2"])
+        mesh = make_mesh(MeshConfig(4, 2))
+        st, step = jax.device_put(state, shardings(mesh, specs)), make_train_step(cfg2, opt, mesh, specs)
+        for b, ref_loss in zip(batches, ref_losses):
+            st, m = step(st, jax.device_put(b, batch_sharding(mesh)))
+            close(jax.block_until_ready(m["loss"]), ref_loss, 1e-5)
+        jax.tree.map(lambda a, b: close(a, b, 2e-6), st.params, ref.params)
+        print("accumulated ok", time.time() - t0, flush=True)
 
     {"text": stage_one, "mdm": stage_two}[sys.argv[2]]()
 """)
@@ -85,3 +94,4 @@ def test_sharded_step_equals_unsharded_on_every_mesh():
     """The two stages run side by side, one process each: their compiles are single-threaded."""
     stage_one, stage_two = run_together([[SCRIPT, " ".join(SMALL), stage] for stage in ("text", "mdm")], 600)
     assert stage_one.count("grads ok") == 4 and stage_two.count("steps ok") == 4, stage_one + stage_two
+    assert "accumulated ok" in stage_two, stage_two

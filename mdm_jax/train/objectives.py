@@ -14,7 +14,10 @@ draws only the levels and a tie-break there; the loss then masks, per block, the
 decoder is least sure of on the fully masked input: a per-sample function of the params, so it too
 is the same on every mesh. Losses are normalised over the global batch: every per-shard
 mean goes through `data_mean` inside the differentiated function (a local loss with grads
-averaged afterwards gives grads times the 'data' size under shard_map(check_vma=True)).
+averaged afterwards gives grads times the 'data' size under shard_map(check_vma=True)). Every
+objective reports the global count its loss averages over (`LOSS_TOKENS`), so accumulated
+micro-batches of different lengths weigh as one batch would (MTP, a sum of per-head means, is
+weighted by its first head's count).
 """
 
 from __future__ import annotations
@@ -40,6 +43,17 @@ from mdm_jax.train.denoiser import denoiser
 from mdm_jax.train.optimizer import combine
 
 CONFIDENCE_MASKING = "sampler_states_confidence"  # sampler_states, least confident tokens masked
+# metric: the tokens (all data shards) the loss is a mean over; gradient accumulation weights micro-batches by it
+LOSS_TOKENS = "loss_tokens"
+
+
+def data_sum(x):
+    """`x` summed over 'data' (the identity when 'data' is unbound)."""
+    try:
+        lax.axis_size(DATA)
+    except NameError:
+        return x
+    return lax.psum(x, DATA)
 
 
 def data_mean(x, count):
@@ -105,7 +119,7 @@ def text_objective(params, batch, cfg: TrainConfig):
     n = weight.sum()
     mean = lambda x: data_mean((x * weight).sum() / jnp.maximum(1.0, n), n)
     loss = mean(ce)
-    return loss, {"text/ce": loss, "text/accuracy": mean(correct.astype(jnp.float32))}
+    return loss, {"text/ce": loss, "text/accuracy": mean(correct.astype(jnp.float32)), LOSS_TOKENS: data_sum(n)}
 
 
 def speech_inputs(params, batch, cfg: TrainConfig) -> dict:
@@ -136,7 +150,7 @@ def speech_objective(params, batch, cfg: TrainConfig):
         n = valid.sum() if cfg.mask.elbo else m["num_targets"]
         loss = data_mean(loss, n)
         return loss, {"mdm/loss": loss, "mdm/accuracy": data_mean(m["accuracy"], m["num_targets"]),
-                      "mdm/ce": data_mean(m["ce"], m["num_targets"])}
+                      "mdm/ce": data_mean(m["ce"], m["num_targets"]), LOSS_TOKENS: data_sum(n)}
 
     b = units.shape[0]
     tokens = jnp.concatenate([jnp.full((b, 1), sd.sos_id, units.dtype), units], axis=1)
@@ -152,7 +166,7 @@ def speech_objective(params, batch, cfg: TrainConfig):
         loss, m = ar_loss(logits, tokens, tokens_valid)
         n = tokens_valid[:, 1:].sum()
         loss = data_mean(loss, n)
-        return loss, {"ar/loss": loss, "ar/accuracy": data_mean(m["accuracy"], n)}
+        return loss, {"ar/loss": loss, "ar/accuracy": data_mean(m["accuracy"], n), LOSS_TOKENS: data_sum(n)}
     _, m = mtp_loss([logits, *mtp_logits], tokens, tokens_valid, decay=cfg.stage.mtp_decay)
     metrics, loss = {}, 0.0
     for k in range(1 + heads):  # each head is a mean over its own targets: combine shards per head
@@ -160,7 +174,7 @@ def speech_objective(params, batch, cfg: TrainConfig):
         metrics[f"mtp/ce_{k}"] = data_mean(m[f"ce_{k}"], n)
         metrics[f"mtp/accuracy_{k}"] = data_mean(m[f"accuracy_{k}"], n)
         loss = loss + cfg.stage.mtp_decay**k * metrics[f"mtp/ce_{k}"]
-    return loss, {"mtp/loss": loss, **metrics}
+    return loss, {"mtp/loss": loss, **metrics, LOSS_TOKENS: data_sum(tokens_valid[:, 1:].sum())}
 
 
 def confidence_corruption(params, denoise, batch, cfg: TrainConfig) -> Corruption:
@@ -186,4 +200,5 @@ def distill_objective(student, teacher, batch, key, cfg: TrainConfig, steps: int
     n = m["num_targets"]
     loss = data_mean(loss, n)
     return loss, {"distill/loss": loss, "distill/kl": data_mean(m["kl"], n), "distill/ce": data_mean(m["ce"], n),
-                  "distill/accuracy": data_mean(m["accuracy"], n), "distill/steps": jnp.float32(steps)}
+                  "distill/accuracy": data_mean(m["accuracy"], n), "distill/steps": jnp.float32(steps),
+                  LOSS_TOKENS: data_sum(n)}

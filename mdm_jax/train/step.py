@@ -116,17 +116,21 @@ def make_train_step(cfg: TrainConfig, optimizer: optax.GradientTransformation, m
         # micro-batch j = rows j, j + accum, ...: each data shard keeps its own rows
         micro = jax.tree.map(lambda x: jnp.moveaxis(x.reshape(-1, accum, *x.shape[1:]), 1, 0), batch)
 
-        def accumulate(grads, xs):
+        def accumulate(carry, xs):  # each micro-batch weighted by the tokens its loss averages over
+            grads, tokens = carry
             j, mb = xs
             (loss_j, metrics_j), grads_j = grad_fn(state.trainable, state.teacher, mb, jax.random.fold_in(k_loss, j))
-            return jax.tree.map(jnp.add, grads, grads_j), (loss_j, metrics_j)
+            w = metrics_j[objectives.LOSS_TOKENS].astype(jnp.float32)
+            return (jax.tree.map(lambda g, gj: g + w * gj, grads, grads_j), tokens + w), (loss_j, metrics_j)
 
         trained, frozen = partition(state.trainable, cfg.stage)
-        grads, (losses, metrics) = lax.scan(accumulate, jax.tree.map(jnp.zeros_like, trained),
-                                            (jnp.arange(accum), micro))
-        grads = jax.tree.map(lambda g: g / accum, grads)
+        (grads, tokens), (losses, metrics) = lax.scan(
+            accumulate, (jax.tree.map(jnp.zeros_like, trained), jnp.float32(0)), (jnp.arange(accum), micro))
+        weights = metrics[objectives.LOSS_TOKENS] / jnp.maximum(tokens, 1.0)  # (accum,)
+        grads = jax.tree.map(lambda g: g / jnp.maximum(tokens, 1.0), grads)
         grads = combine(grads, jax.tree.map(jnp.zeros_like, frozen))  # zeros that `set_to_zero` never reads
-        loss, metrics = losses.mean(), jax.tree.map(jnp.mean, metrics)
+        loss, metrics = (losses * weights).sum(), jax.tree.map(lambda m: (m * weights).sum(), metrics)
+        metrics[objectives.LOSS_TOKENS] = tokens
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
