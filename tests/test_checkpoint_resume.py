@@ -92,14 +92,14 @@ RESHARD_SCRIPT = textwrap.dedent("""
     ckpt = Checkpointer(workdir + "/checkpoints", cfg.checkpoint)
     saved = ckpt.saved_state(2)
     abstract = jax.eval_shape(lambda: init_state(cfg, make_optimizer(cfg), jax.random.key(0)))
-    mesh = make_mesh(MeshConfig(data=2, model=4))
+    mesh = make_mesh(MeshConfig(data=2, model=2, fsdp=2))
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
                           shardings(mesh, state_specs(cfg, abstract)))
     restored = ckpt.restore(target, cfg)
     ckpt.close()
     assert restored.step == 2
     wq = restored.state.params["llm"]["layers"]["stacked"]["attn"]["wq"]  # (layers, embed, heads, head_dim)
-    assert wq.sharding.spec == P(None, None, "model", None) and len(wq.sharding.device_set) == 8, wq.sharding
+    assert wq.sharding.spec == P(None, "fsdp", "model", None) and len(wq.sharding.device_set) == 8, wq.sharding
     flat = jax.tree_util.tree_leaves_with_path(jax.device_get(restored.state.params))
     ref = dict(jax.tree_util.tree_leaves_with_path(saved["params"]))
     for path, x in flat:

@@ -196,10 +196,11 @@ TENSOR_PARALLEL_SCRIPT = textwrap.dedent("""
     import jax
     jax.config.update("jax_num_cpu_devices", 4)
     import jax.numpy as jnp, numpy as np
-    from jax.sharding import AxisType, PartitionSpec as P
+    from jax.sharding import PartitionSpec as P
     from mdm_jax.config.model import get_config
+    from mdm_jax.config.train import MeshConfig
     from mdm_jax.model.llm import LLM
-    from mdm_jax.model.sharding import logical_specs
+    from mdm_jax.model.sharding import BATCH, for_mesh, logical_specs, make_mesh
     from mdm_jax.model.speech_decoder import causal_mask
     from mdm_jax.model.vocalnet import random_params
 
@@ -211,11 +212,11 @@ TENSOR_PARALLEL_SCRIPT = textwrap.dedent("""
     pos, mask = jnp.broadcast_to(jnp.arange(9), (4, 9)), causal_mask(4, 9)
     fwd = lambda p, i, q, m: LLM(cfg).apply({"params": p}, i, q, m, method=LLM.forward_ids)[0]
     ref = fwd(params, ids, pos, mask)
-    for shape in [(4, 1), (2, 2), (1, 2)]:
-        mesh = jax.make_mesh(shape, ("data", "model"), axis_types=(AxisType.Auto,) * 2,
-                             devices=jax.devices()[: shape[0] * shape[1]])
-        sharded = jax.jit(jax.shard_map(fwd, mesh=mesh, in_specs=(specs, P("data"), P("data"), P("data")),
-                                        out_specs=P("data", None, "model"), check_vma=True))
+    for shape in [(4, 1, 1), (2, 2, 1), (1, 2, 1), (1, 1, 4), (1, 2, 2)]:  # (data, model, fsdp)
+        mesh = make_mesh(MeshConfig(*shape), devices=jax.devices()[: np.prod(shape)])
+        in_specs = (for_mesh(specs, mesh), P(BATCH), P(BATCH), P(BATCH))
+        sharded = jax.jit(jax.shard_map(fwd, mesh=mesh, in_specs=in_specs, out_specs=P(BATCH, None, "model"),
+                                        check_vma=True))
         out = jax.block_until_ready(sharded(params, ids, pos, mask))
         np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5)
         print("ok", shape)
@@ -223,9 +224,9 @@ TENSOR_PARALLEL_SCRIPT = textwrap.dedent("""
 
 
 def test_llm_runs_tensor_parallel_under_shard_map():
-    """Megatron layout from the logical-axis table: same logits on 1, 2 and 4 fake CPU devices."""
+    """Megatron and FSDP layouts from the logical-axis table: same logits on 1, 2 and 4 fake CPU devices."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     out = subprocess.run([sys.executable, "-c", TENSOR_PARALLEL_SCRIPT], capture_output=True, text=True,
                          env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.count("ok") == 3
+    assert out.stdout.count("ok") == 5

@@ -1,8 +1,10 @@
-"""The sharded train step equals the unsharded one on 8 fake CPU devices, for every mesh shape.
+"""The sharded train step equals the unsharded one on 8 fake CPU devices, for every mesh shape:
+data, tensor and FSDP parallel, alone and together.
 
 Stage I (vocab-parallel text CE through the tensor-parallel LLM, LoRA + adaptor grads): loss and
 every gradient leaf. Stage II MDM (speech decoder, heads and FFN split over 'model'): the loss and
-the params after 3 AdamW steps, also with two accumulated micro-batches per step on mesh (4, 2). Each run blocks on its outputs (fake CPU devices deadlock when collectives queue up).
+the params after 3 AdamW steps, also with two accumulated micro-batches per step on mesh (4, 2).
+Each run blocks on its outputs (fake CPU devices deadlock when collectives queue up).
 """
 
 import textwrap
@@ -27,7 +29,7 @@ SCRIPT = textwrap.dedent("""
     from mdm_jax.train.step import init_state, make_grad_fn, make_train_step, state_specs
     from mdm_jax.model.vocalnet import random_params
 
-    MESHES = [(8, 1), (4, 2), (2, 4), (1, 8)]
+    MESHES = [(8, 1), (4, 2), (1, 8), (2, 2, 2), (1, 1, 8)]  # (data, model[, fsdp])
     SMALL = sys.argv[1].split()
 
     def close(a, b, atol):
@@ -93,5 +95,5 @@ SCRIPT = textwrap.dedent("""
 def test_sharded_step_equals_unsharded_on_every_mesh():
     """The two stages run side by side, one process each: their compiles are single-threaded."""
     stage_one, stage_two = run_together([[SCRIPT, " ".join(SMALL), stage] for stage in ("text", "mdm")], 600)
-    assert stage_one.count("grads ok") == 4 and stage_two.count("steps ok") == 4, stage_one + stage_two
+    assert stage_one.count("grads ok") == 5 and stage_two.count("steps ok") == 5, stage_one + stage_two
     assert "accumulated ok" in stage_two, stage_two

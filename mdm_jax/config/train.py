@@ -26,10 +26,12 @@ OBJECTIVES = ("mdm", "ar", "mtp")  # stage II speech-decoder objective
 
 @dataclass(frozen=True)
 class MeshConfig:
-    """Device mesh ('data', 'model'); -1 = all remaining devices."""
+    """Device mesh ('data', 'fsdp', 'model'); data -1 = all remaining devices. 'fsdp' splits params and
+    optimizer state too (gathered per layer where used); batches split over 'data' x 'fsdp'."""
 
     data: int = -1
     model: int = 1
+    fsdp: int = 1
 
 
 @dataclass(frozen=True)
@@ -124,7 +126,8 @@ class TrainConfig:
         accum = self.optimizer.accum_steps
         check(accum > 0 and self.data.batch_size % accum == 0,
               f"data.batch_size={self.data.batch_size} must be a multiple of optimizer.accum_steps={accum}")
-        check(self.mesh.model > 0 and self.mesh.data != 0, "mesh.model must be > 0 and mesh.data > 0 or -1")
+        check(self.mesh.model > 0 and self.mesh.fsdp > 0 and self.mesh.data != 0,
+              "mesh.model and mesh.fsdp must be > 0, mesh.data > 0 or -1")
         check(not self.data.llm_states or self.stage.name != "text",
               "data.llm_states holds stage II inputs: it cannot train stage.name=text")
         check(not self.data.cache_encoder or self.stage.name == "text",

@@ -1,12 +1,13 @@
-"""Any sampler under `jax.shard_map` on the training mesh: requests over 'data', attention heads,
-MLP and KV cache over 'model' (the params laid out by the one logical-axis table).
+"""Any sampler under `jax.shard_map` on the training mesh: requests over 'data' x 'fsdp', attention
+heads, MLP and KV cache over 'model', weights gathered over 'fsdp' where used (the params laid out
+by the one logical-axis table).
 
     mesh = make_mesh(MeshConfig(data=4, model=2))
     out = generate(params["speech_decoder"], text_hidden, text_valid, streaming, key, cfg=cfg, num_blocks=8,
-                   mesh=mesh)          # the batch must divide the 'data' axis
+                   mesh=mesh)          # the batch must divide 'data' x 'fsdp'
 
 Greedy decoding gives the tokens of the unsharded sampler (up to near-ties in the logits); with
-temperature, each 'data' shard draws its own noise.
+temperature, each batch shard draws its own noise.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from jax.sharding import PartitionSpec as P
 
 from mdm_jax.config.model import ModelConfig
 from mdm_jax.decode import speech
-from mdm_jax.model.sharding import DATA, for_mesh, logical_specs
+from mdm_jax.model.sharding import BATCH, for_mesh, logical_specs
 from mdm_jax.model.speech_decoder import SpeechDecoder
 
 
@@ -35,13 +36,13 @@ def speech_decoder_specs(cfg: ModelConfig, mesh: Mesh):
 @functools.partial(jax.jit, static_argnames=("cfg", "num_blocks", "mesh"))
 def generate(params, text_hidden, text_valid, streaming, key, *, cfg: ModelConfig, num_blocks: int,
              mesh: Mesh) -> speech.Speech:
-    """`speech.generate` with the batch (axis 0 of every input) split over 'data'."""
+    """`speech.generate` with the batch (axis 0 of every input) split over 'data' x 'fsdp'."""
     def run(params, text_hidden, text_valid, streaming):
-        out = speech.generate(params, text_hidden, text_valid, streaming, jax.random.fold_in(key, lax.axis_index(DATA)),
-                              cfg=cfg, num_blocks=num_blocks)
-        return out._replace(forwards=lax.pmax(out.forwards, DATA))  # shards stop at their own last EOS
+        shard_key = jax.random.fold_in(key, lax.axis_index(BATCH))
+        out = speech.generate(params, text_hidden, text_valid, streaming, shard_key, cfg=cfg, num_blocks=num_blocks)
+        return out._replace(forwards=lax.pmax(out.forwards, BATCH))  # shards stop at their own last EOS
 
-    batch = P(DATA)
+    batch = P(BATCH)
     return jax.shard_map(run, mesh=mesh, in_specs=(speech_decoder_specs(cfg, mesh), batch, batch, batch),
                          out_specs=speech.Speech(batch, batch, P()), check_vma=True)(
         params, text_hidden, text_valid, streaming)

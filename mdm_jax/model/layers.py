@@ -5,15 +5,24 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mdm_jax.model.sharding import local, model_axis_index, psum_model
+from mdm_jax.model.sharding import FSDP, axis_size, fsdp_axis, gather_fsdp, local, model_axis_index, psum_model
 
 WEIGHT_STD = 0.02  # every weight's init unless a module names another (`random_init` draws the same)
 
 
 def param(module: nn.Module, name: str, shape: tuple, axes: tuple, dtype,
           init=nn.initializers.normal(WEIGHT_STD)):
-    """A float32 parameter with logical axis names, cast to the compute dtype."""
-    return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.float32).astype(dtype)
+    """A float32 parameter with logical axis names, cast to the compute dtype. Under FSDP (the
+    'fsdp' axis bound) the stored value is this device's slice of the axis `RULES` split over it,
+    gathered here in the compute dtype; autodiff scatters the gradient back."""
+    split, shards = fsdp_axis(axes), axis_size(FSDP)
+    if split is not None and shards > 1:
+        if shape[split] % shards:
+            raise ValueError(f"{module.name}/{name}: axis {axes[split]!r} of size {shape[split]} is not divisible "
+                             f"by the 'fsdp' mesh axis size {shards}")
+        shape = (*shape[:split], shape[split] // shards, *shape[split + 1:])
+    value = module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.float32).astype(dtype)
+    return value if split is None else gather_fsdp(value, split)
 
 
 class RMSNorm(nn.Module):

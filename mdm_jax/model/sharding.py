@@ -1,10 +1,13 @@
-"""Sharding, declared once: logical axis names -> mesh axes, the mesh itself, and the one collective helper.
+"""Sharding, declared once: logical axis names -> mesh axes, the mesh itself, and the collective helpers.
 
 Every parameter is created with logical axis names (`nn.with_logical_partitioning`); `RULES`
-maps them onto the mesh `('data', 'model')` (Megatron layout: heads and FFN hidden split over
-'model', the text vocabulary vocab-parallel). Layer code reads local sizes and reduces partial
-sums through `psum_model`, which is the identity when no 'model' axis is bound, so the same
-layer runs unsharded in tests and inside `jax.shard_map` in training.
+maps them onto the mesh `('data', 'fsdp', 'model')`: Megatron tensor parallelism over 'model'
+(heads and FFN hidden split, the text vocabulary vocab-parallel) and FSDP over 'fsdp' (every
+weight's 'embed' axis split; `layers.param` gathers a weight where it is used, per layer inside
+a scan, and autodiff scatters its gradient back). Batches split over 'data' x 'fsdp'. Layer code
+reads local sizes, gathers through `gather_fsdp` and reduces partial sums through `psum_model`,
+each the identity when its axis is not bound, so the same layer runs unsharded in tests and
+inside `jax.shard_map` in training.
 """
 
 from __future__ import annotations
@@ -17,15 +20,18 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from mdm_jax.config.overrides import ConfigError
 from mdm_jax.config.train import MeshConfig
 
-DATA, MODEL = "data", "model"
+DATA, FSDP, MODEL = "data", "fsdp", "model"
+BATCH = (DATA, FSDP)  # the mesh axes a batch's rows are split over
 
 RULES: tuple[tuple[str, str | None], ...] = (
-    ("batch", DATA),
+    ("batch", BATCH),
     ("vocab", MODEL),  # text vocabulary: vocab-parallel embedding and head
     ("heads", MODEL),  # column-parallel q/k/v
     ("kv_heads", MODEL),
     ("mlp", MODEL),  # column-parallel gate/up, row-parallel down
-    ("embed", None),
+    ("embed", FSDP),  # FSDP: params and optimizer state split, gathered per layer where used
+    ("conv_out", None),  # the Whisper convs' output channels (Flax convs gather nothing)
+    ("position_features", None),  # Whisper's fixed sinusoid table (its init ignores the shard's shape)
     ("head_dim", None),
     ("speech_vocab", None),  # 6565 ids: small and not divisible by the mesh
     ("adaptor", None),
@@ -36,12 +42,27 @@ RULES: tuple[tuple[str, str | None], ...] = (
 )
 
 
-def model_axis_size() -> int:
-    """Size of the 'model' mesh axis when bound (inside shard_map), else 1."""
+def axis_size(axis: str) -> int:
+    """Size of a mesh axis when bound (inside shard_map), else 1."""
     try:
-        return lax.axis_size(MODEL)
+        return lax.axis_size(axis)
     except NameError:
         return 1
+
+
+def model_axis_size() -> int:
+    return axis_size(MODEL)
+
+
+def gather_fsdp(x, axis: int):
+    """This device's slice of a weight, split on `axis` over 'fsdp' -> the whole weight (identity when unbound)."""
+    return lax.all_gather(x, FSDP, axis=axis, tiled=True) if axis_size(FSDP) > 1 else x
+
+
+def fsdp_axis(logical_axes: tuple) -> int | None:
+    """Which axis of a weight with these logical names is split over 'fsdp' (None: replicated over it)."""
+    split = [i for i, name in enumerate(logical_axes) if dict(RULES).get(name) == FSDP]
+    return split[0] if split else None
 
 
 def model_axis_index():
@@ -91,22 +112,34 @@ def logical_specs(boxed_params) -> dict:
 
 
 def for_mesh(specs, mesh):
-    """Drop a size-1 'model' axis from PartitionSpecs: it shards nothing, and naming it would type
-    every activation as varying over 'model' under `shard_map(check_vma=True)`."""
-    if mesh.shape[MODEL] != 1:
-        return specs
-    return jax.tree.map(lambda s: PartitionSpec(*(None if a == MODEL else a for a in s)), specs,
+    """Drop size-1 'model' and 'fsdp' axes from PartitionSpecs: they shard nothing, and naming them
+    would type every activation as varying over them under `shard_map(check_vma=True)`."""
+    unused = {a for a in (MODEL, FSDP) if mesh.shape[a] == 1}
+
+    def keep(entry):
+        if isinstance(entry, tuple):
+            kept = tuple(a for a in entry if a not in unused)
+            return kept if len(kept) > 1 else (kept[0] if kept else None)
+        return None if entry in unused else entry
+    return jax.tree.map(lambda s: PartitionSpec(*(keep(a) for a in s)), specs,
                         is_leaf=lambda x: isinstance(x, PartitionSpec))
 
 
+def data_parallel(mesh: Mesh) -> int:
+    """How many ways a batch's rows are split on `mesh` ('data' x 'fsdp')."""
+    return mesh.shape[DATA] * mesh.shape[FSDP]
+
+
 def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
-    """('data', 'model') mesh over `devices` (default all); -1 = the remaining devices. Training and
-    sharded inference build it the same way."""
+    """('data', 'fsdp', 'model') mesh over `devices` (default all); data -1 = the remaining devices.
+    Training and sharded inference build it the same way."""
     devices = jax.devices() if devices is None else devices
-    data = len(devices) // cfg.model if cfg.data == -1 else cfg.data
-    if data * cfg.model != len(devices):
-        raise ConfigError(f"mesh.data={cfg.data} x mesh.model={cfg.model} does not match {len(devices)} devices")
-    return jax.make_mesh((data, cfg.model), (DATA, MODEL), axis_types=(AxisType.Auto,) * 2, devices=devices)
+    data = len(devices) // (cfg.fsdp * cfg.model) if cfg.data == -1 else cfg.data
+    if data * cfg.fsdp * cfg.model != len(devices) or data < 1:
+        raise ConfigError(f"mesh.data={cfg.data} x mesh.fsdp={cfg.fsdp} x mesh.model={cfg.model} does not match "
+                          f"{len(devices)} devices")
+    return jax.make_mesh((data, cfg.fsdp, cfg.model), (DATA, FSDP, MODEL), axis_types=(AxisType.Auto,) * 3,
+                         devices=devices)
 
 
 def shardings(mesh: Mesh, specs):
@@ -115,5 +148,5 @@ def shardings(mesh: Mesh, specs):
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """A batch: rows (axis 0) over 'data'."""
-    return NamedSharding(mesh, PartitionSpec(DATA))
+    """A batch: rows (axis 0) over 'data' x 'fsdp'."""
+    return NamedSharding(mesh, PartitionSpec(BATCH))

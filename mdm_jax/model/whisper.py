@@ -88,15 +88,15 @@ class WhisperEncoder(nn.Module):
         c = self.cfg
         conv = lambda name, stride: nn.Conv(  # noqa: E731
             c.d_model, (3,), strides=(stride,), padding=((1, 1),), dtype=self.dtype, name=name,
-            kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("conv", None, "embed")),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
+            kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("conv", None, "conv_out")),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)))
         x = rearrange(mel, "b c t -> b t c").astype(self.dtype)
         x = nn.gelu(conv("conv1", 1)(x), approximate=False)
         x = nn.gelu(conv("conv2", 2)(x), approximate=False)
         if x.shape[1] > c.max_source_positions:
             raise ValueError(f"{mel.shape[-1]} mel frames give {x.shape[1]} encoder positions, more than "
                              f"max_source_positions={c.max_source_positions} (30 s for Whisper)")
-        table = param(self, "embed_positions", (c.max_source_positions, c.d_model), ("positions", "embed"),
+        table = param(self, "embed_positions", (c.max_source_positions, c.d_model), ("positions", "position_features"),
                       self.dtype, lambda *_: jnp.asarray(sinusoids(c.max_source_positions, c.d_model)))
         x = x + table[: x.shape[1]]
         layer = rematerialised(WhisperLayer, self.execution)

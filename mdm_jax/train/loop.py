@@ -27,7 +27,7 @@ from mdm_jax.config.overrides import ConfigError
 from mdm_jax.config.train import DistributedConfig, TrainConfig
 from mdm_jax.convert.params_io import load_params, save_params
 from mdm_jax.model import lora
-from mdm_jax.model.sharding import DATA, batch_sharding, make_mesh, shardings
+from mdm_jax.model.sharding import batch_sharding, data_parallel, make_mesh, shardings
 from mdm_jax.train import distill
 from mdm_jax.train.checkpointing import Checkpointer
 from mdm_jax.train.data import SYNTHETIC_SPEECH_ID, SyntheticSource, batch_stats, model_batch
@@ -56,9 +56,9 @@ def train(cfg: TrainConfig, workdir: str, source=None, log=print) -> dict:
     (default: Grain over `cfg.data.manifest`, or synthetic batches). Returns a summary dict."""
     os.makedirs(workdir, exist_ok=True)
     mesh = make_mesh(cfg.mesh)
-    if cfg.data.batch_size % (mesh.shape[DATA] * cfg.optimizer.accum_steps):
-        raise ConfigError(f"data.batch_size={cfg.data.batch_size} must be a multiple of the 'data' mesh axis "
-                          f"({mesh.shape[DATA]}) x optimizer.accum_steps ({cfg.optimizer.accum_steps})")
+    if cfg.data.batch_size % (data_parallel(mesh) * cfg.optimizer.accum_steps):
+        raise ConfigError(f"data.batch_size={cfg.data.batch_size} must be a multiple of the 'data' x 'fsdp' mesh "
+                          f"axes ({data_parallel(mesh)}) x optimizer.accum_steps ({cfg.optimizer.accum_steps})")
     speech_id, bad = SYNTHETIC_SPEECH_ID, None
     if source is None and cfg.data.llm_states:
         source = StatesSource(cfg, jax.process_index(), jax.process_count())

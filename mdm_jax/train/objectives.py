@@ -35,7 +35,7 @@ from mdm_jax.diffusion.losses import ar_loss, mdm_loss, mtp_loss
 from mdm_jax.diffusion.masking import Corruption, corrupt, mask_least_confident, sampler_state_levels
 from mdm_jax.model import lora as lora_lib
 from mdm_jax.model import vocab_parallel
-from mdm_jax.model.sharding import DATA
+from mdm_jax.model.sharding import BATCH, DATA
 from mdm_jax.model.speech_decoder import SpeechDecoder
 from mdm_jax.model.vocalnet import VocalNet
 from mdm_jax.train import distill
@@ -48,12 +48,12 @@ LOSS_TOKENS = "loss_tokens"
 
 
 def data_sum(x):
-    """`x` summed over 'data' (the identity when 'data' is unbound)."""
+    """`x` summed over the batch's shards, 'data' x 'fsdp' (the identity outside shard_map)."""
     try:
         lax.axis_size(DATA)
     except NameError:
         return x
-    return lax.psum(x, DATA)
+    return lax.psum(x, BATCH)
 
 
 def data_mean(x, count):
@@ -66,7 +66,7 @@ def data_mean(x, count):
     except NameError:
         return x
     count = count.astype(jnp.float32)
-    return lax.psum(x * jnp.maximum(1.0, count), DATA) / jnp.maximum(1.0, lax.psum(count, DATA))
+    return lax.psum(x * jnp.maximum(1.0, count), BATCH) / jnp.maximum(1.0, lax.psum(count, BATCH))
 
 
 def prepare(batch: dict, key, cfg: TrainConfig) -> dict:
@@ -192,7 +192,7 @@ def distill_objective(student, teacher, batch, key, cfg: TrainConfig, steps: int
     """The self-distillation loss (`cfg.distill`: even allocation from `cfg.mask`'s states, or the
     schedule round's `steps`), noise drawn per data shard."""
     try:
-        key = jax.random.fold_in(key, lax.axis_index(DATA))
+        key = jax.random.fold_in(key, lax.axis_index(BATCH))
     except NameError:
         pass
     loss, m = distill.distill_loss(student, teacher, batch, key, cfg=cfg.model, distill=cfg.distill, mask=cfg.mask,

@@ -30,7 +30,7 @@ from jax.sharding import PartitionSpec as P
 
 from mdm_jax.config.train import TrainConfig
 from mdm_jax.model import lora as lora_lib
-from mdm_jax.model.sharding import DATA, for_mesh, logical_specs, shardings
+from mdm_jax.model.sharding import BATCH, for_mesh, logical_specs, shardings
 from mdm_jax.model.vocalnet import init_params
 from mdm_jax.train import distill, objectives
 from mdm_jax.train.optimizer import combine, learning_rate, partition
@@ -94,7 +94,7 @@ def make_grad_fn(cfg: TrainConfig, mesh: Mesh | None = None, specs: TrainState |
     if mesh is not None:
         specs = for_mesh(specs, mesh)
         trained, frozen = partition(specs.trainable, cfg.stage)
-        grad_fn = jax.shard_map(grad_fn, mesh=mesh, in_specs=(trained, frozen, specs.teacher, P(DATA), P()),
+        grad_fn = jax.shard_map(grad_fn, mesh=mesh, in_specs=(trained, frozen, specs.teacher, P(BATCH), P()),
                                 out_specs=((P(), P()), trained), check_vma=True)
     return lambda trainable, teacher, batch, key: grad_fn(*partition(trainable, cfg.stage), teacher, batch, key)
 
