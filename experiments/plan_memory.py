@@ -1,0 +1,101 @@
+"""Ahead-of-time memory plan of a train step on a mesh of fake devices: no weights are allocated.
+
+    python -m experiments.plan_memory --config vocalnet-8b --mesh data=1,fsdp=16,model=4 --batch 64 \\
+        --stage speech --device v5e --out runs/plan/vocalnet-8b-speech-v5e.json [model.remat=true ...]
+
+The state and batch exist as shapes with their shardings (`jax.eval_shape`), the sharded train step
+is lowered and compiled for `data x fsdp x model` CPU devices standing in for the accelerators, and
+XLA's memory analysis of the compiled per-device program gives its arguments (params, optimizer
+state, batch shard), outputs, temporaries (activations, gradients, collectives' buffers) and, with
+outputs aliasing the donated arguments, the peak = arguments + outputs - aliased + temporaries,
+against the device's memory. FLOPs of the step (`train.flops`) with `--flops`. The CPU compiler's
+buffer assignment stands in for the TPU's or GPU's: the plan is an estimate of what must fit, not a
+measurement on the device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import jax
+
+from mdm_jax.config.train import get_train_config
+from mdm_jax.model.sharding import batch_sharding, make_mesh, shardings
+from mdm_jax.train.data import SYNTHETIC_SPEECH_ID, SyntheticSource, model_batch
+from mdm_jax.train.flops import step_flops
+from mdm_jax.train.optimizer import make_optimizer
+from mdm_jax.train.step import init_state, make_train_step, state_specs
+
+DEVICES = {"v5e": 16, "v5p": 95, "v6e": 32, "h100": 80, "h200": 141}  # GiB of HBM per chip
+
+
+def parse_mesh(text: str) -> dict[str, int]:
+    sizes = {"data": 1, "fsdp": 1, "model": 1}
+    for part in text.split(","):
+        name, _, size = part.partition("=")
+        if name not in sizes or not size.isdigit():
+            raise SystemExit(f"--mesh {text!r}: expected e.g. data=1,fsdp=16,model=4")
+        sizes[name] = int(size)
+    return sizes
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="tiny")
+    parser.add_argument("--mesh", default="data=1,fsdp=2,model=2")
+    parser.add_argument("--batch", type=int, default=8, help="global batch (rows)")
+    parser.add_argument("--stage", default="speech", choices=("text", "speech"))
+    parser.add_argument("--device", default="v5e", choices=sorted(DEVICES))
+    parser.add_argument("--flops", action="store_true", help="also count the step's FLOPs (an unrolled lowering)")
+    parser.add_argument("--out", default="")
+    parser.add_argument("overrides", nargs="*", help="train config overrides, e.g. model.remat=true")
+    args = parser.parse_args(argv)
+    mesh_sizes = parse_mesh(args.mesh)
+
+    jax.config.update("jax_num_cpu_devices", math.prod(mesh_sizes.values()))  # before JAX starts its backend
+
+    mesh_overrides = [f"mesh.{name}={size}" for name, size in mesh_sizes.items()]
+    cfg = get_train_config(args.config, [f"stage.name={args.stage}", f"data.batch_size={args.batch}", *mesh_overrides,
+                                         *args.overrides])
+    mesh, optimizer = make_mesh(cfg.mesh), make_optimizer(cfg)
+    abstract = jax.eval_shape(lambda: init_state(cfg, optimizer, jax.random.key(0)))
+    specs = state_specs(cfg, abstract)
+    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
+                         shardings(mesh, specs))
+    rows = model_batch(next(SyntheticSource(cfg)), cfg.model, SYNTHETIC_SPEECH_ID)
+    batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sharding(mesh)), rows)
+    start = time.perf_counter()
+    compiled = make_train_step(cfg, optimizer, mesh, specs).lower(state, batch).compile()
+    compile_s = time.perf_counter() - start
+    memory = compiled.memory_analysis()
+    gib = 2.0**30
+    parts = {"arguments": memory.argument_size_in_bytes, "outputs": memory.output_size_in_bytes,
+             "aliased": memory.alias_size_in_bytes, "temporaries": memory.temp_size_in_bytes}
+    peak = parts["arguments"] + parts["outputs"] - parts["aliased"] + parts["temporaries"]
+    params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract.params))
+    result = {"config": args.config, "stage": args.stage, "mesh": mesh_sizes, "batch": args.batch,
+              "device": args.device, "device_gib": DEVICES[args.device], "overrides": args.overrides,
+              "remat": cfg.model.execution.remat, "params": params, "compile_s": compile_s,
+              **{f"{k}_gib": v / gib for k, v in parts.items()}, "peak_gib": peak / gib,
+              "fits": peak / gib <= DEVICES[args.device],
+              "flops_per_step": step_flops(cfg, optimizer, rows) if args.flops else None}
+    print(f"{args.config} stage {args.stage}, mesh {args.mesh}, batch {args.batch}, remat {result['remat']}: "
+          f"per device arguments {result['arguments_gib']:.2f} GiB, outputs {result['outputs_gib']:.2f} "
+          f"(aliased {result['aliased_gib']:.2f}), temporaries {result['temporaries_gib']:.2f}, peak "
+          f"{result['peak_gib']:.2f} GiB of {args.device}'s {DEVICES[args.device]} GiB: "
+          f"{'fits' if result['fits'] else 'does NOT fit'} (compiled in {compile_s:.0f} s)")
+    if result["flops_per_step"]:
+        print(f"step FLOPs {result['flops_per_step']:.3e}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
