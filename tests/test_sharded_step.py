@@ -3,7 +3,7 @@ data, tensor and FSDP parallel, alone and together.
 
 Stage I (vocab-parallel text CE through the tensor-parallel LLM, LoRA + adaptor grads): loss and
 every gradient leaf. Stage II MDM (speech decoder, heads and FFN split over 'model'): the loss and
-the params after 3 AdamW steps, also with two accumulated micro-batches per step on mesh (4, 2).
+the params after 3 AdamW steps, also with two accumulated micro-batches per step on mesh (2, 2, 2).
 Each run blocks on its outputs (fake CPU devices deadlock when collectives queue up).
 """
 
@@ -29,7 +29,7 @@ SCRIPT = textwrap.dedent("""
     from mdm_jax.train.step import init_state, make_grad_fn, make_train_step, state_specs
     from mdm_jax.model.vocalnet import random_params
 
-    MESHES = [(8, 1), (4, 2), (1, 8), (2, 2, 2), (1, 1, 8)]  # (data, model[, fsdp])
+    MESHES = [(8, 1), (2, 4), (2, 2, 2), (1, 1, 8)]  # (data, model[, fsdp])
     SMALL = sys.argv[1].split()
 
     def close(a, b, atol):
@@ -80,7 +80,7 @@ SCRIPT = textwrap.dedent("""
             print("steps ok", shape, time.time() - t0, flush=True)
         # two accumulated micro-batches per step, sharded, update as the whole batches did unsharded
         cfg2 = get_train_config("tiny", SMALL + ["stage.objective=mdm", "optimizer.accum_steps=2"])
-        mesh = make_mesh(MeshConfig(4, 2))
+        mesh = make_mesh(MeshConfig(2, 2, 2))
         st, step = jax.device_put(state, shardings(mesh, specs)), make_train_step(cfg2, opt, mesh, specs)
         for b, ref_loss in zip(batches, ref_losses):
             st, m = step(st, jax.device_put(b, batch_sharding(mesh)))
@@ -95,5 +95,5 @@ SCRIPT = textwrap.dedent("""
 def test_sharded_step_equals_unsharded_on_every_mesh():
     """The two stages run side by side, one process each: their compiles are single-threaded."""
     stage_one, stage_two = run_together([[SCRIPT, " ".join(SMALL), stage] for stage in ("text", "mdm")], 600)
-    assert stage_one.count("grads ok") == 5 and stage_two.count("steps ok") == 5, stage_one + stage_two
+    assert stage_one.count("grads ok") == 4 and stage_two.count("steps ok") == 4, stage_one + stage_two
     assert "accumulated ok" in stage_two, stage_two

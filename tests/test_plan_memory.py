@@ -1,0 +1,24 @@
+"""`experiments.plan_memory` compiles a sharded train step from shapes on fake devices (its own
+process: the device count is set before JAX starts) and reads XLA's per-device memory plan."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parents[1]
+
+
+def test_plan_of_an_fsdp_and_tensor_parallel_step(tmp_path):
+    out = tmp_path / "plan.json"
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    done = subprocess.run([sys.executable, "-m", "experiments.plan_memory", "--config", "tiny", "--stage", "speech",
+                           "--mesh", "data=1,fsdp=2,model=2", "--batch", "4", "--out", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    plan = json.loads(out.read_text())
+    assert plan["mesh"] == {"data": 1, "fsdp": 2, "model": 2} and plan["fits"]
+    assert 0 < plan["temporaries_gib"] and plan["peak_gib"] >= plan["arguments_gib"] > 0
+    # params, Adam moments and the batch are split four ways: the arguments hold well under one f32 copy
+    assert plan["arguments_gib"] * 2**30 < 0.6 * 4 * plan["params"]
