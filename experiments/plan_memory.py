@@ -8,7 +8,8 @@ is lowered and compiled for `data x fsdp x model` CPU devices standing in for th
 XLA's memory analysis of the compiled per-device program gives its arguments (params, optimizer
 state, batch shard), outputs, temporaries (activations, gradients, collectives' buffers) and, with
 outputs aliasing the donated arguments, the peak = arguments + outputs - aliased + temporaries,
-against the device's memory. FLOPs of the step (`train.flops`) with `--flops`. The CPU compiler's
+against the device's memory. FLOPs of the step (`train.flops`) with `--flops`; `--find-batch`
+doubles the batch from `--batch` while it fits, then bisects: the largest batch that fits. The CPU compiler's
 buffer assignment stands in for the TPU's or GPU's: the plan is an estimate of what must fit, not a
 measurement on the device.
 """
@@ -32,6 +33,7 @@ from mdm_jax.train.optimizer import make_optimizer
 from mdm_jax.train.step import init_state, make_train_step, state_specs
 
 DEVICES = {"v5e": 16, "v5p": 95, "v6e": 32, "h100": 80, "h200": 141}  # GiB of HBM per chip
+GIB = 2.0**30
 
 
 def parse_mesh(text: str) -> dict[str, int]:
@@ -44,11 +46,60 @@ def parse_mesh(text: str) -> dict[str, int]:
     return sizes
 
 
+def plan(config: str, stage: str, mesh_sizes: dict, batch: int, device: str, overrides, flops: bool = False) -> dict:
+    """The memory plan of one train step (see the module's docstring)."""
+    mesh_overrides = [f"mesh.{name}={size}" for name, size in mesh_sizes.items()]
+    cfg = get_train_config(config, [f"stage.name={stage}", f"data.batch_size={batch}", *mesh_overrides, *overrides])
+    mesh, optimizer = make_mesh(cfg.mesh), make_optimizer(cfg)
+    abstract = jax.eval_shape(lambda: init_state(cfg, optimizer, jax.random.key(0)))
+    specs = state_specs(cfg, abstract)
+    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
+                         shardings(mesh, specs))
+    rows = model_batch(next(SyntheticSource(cfg)), cfg.model, SYNTHETIC_SPEECH_ID)
+    sharded_rows = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sharding(mesh)), rows)
+    start = time.perf_counter()
+    compiled = make_train_step(cfg, optimizer, mesh, specs).lower(state, sharded_rows).compile()
+    compile_s = time.perf_counter() - start
+    memory = compiled.memory_analysis()
+    parts = {"arguments": memory.argument_size_in_bytes, "outputs": memory.output_size_in_bytes,
+             "aliased": memory.alias_size_in_bytes, "temporaries": memory.temp_size_in_bytes}
+    peak = (parts["arguments"] + parts["outputs"] - parts["aliased"] + parts["temporaries"]) / GIB
+    result = {"config": config, "stage": stage, "mesh": mesh_sizes, "batch": batch, "device": device,
+              "device_gib": DEVICES[device], "overrides": list(overrides), "remat": cfg.model.execution.remat,
+              "params": sum(math.prod(x.shape) for x in jax.tree.leaves(abstract.params)), "compile_s": compile_s,
+              **{f"{k}_gib": v / GIB for k, v in parts.items()}, "peak_gib": peak, "fits": peak <= DEVICES[device],
+              "flops_per_step": step_flops(cfg, optimizer, rows) if flops else None}
+    print(f"{config} stage {stage}, mesh {mesh_sizes}, batch {batch}, remat {result['remat']}: per device "
+          f"arguments {result['arguments_gib']:.2f} GiB, outputs {result['outputs_gib']:.2f} "
+          f"(aliased {result['aliased_gib']:.2f}), temporaries {result['temporaries_gib']:.2f}, peak {peak:.2f} GiB "
+          f"of {device}'s {DEVICES[device]} GiB: "
+          f"{'fits' if result['fits'] else 'does NOT fit'} (compiled in {compile_s:.0f} s)", flush=True)
+    return result
+
+
+def largest_batch(plan_at, start: int, granule: int, limit: int = 1 << 16) -> dict | None:
+    """The plan of the largest batch that fits: doubling from `start`, then bisecting to within an
+    eighth (batches stay multiples of `granule`, the rows' split); None if `start` does not fit."""
+    best, fails, batch = None, None, start
+    while fails is None and batch <= limit:
+        result = plan_at(batch)
+        best, fails, batch = (result, None, batch * 2) if result["fits"] else (best, batch, batch)
+    if best is None or fails is None:
+        return best
+    low, high = best["batch"], fails
+    while high - low > max(granule, low // 8):
+        middle = (low + high) // 2 // granule * granule
+        result = plan_at(middle)
+        low, high, best = (middle, high, result) if result["fits"] else (low, middle, best)
+    return best
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="tiny")
     parser.add_argument("--mesh", default="data=1,fsdp=2,model=2")
     parser.add_argument("--batch", type=int, default=8, help="global batch (rows)")
+    parser.add_argument("--find-batch", action="store_true", help="the largest batch that fits, from --batch up")
     parser.add_argument("--stage", default="speech", choices=("text", "speech"))
     parser.add_argument("--device", default="v5e", choices=sorted(DEVICES))
     parser.add_argument("--flops", action="store_true", help="also count the step's FLOPs (an unrolled lowering)")
@@ -56,46 +107,20 @@ def main(argv=None):
     parser.add_argument("overrides", nargs="*", help="train config overrides, e.g. model.remat=true")
     args = parser.parse_args(argv)
     mesh_sizes = parse_mesh(args.mesh)
-
     jax.config.update("jax_num_cpu_devices", math.prod(mesh_sizes.values()))  # before JAX starts its backend
-
-    mesh_overrides = [f"mesh.{name}={size}" for name, size in mesh_sizes.items()]
-    cfg = get_train_config(args.config, [f"stage.name={args.stage}", f"data.batch_size={args.batch}", *mesh_overrides,
-                                         *args.overrides])
-    mesh, optimizer = make_mesh(cfg.mesh), make_optimizer(cfg)
-    abstract = jax.eval_shape(lambda: init_state(cfg, optimizer, jax.random.key(0)))
-    specs = state_specs(cfg, abstract)
-    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
-                         shardings(mesh, specs))
-    rows = model_batch(next(SyntheticSource(cfg)), cfg.model, SYNTHETIC_SPEECH_ID)
-    batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sharding(mesh)), rows)
-    start = time.perf_counter()
-    compiled = make_train_step(cfg, optimizer, mesh, specs).lower(state, batch).compile()
-    compile_s = time.perf_counter() - start
-    memory = compiled.memory_analysis()
-    gib = 2.0**30
-    parts = {"arguments": memory.argument_size_in_bytes, "outputs": memory.output_size_in_bytes,
-             "aliased": memory.alias_size_in_bytes, "temporaries": memory.temp_size_in_bytes}
-    peak = parts["arguments"] + parts["outputs"] - parts["aliased"] + parts["temporaries"]
-    params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract.params))
-    result = {"config": args.config, "stage": args.stage, "mesh": mesh_sizes, "batch": args.batch,
-              "device": args.device, "device_gib": DEVICES[args.device], "overrides": args.overrides,
-              "remat": cfg.model.execution.remat, "params": params, "compile_s": compile_s,
-              **{f"{k}_gib": v / gib for k, v in parts.items()}, "peak_gib": peak / gib,
-              "fits": peak / gib <= DEVICES[args.device],
-              "flops_per_step": step_flops(cfg, optimizer, rows) if args.flops else None}
-    print(f"{args.config} stage {args.stage}, mesh {args.mesh}, batch {args.batch}, remat {result['remat']}: "
-          f"per device arguments {result['arguments_gib']:.2f} GiB, outputs {result['outputs_gib']:.2f} "
-          f"(aliased {result['aliased_gib']:.2f}), temporaries {result['temporaries_gib']:.2f}, peak "
-          f"{result['peak_gib']:.2f} GiB of {args.device}'s {DEVICES[args.device]} GiB: "
-          f"{'fits' if result['fits'] else 'does NOT fit'} (compiled in {compile_s:.0f} s)")
-    if result["flops_per_step"]:
-        print(f"step FLOPs {result['flops_per_step']:.3e}")
-    if args.out:
+    plan_at = lambda batch: plan(args.config, args.stage, mesh_sizes, batch, args.device, args.overrides,  # noqa: E731
+                                 args.flops)
+    result = (largest_batch(plan_at, args.batch, mesh_sizes["data"] * mesh_sizes["fsdp"]) if args.find_batch
+              else plan_at(args.batch))
+    if result is None:
+        print(f"batch {args.batch} does not fit")
+    elif args.find_batch:
+        print(f"largest batch that fits: {result['batch']}")
+    if args.out and result is not None:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2))
     return result
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    sys.exit(0 if main() is not None else 1)

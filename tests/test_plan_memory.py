@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from experiments.plan_memory import largest_batch
+
 ROOT = Path(__file__).parents[1]
 
 
@@ -22,3 +24,16 @@ def test_plan_of_an_fsdp_and_tensor_parallel_step(tmp_path):
     assert 0 < plan["temporaries_gib"] and plan["peak_gib"] >= plan["arguments_gib"] > 0
     # params, Adam moments and the batch are split four ways: the arguments hold well under one f32 copy
     assert plan["arguments_gib"] * 2**30 < 0.6 * 4 * plan["params"]
+
+
+def test_largest_batch_search_doubles_then_bisects_in_granules():
+    tried = []
+
+    def plan_at(batch):  # a step that fits up to 1000 rows
+        tried.append(batch)
+        return {"batch": batch, "fits": batch <= 1000}
+
+    best = largest_batch(plan_at, 16, granule=16)
+    assert best["fits"] and best["batch"] % 16 == 0 and 1000 - 1000 // 8 - 16 <= best["batch"] <= 1000
+    assert tried[:7] == [16, 32, 64, 128, 256, 512, 1024] and len(tried) < 12
+    assert largest_batch(plan_at, 2048, granule=16) is None
