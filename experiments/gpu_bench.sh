@@ -20,7 +20,7 @@ if (( SMOKE )); then
   $PY -m experiments.bench_compile --configs tiny --programs train_speech --batch 2 --out "$OUT/compile.json"
   $PY -m experiments.bench_decode --configs tiny --num-blocks 1 --denoise-steps 1,4 --threshold 0.5 \
       --repeats 1 --text-len 8 --out "$OUT/decode_b1.json"
-  $PY -m experiments.bench_train_full --config tiny --batch 2 --steps 1 --out "$OUT/train_full.json"
+  $PY -m experiments.bench_train_full --config tiny --stages text --batch 2 --steps 1 --out "$OUT/train_full.json"
 else
   $PY -m experiments.bench_compile --configs vocalnet-1b --programs train_text,sample_mdm --timeout 60 \
       --out "$OUT/compile.json"

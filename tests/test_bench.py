@@ -54,7 +54,7 @@ def test_bench_compile_and_train_full_json(smoke):
     assert all(r["compile_s"] > 0 and r["lower_s"] > 0 for r in compile_["rows"])
     assert [r["program"] for r in compile_["ratios"]] == ["train_speech"]
     train = json.loads((smoke / "train_full.json").read_text())
-    assert [r["stage"] for r in train["rows"]] == ["text", "speech"]
+    assert [r["stage"] for r in train["rows"]] == ["text"]  # the smoke run's compile bench compiles stage II
     for r in train["rows"]:
         assert r["flops_per_step"] > 0 and r["tokens_per_s"] > 0 and r["mfu"] is None  # a CPU has no peak
 

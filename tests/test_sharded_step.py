@@ -29,7 +29,7 @@ SCRIPT = textwrap.dedent("""
     from mdm_jax.train.step import init_state, make_grad_fn, make_train_step, state_specs
     from mdm_jax.model.vocalnet import random_params
 
-    MESHES = [(8, 1), (2, 4), (2, 2, 2), (1, 1, 8)]  # (data, model[, fsdp])
+    MESHES = [(4, 2), (2, 2, 2), (1, 1, 8)]  # (data, model[, fsdp])
     SMALL = sys.argv[1].split()
 
     def close(a, b, atol):
@@ -95,5 +95,5 @@ SCRIPT = textwrap.dedent("""
 def test_sharded_step_equals_unsharded_on_every_mesh():
     """The two stages run side by side, one process each: their compiles are single-threaded."""
     stage_one, stage_two = run_together([[SCRIPT, " ".join(SMALL), stage] for stage in ("text", "mdm")], 600)
-    assert stage_one.count("grads ok") == 4 and stage_two.count("steps ok") == 4, stage_one + stage_two
+    assert stage_one.count("grads ok") == 3 and stage_two.count("steps ok") == 3, stage_one + stage_two
     assert "accumulated ok" in stage_two, stage_two
