@@ -78,12 +78,16 @@ def plan(config: str, stage: str, mesh_sizes: dict, batch: int, device: str, ove
 
 
 def largest_batch(plan_at, start: int, granule: int, limit: int = 1 << 16) -> dict | None:
-    """The plan of the largest batch that fits: doubling from `start`, then bisecting to within an
-    eighth (batches stay multiples of `granule`, the rows' split); None if `start` does not fit."""
+    """The plan of the largest batch that fits: doubling from `start` (halving if it does not fit),
+    then bisecting to within an eighth (batches stay multiples of `granule`, the rows' split);
+    None if not even `granule` rows fit."""
     best, fails, batch = None, None, start
     while fails is None and batch <= limit:
         result = plan_at(batch)
         best, fails, batch = (result, None, batch * 2) if result["fits"] else (best, batch, batch)
+    while best is None and fails > granule:  # `start` did not fit: halve until a batch does
+        result = plan_at(max(granule, fails // 2 // granule * granule))
+        best, fails = (result, fails) if result["fits"] else (None, result["batch"])
     if best is None or fails is None:
         return best
     low, high = best["batch"], fails

@@ -36,4 +36,7 @@ def test_largest_batch_search_doubles_then_bisects_in_granules():
     best = largest_batch(plan_at, 16, granule=16)
     assert best["fits"] and best["batch"] % 16 == 0 and 1000 - 1000 // 8 - 16 <= best["batch"] <= 1000
     assert tried[:7] == [16, 32, 64, 128, 256, 512, 1024] and len(tried) < 12
-    assert largest_batch(plan_at, 2048, granule=16) is None
+    tried.clear()
+    best = largest_batch(plan_at, 4096, granule=16)  # too big a start: halved, then bisected
+    assert tried[:3] == [4096, 2048, 1024] and 1000 - 1000 // 8 - 16 <= best["batch"] <= 1000
+    assert largest_batch(lambda b: {"batch": b, "fits": False}, 64, granule=16) is None
