@@ -6,8 +6,8 @@
 #     bash experiments/gpu_bench.sh [--smoke] [OUT]      # default OUT=runs/gpu_bench
 #
 # Needs JAX (CUDA on a GPU), flax, optax, einops and this project importable (pip install -e . --no-deps
-# is enough: the benchmarks import no Grain, librosa or tensorboardX). --smoke runs the same steps
-# at `tiny` shapes, on any machine (tests/test_bench.py runs it on CPU).
+# is enough: the benchmarks import no Grain, librosa or tensorboardX). --smoke runs the three
+# benchmarks at `tiny` shapes, on any machine (tests/test_bench.py runs it on CPU).
 set -euo pipefail
 SMOKE=0
 if [[ "${1:-}" == "--smoke" ]]; then SMOKE=1; shift; fi
@@ -17,7 +17,7 @@ mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null > "$OUT/device.txt" || true
 $PY -c "import jax; print('jax', jax.__version__, jax.devices())" | tee -a "$OUT/device.txt"
 if (( SMOKE )); then
-  $PY -m experiments.bench_compile --configs tiny --programs train_speech --batch 2 --out "$OUT/compile.json"
+  $PY -m experiments.bench_compile --configs tiny --programs sample_ar --num-blocks 1 --out "$OUT/compile.json"
   $PY -m experiments.bench_decode --configs tiny --num-blocks 1 --denoise-steps 1,4 --threshold 0.5 \
       --repeats 1 --text-len 8 --out "$OUT/decode_b1.json"
   $PY -m experiments.bench_train_full --config tiny --stages text --batch 2 --steps 1 --out "$OUT/train_full.json"

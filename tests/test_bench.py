@@ -49,19 +49,28 @@ def test_bench_decode_writes_the_documented_json(smoke):
 
 def test_bench_compile_and_train_full_json(smoke):
     compile_ = json.loads((smoke / "compile.json").read_text())
-    assert [(r["program"], r["layout"]) for r in compile_["rows"]] == [("train_speech", "scanned"),
-                                                                       ("train_speech", "unrolled")]
-    assert all(r["compile_s"] > 0 and r["lower_s"] > 0 for r in compile_["rows"])
-    assert [r["program"] for r in compile_["ratios"]] == ["train_speech"]
+    assert [(r["program"], r["layout"]) for r in compile_["rows"]] == [("sample_ar", "decoding")]
+    assert all(r["compile_s"] > 0 and r["lower_s"] > 0 for r in compile_["rows"]) and compile_["ratios"] == []
     train = json.loads((smoke / "train_full.json").read_text())
-    assert [r["stage"] for r in train["rows"]] == ["text"]  # the smoke run's compile bench compiles stage II
+    assert [r["stage"] for r in train["rows"]] == ["text"]
     for r in train["rows"]:
         assert r["flops_per_step"] > 0 and r["tokens_per_s"] > 0 and r["mfu"] is None  # a CPU has no peak
 
 
 def test_every_other_program_lowers_from_shapes_alone():
-    """What bench_compile compiles beyond the smoke run's stage II step lowers (compiling is the smoke run's)."""
-    for program, layout in [("train_text", "scanned"), ("train_text", "unrolled"), ("sample_mdm", "decoding"),
-                            ("sample_ar", "decoding")]:
+    """What bench_compile compiles beyond the smoke run's AR sampler lowers (compiling is the smoke run's)."""
+    for program, layout in [("train_text", "scanned"), ("train_text", "unrolled"), ("train_speech", "scanned"),
+                            ("train_speech", "unrolled"), ("sample_mdm", "decoding")]:
         lowered = bench_compile.lowered("tiny", program, layout, batch=2, num_blocks=1)
         assert isinstance(lowered, jax.stages.Lowered)
+
+
+def test_compile_ratios_pair_the_layouts_and_bound_timeouts():
+    rows = [{"config": "c", "program": "train_text", "layout": "scanned", "lower_s": 1.0, "compile_s": 3.0},
+            {"config": "c", "program": "train_text", "layout": "unrolled", "lower_s": 2.0, "compile_s": 10.0},
+            {"config": "c", "program": "train_speech", "layout": "scanned", "lower_s": 1.0, "compile_s": 1.0},
+            {"config": "c", "program": "train_speech", "layout": "unrolled", "timed_out_s": 60.0},
+            {"config": "c", "program": "sample_ar", "layout": "decoding", "lower_s": 1.0, "compile_s": 1.0}]
+    assert bench_compile.ratios(rows) == [
+        {"config": "c", "program": "train_text", "unrolled_over_scanned": 3.0, "lower_bound": False},
+        {"config": "c", "program": "train_speech", "unrolled_over_scanned": 30.0, "lower_bound": True}]
