@@ -19,12 +19,12 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 from tqdm import tqdm
 
+from experiments.json_out import write_json
 from mdm_jax.config.sampler import SamplerConfig
 from mdm_jax.config.train import get_train_config
 from mdm_jax.decode import speech
@@ -139,10 +139,7 @@ def main(argv=None):
     result = {"device": device, "batch": args.batch, "num_blocks": args.num_blocks, "rows": rows,
               "ratios": ratios(rows)}
     print_table(result)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    write_json(args.out, result)
 
 
 if __name__ == "__main__":

@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import statistics
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.json_out import write_json
 from mdm_jax.config.model import Execution, get_config
 from mdm_jax.config.sampler import SamplerConfig
 from mdm_jax.decode import speech
@@ -175,10 +174,7 @@ def main(argv=None):
         for config in args.configs.split(",")], "overrides": args.overrides}
     for run in result["runs"]:
         print_table(run, device)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    write_json(args.out, result)
 
 
 if __name__ == "__main__":

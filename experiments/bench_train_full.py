@@ -13,14 +13,13 @@ Tokens = real text + speech positions of the batch (padding left out).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
-from pathlib import Path
 
 import jax
 from tqdm import tqdm
 
+from experiments.json_out import write_json
 from mdm_jax.config.train import get_train_config
 from mdm_jax.model.sharding import batch_sharding, make_mesh, shardings
 from mdm_jax.train.data import SYNTHETIC_SPEECH_ID, SyntheticSource, batch_stats, model_batch
@@ -83,10 +82,7 @@ def main(argv=None):
         print(f"{STAGES[r['stage']]:>9} {r['batch']:>5} {r['step_s']:>8.3f} {r['tokens_per_s']:>10.0f} "
               f"{r['padding']:>5.0%} {tf(r['flops_per_step']):>10} {tf(r['flops_per_s']):>8} {mfu:>6} "
               f"{r['compile_s']:>9.1f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    write_json(args.out, result)
 
 
 if __name__ == "__main__":

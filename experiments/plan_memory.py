@@ -17,14 +17,13 @@ measurement on the device.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
-from pathlib import Path
 
 import jax
 
+from experiments.json_out import write_json
 from mdm_jax.config.train import get_train_config
 from mdm_jax.model.sharding import batch_sharding, make_mesh, shardings
 from mdm_jax.train.data import SYNTHETIC_SPEECH_ID, SyntheticSource, model_batch
@@ -121,8 +120,7 @@ def main(argv=None):
     elif args.find_batch:
         print(f"largest batch that fits: {result['batch']}")
     if args.out and result is not None:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2))
+        write_json(args.out, result)
     return result
 
 
