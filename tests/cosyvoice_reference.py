@@ -31,7 +31,6 @@ def _stand_ins() -> None:
     sys.modules["matcha.utils.pylogger"] = pylogger
 
     import torch
-
     from cosyvoice.transformer.activation import Swish
     from cosyvoice.transformer.attention import MultiHeadedAttention, RelPositionMultiHeadedAttention
     from cosyvoice.transformer.embedding import EspnetRelPositionalEncoding, PositionalEncoding, RelPositionalEncoding

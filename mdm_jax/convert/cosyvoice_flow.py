@@ -14,11 +14,13 @@ import numpy as np
 from mdm_jax.convert.rules import Rule, import_tensors, transpose
 from mdm_jax.vocoder.cosyvoice_flow import CosyFlowConfig, init_params
 
-CONV = dict(to_ours=lambda w: w.transpose(2, 1, 0), to_src=lambda w: w.transpose(2, 1, 0))  # (out, in, k) <-> (k, in, out)
+# torch Conv1d (out, in, k) <-> flax (k, in, out)
+CONV = dict(to_ours=lambda w: w.transpose(2, 1, 0), to_src=lambda w: w.transpose(2, 1, 0))
 
 
 def _dense(src: str, path: tuple[str, ...], bias: bool = True) -> list[Rule]:
-    return [Rule(f"{src}.weight", (*path, "kernel"), **transpose())] + ([Rule(f"{src}.bias", (*path, "bias"))] if bias else [])
+    weight = Rule(f"{src}.weight", (*path, "kernel"), **transpose())
+    return [weight, Rule(f"{src}.bias", (*path, "bias"))] if bias else [weight]
 
 
 def _conv(src: str, path: tuple[str, ...]) -> list[Rule]:
@@ -62,10 +64,12 @@ def flow_rules(cfg: CosyFlowConfig) -> list[Rule]:
     enc, est = ("encoder",), ("estimator",)
     rules = [Rule("input_embedding.weight", ("input_embedding", "embedding"))]
     rules += _dense("spk_embed_affine_layer", ("spk_embed_affine_layer",)) + _dense("encoder_proj", ("encoder_proj",))
-    rules += _dense("encoder.embed.out.0", (*enc, "embed", "linear")) + _norm("encoder.embed.out.1", (*enc, "embed", "norm"))
+    rules += _dense("encoder.embed.out.0", (*enc, "embed", "linear"))
+    rules += _norm("encoder.embed.out.1", (*enc, "embed", "norm"))
     rules += _conv("encoder.pre_lookahead_layer.conv1", (*enc, "lookahead_conv1"))
     rules += _conv("encoder.pre_lookahead_layer.conv2", (*enc, "lookahead_conv2", "conv"))
-    rules += [r for i in range(cfg.encoder_blocks) for r in _conformer(f"encoder.encoders.{i}", (*enc, f"encoders_{i}"))]
+    rules += [r for i in range(cfg.encoder_blocks)
+              for r in _conformer(f"encoder.encoders.{i}", (*enc, f"encoders_{i}"))]
     rules += _conv("encoder.up_layer.conv", (*enc, "up_conv", "conv"))
     rules += _dense("encoder.up_embed.out.0", (*enc, "up_embed", "linear"))
     rules += _norm("encoder.up_embed.out.1", (*enc, "up_embed", "norm"))
@@ -75,7 +79,8 @@ def flow_rules(cfg: CosyFlowConfig) -> list[Rule]:
     d = "decoder.estimator"
     rules += _dense(f"{d}.time_mlp.linear_1", (*est, "time_linear_1"))
     rules += _dense(f"{d}.time_mlp.linear_2", (*est, "time_linear_2"))
-    rules += _stage(f"{d}.down_blocks.0", (*est, "down"), cfg) + _conv(f"{d}.down_blocks.0.2", (*est, "down_conv", "conv"))
+    rules += _stage(f"{d}.down_blocks.0", (*est, "down"), cfg)
+    rules += _conv(f"{d}.down_blocks.0.2", (*est, "down_conv", "conv"))
     rules += [r for i in range(cfg.decoder_mid_blocks) for r in _stage(f"{d}.mid_blocks.{i}", (*est, f"mid_{i}"), cfg)]
     rules += _stage(f"{d}.up_blocks.0", (*est, "up"), cfg) + _conv(f"{d}.up_blocks.0.2", (*est, "up_conv", "conv"))
     rules += _causal_block(f"{d}.final_block", (*est, "final_block")) + _conv(f"{d}.final_proj", (*est, "final_proj"))
