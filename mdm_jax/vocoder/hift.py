@@ -219,6 +219,7 @@ class HiFTGenerator(nn.Module):
 
 
 def init_params(cfg: HiFTConfig, seed: int = 0) -> dict:
+    """Randomly initialised params (Flax default initialisers, Snake alphas 1), for tests and shapes."""
     frames = 2
     t, h = frames * cfg.samples_per_frame, cfg.nb_harmonics + 1
     mel, phase, noise = jnp.zeros((1, frames, cfg.in_channels)), jnp.zeros((1, h)), jnp.zeros((1, t, h))
