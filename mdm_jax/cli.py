@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 import numpy as np
+import soundfile as sf
 
 from data_pipelines.audio import load_audio
 from data_pipelines.features import log_mel
@@ -23,6 +25,7 @@ from mdm_jax.convert.params_io import load_params, save_params
 from mdm_jax.convert.vocalnet_release import vocalnet_from_release
 from mdm_jax.decode.streaming import stream
 from mdm_jax.model.vocalnet import count_params, random_params
+from mdm_jax.vocoder.load import load_token2wav
 
 
 def _info(args):
@@ -33,6 +36,12 @@ def _info(args):
 
 
 def _convert(args):
+    if args.kind == "cosyvoice2":
+        from mdm_jax.convert.cosyvoice2 import convert_cosyvoice2
+
+        t2w = convert_cosyvoice2(args.src, args.out, args.overrides, args.speaker)
+        print(f"wrote {args.out} (CosyVoice2 token2wav: flow + HiFT, {t2w.sample_rate} Hz)")
+        return
     hf_config, state = load_hf_folder(args.src)
     if args.kind == "hf-llm":
         cfg = llm_config_from_hf(hf_config)
@@ -82,22 +91,63 @@ def _generate(args):
         tok, prompt, eos = None, [SPEECH_PLACEHOLDER] * n_speech, set()
     run = lambda: stream(params, cfg, mel, prompt, eos_ids=eos, max_text_tokens=args.max_text_tokens,  # noqa: E731
                          max_blocks=args.max_blocks)
+    t2w = load_token2wav(args.token2wav) if args.token2wav else None
     if args.warmup:  # compile every shape first, so the times below are latencies, not compilation
-        list(run())
+        chunks = list(run())
+        if t2w is not None:
+            _speak(t2w, chunks, cfg.speech_decoder.block_size, None)
     chunks = []
-    for chunk in run():
-        chunks.append(chunk)
-        print(f"block {chunk.block} at {chunk.elapsed_s:.3f}s: {len(chunk.speech)} units, "
-              f"{len(chunk.text_ids)} text tokens", flush=True)
+    wav = sf.SoundFile(args.wav, "w", t2w.sample_rate, 1, "PCM_16") if t2w is not None else None
+    audio_times = _speak(t2w, _printed(run(), chunks), cfg.speech_decoder.block_size, wav) if t2w else []
     text_ids = chunks[-1].text_ids
     result = {"text_ids": text_ids, "text": tok.decode(text_ids) if tok else None,
               "speech_units": np.concatenate([c.speech for c in chunks]).tolist(),
               "first_chunk_s": chunks[0].elapsed_s, "total_s": chunks[-1].elapsed_s, "blocks": len(chunks),
               "sampler": json.loads(cfg.to_json())["sampler"]}
+    if wav is not None:
+        wav.close()
+        result.update(wav=args.wav, audio_s=audio_times[-1][1] / t2w.sample_rate,
+                      first_audio_s=next((t for t, n in audio_times if n), None))
     with open(args.out, "w") as f:
         json.dump(result, f)
     print(f"wrote {args.out}: {len(result['speech_units'])} speech units, first chunk after "
-          f"{result['first_chunk_s']:.3f}s")
+          f"{result['first_chunk_s']:.3f}s" + (f"; {args.wav}: {result['audio_s']:.2f}s of audio" if wav else ""))
+
+
+def _printed(chunks, seen: list):
+    for chunk in chunks:
+        seen.append(chunk)
+        print(f"block {chunk.block} at {chunk.elapsed_s:.3f}s: {len(chunk.speech)} units, "
+              f"{len(chunk.text_ids)} text tokens", flush=True)
+        yield chunk
+
+
+def _speak(t2w, chunks, hop: int, wav) -> list[tuple[float, int]]:
+    """Units of each chunk -> audio as it becomes final, appended to `wav` (flushed: the file grows while
+    the answer streams). A token2wav without `stream` synthesises once, at the end.
+    -> (seconds since the first chunk was asked for, samples written so far) per write."""
+    start, written, times = time.perf_counter(), 0, []
+    streamer = t2w.stream(hop) if hasattr(t2w, "stream") else None
+    units = []
+    for chunk in chunks:
+        units.append(chunk.speech)
+        if streamer is not None:
+            audio = streamer.push(chunk.speech)
+            written += _write(wav, audio)
+            times.append((time.perf_counter() - start, written))
+            print(f"  audio +{len(audio) / t2w.sample_rate:.2f}s (total {written / t2w.sample_rate:.2f}s) at "
+                  f"{times[-1][0]:.3f}s", flush=True)
+    units = np.concatenate(units) if units else np.zeros(0, np.int32)
+    audio = streamer.push(units[:0], final=True) if streamer is not None else t2w(units) if len(units) else units
+    written += _write(wav, audio)
+    return times + [(time.perf_counter() - start, written)]
+
+
+def _write(wav, audio) -> int:
+    if wav is not None:
+        wav.write(np.asarray(audio, np.float32))
+        wav.flush()
+    return len(audio)
 
 
 def main(argv=None):
@@ -110,13 +160,17 @@ def main(argv=None):
     info.add_argument("overrides", nargs="*", metavar="key=value")
     info.set_defaults(run=_info)
 
-    conv = sub.add_parser("convert", help="convert a Hugging Face / VocalNet folder into an mdm_jax checkpoint")
-    conv.add_argument("kind", choices=["hf-llm", "vocalnet"],
-                      help="hf-llm: LLaMA 3.x / Qwen2 text model; vocalnet: a whole VocalNet release")
-    conv.add_argument("--src", required=True, help="folder with config.json and *.safetensors")
+    conv = sub.add_parser("convert", help="convert a Hugging Face / VocalNet / CosyVoice2 folder for mdm_jax")
+    conv.add_argument("kind", choices=["hf-llm", "vocalnet", "cosyvoice2"],
+                      help="hf-llm: LLaMA 3.x / Qwen2 text model; vocalnet: a whole VocalNet release; "
+                           "cosyvoice2: CosyVoice2's flow.pt + hift.pt as a token2wav (--token2wav of generate)")
+    conv.add_argument("--src", required=True, help="folder with config.json and *.safetensors (cosyvoice2: flow.pt "
+                                                   "and hift.pt, or .safetensors)")
     conv.add_argument("--out", required=True)
     conv.add_argument("--config", default="vocalnet-1b", help="preset of the VocalNet release (kind vocalnet)")
-    conv.add_argument("overrides", nargs="*", metavar="key=value")
+    conv.add_argument("--speaker", help="cosyvoice2: a .npy speaker x-vector (192,) for the voice (default zeros)")
+    conv.add_argument("overrides", nargs="*", metavar="key=value",
+                      help="config overrides; cosyvoice2: flow.KEY=VALUE / hift.KEY=VALUE sizes")
     conv.set_defaults(run=_convert)
 
     exp = sub.add_parser("export-hf", help="write the LLM of a checkpoint as a Hugging Face folder (safetensors)")
@@ -132,6 +186,9 @@ def main(argv=None):
     gen.add_argument("--max-text-tokens", type=int, default=64)
     gen.add_argument("--max-blocks", type=int, default=16)
     gen.add_argument("--out", default="answer.json")
+    gen.add_argument("--token2wav", help="speak the units: a converted CosyVoice2 folder (convert cosyvoice2) or "
+                                         "the demo's token2wav.msgpack")
+    gen.add_argument("--wav", default="answer.wav", help="with --token2wav: the audio, written as it streams")
     gen.add_argument("--warmup", action="store_true", help="run once before timing (times exclude compilation)")
     gen.add_argument("overrides", nargs="*", metavar="key=value",
                      help="how the model runs: sampler.denoise_steps=1, sampler.threshold=0.9, dtype=bfloat16, ...")

@@ -47,6 +47,17 @@ def _stand_ins() -> None:
     sys.modules["cosyvoice.utils.class_utils"] = registry
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Imported by each parity test file: on a 2-core box OpenMP's spinning threads next to XLA's make
+    every small torch op ~100x slower."""
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def reference(*modules: str) -> list[types.ModuleType]:
     """The named reference modules (e.g. "cosyvoice.flow.flow"), or skip saying what is missing."""
     for name in ("torch", "cosyvoice", "matcha", "diffusers", "conformer", "omegaconf", "scipy"):

@@ -4,7 +4,7 @@ the same random weights, tokens, voice prompt and noise table give the same mel.
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from cosyvoice_reference import reference
+from cosyvoice_reference import one_torch_thread, reference  # noqa: F401 (an autouse fixture)
 
 from mdm_jax.convert.cosyvoice_flow import flow_from_torch
 from mdm_jax.convert.rules import ConversionError

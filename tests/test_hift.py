@@ -17,7 +17,7 @@ from unittest import mock
 import jax
 import numpy as np
 import pytest
-from cosyvoice_reference import reference
+from cosyvoice_reference import one_torch_thread, reference  # noqa: F401 (an autouse fixture)
 
 from mdm_jax.convert.hift import hift_from_torch
 from mdm_jax.convert.rules import ConversionError
@@ -82,15 +82,6 @@ def _run_reference(torch, model, mel, phase, noise, cache_source=None):
         wave, source = model.inference(torch.from_numpy(mel), cache)
     assert calls == [("rand", phase.shape), ("randn_like", noise.shape), ("randn_like", (*noise.shape[:2], 1))]
     return wave.numpy(), source[:, 0].numpy()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    torch = pytest.importorskip("torch")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # on a 2-core box OpenMP's spinning threads make every small op ~100x slower
-    yield
-    torch.set_num_threads(threads)
 
 
 @functools.cache
