@@ -194,7 +194,12 @@ def main(argv=None):
                      help="how the model runs: sampler.denoise_steps=1, sampler.threshold=0.9, dtype=bfloat16, ...")
     gen.set_defaults(run=_generate)
 
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # argparse fills a '*' positional right after an earlier one (convert KIND ...): later key=value go here
+    if extra and (not hasattr(args, "overrides") or any("=" not in e or e.startswith("-") for e in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     try:
         args.run(args)
     except (ValueError, FileNotFoundError) as e:  # config / conversion errors: one clear line

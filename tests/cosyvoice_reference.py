@@ -3,9 +3,10 @@
 
 The model files need only torch, scipy, einops, diffusers, conformer and omegaconf. Two modules they
 import for bookkeeping would pull in the LLM, the CLI and the training stack (torchaudio, hydra,
-lightning): `cosyvoice.utils.class_utils` (a name -> class registry) and `matcha.utils` (a package
-whose __init__ imports hydra, for a logger). Both are stood in for here by the same classes /
-the one submodule; no reference computation is replaced.
+lightning): `cosyvoice.utils.class_utils` (a name -> class registry), `matcha.utils` (a package
+whose __init__ imports hydra, for a logger) and, for `cosyvoice.cli.model`'s streaming token2wav,
+`cosyvoice.utils.file_utils` (torchaudio, TensorRT and vLLM export). They are stood in for here by the
+same classes / the one submodule / unused names; no reference computation is replaced.
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ def _stand_ins() -> None:
     registry.COSYVOICE_ATTENTION_CLASSES = {"selfattn": MultiHeadedAttention,
                                             "rel_selfattn": RelPositionMultiHeadedAttention}
     sys.modules["cosyvoice.utils.class_utils"] = registry
+    files = types.ModuleType("cosyvoice.utils.file_utils")  # cosyvoice.cli.model: TensorRT/vLLM export, torchaudio
+    files.logging = logging
+    files.convert_onnx_to_trt = files.export_cosyvoice2_vllm = None  # named by the import, never called here
+    sys.modules["cosyvoice.utils.file_utils"] = files
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -12,9 +12,11 @@ Offline is CosyVoice2's non-streaming inference (full attention). Streaming is i
 every `hop_tokens` new units (plus the flow's `pre_lookahead` units of look-ahead) re-run the flow in
 chunk-causal mode on all units so far, vocode the new mel frames behind the previous chunk's last
 `mel_overlap` frames with the previous excitation tail pinned, cross-fade the overlap with a Hamming
-window and hold back the last `mel_overlap` frames' samples until the next chunk. At hops of
-`chunk_tokens` (25, CosyVoice2's own) the streamed mel equals the offline chunk-causal mel; other hops
-(the Talker's 16-unit blocks) re-read a partly filled chunk, as VocalNet's 15-unit streaming does.
+window and hold back the last `mel_overlap` frames' samples until the next chunk; the last chunk
+reads every unit with full attention. At hops of `chunk_tokens` (25, CosyVoice2's own) the mel of every
+emitted chunk equals the offline chunk-causal mel and the audio equals CosyVoice2's own streaming loop
+(tested); other hops (the Talker's 16-unit blocks) re-read a partly filled chunk, as VocalNet's
+15-unit streaming does.
 
 Every shape is padded to a multiple of the flow's chunk so a stream compiles a handful of programs;
 HiFT runs at the exact frame count (its convolutions read the sequence edges).
@@ -150,7 +152,8 @@ class Token2WavStream:
 
     def _chunk(self, units: list[int], finalize: bool) -> np.ndarray:
         t2w = self.t2w
-        mel = t2w.mel(np.asarray(units, np.int32), streaming=True, finalize=finalize)
+        # the last chunk, once every unit is in, reads them all (CosyVoice2's finalize: non-streaming attention)
+        mel = t2w.mel(np.asarray(units, np.int32), streaming=not finalize, finalize=finalize)
         mel = mel[self.offset * t2w.flow_config.token_mel_ratio:]
         cache_source = None
         if self.cache is not None:
