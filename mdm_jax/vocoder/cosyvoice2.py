@@ -18,8 +18,9 @@ emitted chunk equals the offline chunk-causal mel and the audio equals CosyVoice
 (tested); other hops (the Talker's 16-unit blocks) re-read a partly filled chunk, as VocalNet's
 15-unit streaming does.
 
-Every shape is padded to a multiple of the flow's chunk so a stream compiles a handful of programs;
-HiFT runs at the exact frame count (its convolutions read the sequence edges).
+The flow's input is padded to a power of two (padding never reaches valid frames), so an utterance
+compiles a few programs; HiFT runs at the exact frame count (its convolutions read the sequence
+edges): with a fixed hop that is three lengths (first, middle, last chunk).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,8 +75,7 @@ class CosyVoice2Token2Wav:
         frames when not `finalize`)."""
         c = self.flow_config
         tokens = np.concatenate([self.prompt_tokens, check_units(units, c.vocab_size)])
-        padded = -(-len(tokens) // c.chunk_tokens) * c.chunk_tokens + (0 if finalize else c.pre_lookahead)
-        ids = np.zeros((1, max(padded, len(tokens))), np.int32)
+        ids = np.zeros((1, max(32, 1 << (len(tokens) - 1).bit_length())), np.int32)  # a power of two: few programs
         ids[0, : len(tokens)] = tokens
         mel = token2mel(self.flow_params, c, ids, np.array([len(tokens)]), self.speaker[None], self.prompt_mel,
                         self.noise, streaming=streaming, finalize=finalize)
@@ -132,6 +133,7 @@ class Token2WavStream:
         self.calls = 0
         self.cache: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # mel, excitation, audio tails
         self.window = np.hamming(2 * t2w.mel_overlap * t2w.hift_config.samples_per_frame).astype(np.float32)
+        self.times: list[tuple[float, float]] = []  # (flow s, HiFT s) per chunk synthesised
 
     def push(self, units: np.ndarray, final: bool = False) -> np.ndarray:
         """Append (n,) units -> the (samples,) float32 audio that became final (possibly empty)."""
@@ -153,12 +155,15 @@ class Token2WavStream:
     def _chunk(self, units: list[int], finalize: bool) -> np.ndarray:
         t2w = self.t2w
         # the last chunk, once every unit is in, reads them all (CosyVoice2's finalize: non-streaming attention)
+        start = time.perf_counter()
         mel = t2w.mel(np.asarray(units, np.int32), streaming=not finalize, finalize=finalize)
         mel = mel[self.offset * t2w.flow_config.token_mel_ratio:]
+        flow_s = time.perf_counter() - start
         cache_source = None
         if self.cache is not None:
             mel, cache_source = np.concatenate([self.cache[0], mel]), self.cache[1]
         speech, source = t2w.vocode(mel, jax.random.fold_in(jax.random.key(t2w.seed), self.calls), cache_source)
+        self.times.append((flow_s, time.perf_counter() - start - flow_s))
         self.calls += 1
         if self.cache is not None:  # cross-fade the previous chunk's held-back tail into this chunk's start
             n = len(self.window) // 2
