@@ -20,6 +20,7 @@ from data_pipelines.tokenizer import SPEECH_PLACEHOLDER, TEMPLATES, encode_promp
 from mdm_jax.config.model import ModelConfig, get_config, param_mismatch
 from mdm_jax.config.overrides import ConfigError, apply_overrides, config_keys
 from mdm_jax.convert import llm_config_from_hf, llm_config_to_hf, llm_from_hf, llm_to_hf
+from mdm_jax.convert.cosyvoice2 import convert_cosyvoice2
 from mdm_jax.convert.hf_files import load_hf_folder, save_hf_folder
 from mdm_jax.convert.params_io import load_params, save_params
 from mdm_jax.convert.vocalnet_release import vocalnet_from_release
@@ -37,8 +38,6 @@ def _info(args):
 
 def _convert(args):
     if args.kind == "cosyvoice2":
-        from mdm_jax.convert.cosyvoice2 import convert_cosyvoice2
-
         t2w = convert_cosyvoice2(args.src, args.out, args.overrides, args.speaker)
         print(f"wrote {args.out} (CosyVoice2 token2wav: flow + HiFT, {t2w.sample_rate} Hz)")
         return

@@ -1,5 +1,5 @@
 """Speech units -> waveform: the `Token2Wav` interface the samplers' output goes through, and what
-every implementation shares (unit checks, the unit/frame alignment, Griffin-Lim inversion).
+every implementation shares (unit checks, the unit/frame alignment).
 
 A stronger model (e.g. converted CosyVoice2 flow + HiFT weights) plugs in by implementing
 `Token2Wav`. Here: `vocoder.centroid.CentroidGriffinLim` (the baseline) and `vocoder.flow.FlowToken2Wav`
@@ -11,8 +11,6 @@ from __future__ import annotations
 from typing import Protocol
 
 import numpy as np
-
-from data_pipelines.features import HOP, N_FFT, SAMPLE_RATE
 
 FRAMES_PER_UNIT = 4  # 100 Hz mel frames per 25 Hz unit
 
@@ -40,13 +38,3 @@ def check_aligned(num_units: int, num_frames: int) -> None:
     """Each 25 Hz unit covers 4 mel frames; the last may cover fewer."""
     if num_units != -(-num_frames // FRAMES_PER_UNIT):
         raise ValueError(f"{num_units} units for {num_frames} mel frames: expected ceil(frames / 4)")
-
-
-def griffin_lim(mel: np.ndarray, n_iter: int = 32) -> np.ndarray:
-    """(n_mels, F) Whisper-normalised log-mel -> (160·F,) float32 waveform at 16 kHz, peak 0.9."""
-    import librosa  # here: the converted CosyVoice2 path (and GPU benchmarks) run without librosa
-
-    power = 10.0 ** (np.asarray(mel, np.float64) * 4.0 - 4.0)  # undo Whisper's (log10 + 4) / 4
-    stft = librosa.feature.inverse.mel_to_stft(power, sr=SAMPLE_RATE, n_fft=N_FFT, power=2.0)
-    wav = librosa.griffinlim(stft, n_iter=n_iter, hop_length=HOP, win_length=N_FFT, n_fft=N_FFT, random_state=0)
-    return (0.9 * wav / max(np.abs(wav).max(), 1e-8)).astype(np.float32)

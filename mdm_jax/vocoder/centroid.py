@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from data_pipelines.features import SAMPLE_RATE, log_mel
-from mdm_jax.vocoder.base import FRAMES_PER_UNIT, check_aligned, check_units, griffin_lim
+from mdm_jax.vocoder.base import FRAMES_PER_UNIT, check_aligned, check_units
+from mdm_jax.vocoder.griffin_lim import griffin_lim
 
 
 @dataclass(frozen=True)

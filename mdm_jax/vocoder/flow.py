@@ -41,7 +41,8 @@ from mdm_jax.model.layers import Embed, RMSNorm
 from mdm_jax.model.llm import layer_kwargs
 from mdm_jax.model.rope import inverse_frequencies
 from mdm_jax.model.transformer import DecoderLayer, DecoderStack
-from mdm_jax.vocoder.base import FRAMES_PER_UNIT, check_aligned, check_units, griffin_lim
+from mdm_jax.vocoder.base import FRAMES_PER_UNIT, check_aligned, check_units
+from mdm_jax.vocoder.griffin_lim import griffin_lim
 
 
 @dataclass(frozen=True)
