@@ -6,6 +6,7 @@ import pytest
 
 from mdm_jax.config.model import get_config
 from mdm_jax.decode import autoregressive, block_diffusion
+from mdm_jax.eval import metrics
 from mdm_jax.eval.asr import normalize, word_error_rate, word_errors
 from mdm_jax.eval.metrics import decode_speech, first_audio_seconds, text_accuracy, unit_accuracy
 from mdm_jax.model.vocalnet import random_params
@@ -57,6 +58,21 @@ def test_first_audio_seconds_times_a_warm_call_on_the_first_chunk_only():
     seconds = first_audio_seconds(token2wav, [np.arange(40), np.arange(7)], chunk=15)
     assert seconds >= 0
     assert seen == [list(range(15))] * 2 + [list(range(7))] * 2  # each chunk once to warm up, once timed
+
+
+def test_speech_wer_resamples_24khz_speech_for_the_16khz_judge(monkeypatch):
+    class Speaks24k:  # a 440 Hz tone, 960 samples per unit (CosyVoice2's HiFT)
+        sample_rate = 24_000
+
+        def __call__(self, units):
+            return np.sin(2 * np.pi * 440 * np.arange(960 * len(units)) / 24_000).astype(np.float32)
+
+    heard = []
+    monkeypatch.setattr(metrics, "transcribe", lambda wavs, *a, **k: heard.extend(wavs) or ["x"] * len(wavs))
+    metrics.speech_wer([np.arange(25), np.arange(0)], ["x", "y"], Speaks24k())
+    assert [len(w) for w in heard] == [16_000, 1600]  # 1 s at 16 kHz; no units: 0.1 s of silence
+    spectrum = np.abs(np.fft.rfft(heard[0]))
+    assert np.argmax(spectrum) == 440  # the same tone, at the judge's rate (1 Hz bins over 1 s)
 
 
 @pytest.mark.parametrize("method", ["mdm", "ar"])

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 import numpy as np
+import soxr
 from tqdm import tqdm
 
 from mdm_jax.config.model import ModelConfig
@@ -132,11 +133,20 @@ def unit_accuracy(generated: Sequence[np.ndarray], references: Sequence[np.ndarr
     return {"unit_accuracy": counts.value, "length_ratio": float(np.mean(ratios)), "counts": counts}
 
 
+def _heard(token2wav: Token2Wav, units) -> np.ndarray:
+    """Units -> the 16 kHz waveform the judge hears (CosyVoice2's HiFT speaks 24 kHz); none: 0.1 s of silence."""
+    if not len(units):
+        return np.zeros(1600, np.float32)
+    wav = token2wav(np.asarray(units))
+    return wav if token2wav.sample_rate == 16_000 else soxr.resample(wav, token2wav.sample_rate, 16_000).astype(
+        np.float32)
+
+
 def speech_wer(units: Sequence[np.ndarray], references: Sequence[str], token2wav: Token2Wav,
                asr: WhisperASR | None = None, max_new_tokens: int = 64) -> dict[str, float]:
     """Units -> waveform -> the ASR judge -> WER against the reference answers. Transcripts stop
     at `max_new_tokens`: unintelligible speech makes Whisper repeat itself up to the limit."""
-    wavs = [token2wav(np.asarray(u)) if len(u) else np.zeros(1600, np.float32) for u in units]
+    wavs = [_heard(token2wav, u) for u in units]
     hypotheses = transcribe(wavs, asr, batch_size=min(8, len(wavs)), max_new_tokens=max_new_tokens)
     counts = Counts.of(word_errors(references, hypotheses))
     return {"wer": counts.value, "transcripts": hypotheses, "counts": counts}
