@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The speed checks of one GPU in one call (about 5 minutes on an H100/H200): compile time (scanned
 # vs unrolled layers), decoding against the memory-bandwidth limit (vocalnet-1b speech decoder,
-# bfloat16, batch 1 and 8), and whole-model train steps with MFU. Every JSON lands under OUT.
+# bfloat16, batch 1 and 8), whole-model train steps with MFU, and CosyVoice2's token2wav per block.
+# Every JSON lands under OUT.
 #
 #     bash experiments/gpu_bench.sh [--smoke] [OUT]      # default OUT=runs/gpu_bench
 #
@@ -32,5 +33,6 @@ else
   $PY -m experiments.bench_decode --configs vocalnet-1b --dtype bfloat16 --denoise-steps 1 --threshold 0 \
       --repeats 5 --out "$OUT/decode_b1_cudnn.json" attention=cudnn || echo "attention=cudnn failed: see above"
   $PY -m experiments.bench_train_full --config vocalnet-1b --batch 8 --steps 3 --out "$OUT/train_full.json"
+  $PY -m experiments.bench_token2wav --hops 16,15,25 --blocks 5 --out "$OUT/token2wav.json"
 fi
 echo "results: $(ls "$OUT"/*.json | tr '\n' ' ')"
