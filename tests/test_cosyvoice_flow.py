@@ -80,7 +80,7 @@ def reduced():
     return model, params, jnp.asarray(model.decoder.rand_noise[0].numpy().T)
 
 
-@pytest.mark.parametrize("streaming,finalize", [(True, True), (True, False), (False, True)])
+@pytest.mark.parametrize("streaming,finalize", [(True, True), (True, False)])  # non-streaming: test_cosyvoice2
 def test_mel_matches_reference(reduced, streaming, finalize):
     model, params, noise = reduced
     tokens, prompt, prompt_mel, speaker = inputs(REDUCED)
