@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 
 import numpy as np
 import soundfile as sf
@@ -88,65 +87,37 @@ def _generate(args):
         eos = {end}
     else:
         tok, prompt, eos = None, [SPEECH_PLACEHOLDER] * n_speech, set()
-    run = lambda: stream(params, cfg, mel, prompt, eos_ids=eos, max_text_tokens=args.max_text_tokens,  # noqa: E731
-                         max_blocks=args.max_blocks)
     t2w = load_token2wav(args.token2wav) if args.token2wav else None
+    run = lambda: stream(params, cfg, mel, prompt, eos_ids=eos, max_text_tokens=args.max_text_tokens,  # noqa: E731
+                         max_blocks=args.max_blocks, token2wav=t2w)
     if args.warmup:  # compile every shape first, so the times below are latencies, not compilation
-        chunks = list(run())
-        if t2w is not None:
-            _speak(t2w, chunks, cfg.speech_decoder.block_size, None)
-    chunks = []
+        list(run())
+    chunks, samples, first_audio = [], 0, None
     wav = sf.SoundFile(args.wav, "w", t2w.sample_rate, 1, "PCM_16") if t2w is not None else None
-    audio_times = _speak(t2w, _printed(run(), chunks), cfg.speech_decoder.block_size, wav) if t2w else []
+    for chunk in run():
+        chunks.append(chunk)
+        line = (f"block {chunk.block} at {chunk.elapsed_s:.3f}s: {len(chunk.speech)} units, "
+                f"{len(chunk.text_ids)} text tokens")
+        if wav is not None:  # the file grows as the answer streams
+            wav.write(np.asarray(chunk.audio, np.float32))
+            wav.flush()
+            samples += len(chunk.audio)
+            first_audio = chunk.elapsed_s if first_audio is None and len(chunk.audio) else first_audio
+            line += f", audio +{len(chunk.audio) / t2w.sample_rate:.2f}s"
+        print(line + " (" + ", ".join(f"{k} {1e3 * v:.0f} ms" for k, v in chunk.times.items() if v) + ")",
+              flush=True)
     text_ids = chunks[-1].text_ids
     result = {"text_ids": text_ids, "text": tok.decode(text_ids) if tok else None,
               "speech_units": np.concatenate([c.speech for c in chunks]).tolist(),
               "first_chunk_s": chunks[0].elapsed_s, "total_s": chunks[-1].elapsed_s, "blocks": len(chunks),
-              "sampler": json.loads(cfg.to_json())["sampler"]}
+              "times": [c.times for c in chunks], "sampler": json.loads(cfg.to_json())["sampler"]}
     if wav is not None:
         wav.close()
-        result.update(wav=args.wav, audio_s=audio_times[-1][1] / t2w.sample_rate,
-                      first_audio_s=next((t for t, n in audio_times if n), None))
+        result.update(wav=args.wav, audio_s=samples / t2w.sample_rate, first_audio_s=first_audio)
     with open(args.out, "w") as f:
         json.dump(result, f)
     print(f"wrote {args.out}: {len(result['speech_units'])} speech units, first chunk after "
           f"{result['first_chunk_s']:.3f}s" + (f"; {args.wav}: {result['audio_s']:.2f}s of audio" if wav else ""))
-
-
-def _printed(chunks, seen: list):
-    for chunk in chunks:
-        seen.append(chunk)
-        print(f"block {chunk.block} at {chunk.elapsed_s:.3f}s: {len(chunk.speech)} units, "
-              f"{len(chunk.text_ids)} text tokens", flush=True)
-        yield chunk
-
-
-def _speak(t2w, chunks, hop: int, wav) -> list[tuple[float, int]]:
-    """Units of each chunk -> audio as it becomes final, appended to `wav` (flushed: the file grows while
-    the answer streams). A token2wav without `stream` synthesises once, at the end.
-    -> (seconds since the first chunk was asked for, samples written so far) per write."""
-    start, written, times = time.perf_counter(), 0, []
-    streamer = t2w.stream(hop) if hasattr(t2w, "stream") else None
-    units = []
-    for chunk in chunks:
-        units.append(chunk.speech)
-        if streamer is not None:
-            audio = streamer.push(chunk.speech)
-            written += _write(wav, audio)
-            times.append((time.perf_counter() - start, written))
-            print(f"  audio +{len(audio) / t2w.sample_rate:.2f}s (total {written / t2w.sample_rate:.2f}s) at "
-                  f"{times[-1][0]:.3f}s", flush=True)
-    units = np.concatenate(units) if units else np.zeros(0, np.int32)
-    audio = streamer.push(units[:0], final=True) if streamer is not None else t2w(units) if len(units) else units
-    written += _write(wav, audio)
-    return times + [(time.perf_counter() - start, written)]
-
-
-def _write(wav, audio) -> int:
-    if wav is not None:
-        wav.write(np.asarray(audio, np.float32))
-        wav.flush()
-    return len(audio)
 
 
 def main(argv=None):

@@ -150,4 +150,5 @@ def test_generate_speaks_a_converted_vocalnet(converted, tmp_path, capsys):
     assert rate == 24_000 and len(result["speech_units"]) > 0
     assert len(audio) == len(result["speech_units"]) * converted.t2w.samples_per_unit
     assert np.abs(audio).max() > 0 and result["audio_s"] == pytest.approx(len(audio) / rate)
-    assert "audio +" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "audio +" in out and "vocoder" in out and len(result["times"]) == result["blocks"]

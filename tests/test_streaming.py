@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from per_layer import per_layer_map
 
-from data_pipelines.tokenizer import SPEECH_PLACEHOLDER
+from data_pipelines.tokenizer import SPEECH_PLACEHOLDER, num_speech_frames
 from mdm_jax.config.model import ModelConfig, SpeechDecoderConfig, get_config
 from mdm_jax.config.sampler import SamplerConfig
 from mdm_jax.decode import block_diffusion
@@ -114,3 +114,31 @@ def test_stream_decodes_in_the_presets_dtype(monkeypatch):
                          max_text_tokens=4, max_blocks=2))
     assert len(chunks) == len(seen) // 2 == 2
     assert set(seen) == {jnp.dtype(jnp.bfloat16)}
+
+
+def test_questions_of_other_lengths_in_one_bucket_compile_nothing():
+    """Five questions of different audio and prompt lengths: after the first, none compiles a program
+    (audio frames and prompt ids are padded to their bucket); a longer one, in the next bucket, does."""
+    cfg = get_config("tiny", ["llm.num_layers=1", "encoder.num_layers=1", "speech_decoder.num_layers=1",
+                              "speech_decoder.mtp_modules=0", "sampler.denoise_steps=1"])
+    params = random_params(cfg)
+    compiled = []
+
+    def count(event, *_, **__):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiled.append(event)
+
+    def ask(frames):
+        mel = np.random.default_rng(frames).standard_normal((cfg.encoder.num_mel_bins, frames)).astype(np.float32)
+        prompt = [1, 3] + [SPEECH_PLACEHOLDER] * num_speech_frames(frames, cfg.adaptor.downsample) + [4]
+        before = len(compiled)
+        list(stream(params, cfg, mel, prompt, eos_ids=set(), max_text_tokens=6, max_blocks=2))
+        return len(compiled) - before
+
+    jax.monitoring.register_event_duration_secs_listener(count)
+    try:
+        ask(300)
+        assert [ask(frames) for frames in (340, 380, 430, 500)] == [0, 0, 0, 0]  # buckets: 512 frames, 64 ids
+        assert ask(700) > 0  # 1024 frames, 128 prompt ids: the counter does count
+    finally:
+        jax.monitoring.unregister_event_duration_listener(count)

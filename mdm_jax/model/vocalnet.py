@@ -37,9 +37,10 @@ class VocalNet(nn.Module):
         self.llm = LLM(c.llm, dtype, c.execution)
         self.speech_decoder = SpeechDecoder(c.speech_decoder, dtype, c.execution)
 
-    def encode_speech(self, mel):
-        """mel: (b, n_mels, frames) -> (b, frames // 2 // k, d_llm)."""
-        return self.adaptor(self.encoder(mel))
+    def encode_speech(self, mel, frames=None):
+        """mel: (b, n_mels, F) -> (b, ceil(F / 2) // k, d_llm); frames: (b,) valid mel frames of zero-padded
+        rows (`WhisperEncoder`), the first num_speech_frames(frames) of a row then equal its unpadded run's."""
+        return self.adaptor(self.encoder(mel, frames))
 
     def encode(self, mel):
         """mel: (b, n_mels, frames) -> the frozen Whisper encoder's frames (b, frames // 2, d_enc)."""

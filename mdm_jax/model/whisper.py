@@ -30,14 +30,15 @@ class WhisperAttention(nn.Module):
     implementation: str = "einsum"
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, mask=None):
+        """x: (b, t, d); mask: (b, t or 1, t) bool (True = may attend) or None -> (b, t, d)."""
         d = x.shape[-1]
         h, hd = local(self.num_heads, "encoder.num_heads"), d // self.num_heads
         heads = ("embed", "heads", "head_dim")
         proj = lambda name, bias: (  # noqa: E731
             jnp.einsum("btD,Dhd->bthd", x, param(self, f"w{name}", (d, h, hd), heads, self.dtype))
             + (param(self, f"b{name}", (h, hd), heads[1:], self.dtype, _zeros) if bias else 0))
-        out = dot_product_attention(proj("q", True), proj("k", False), proj("v", True),
+        out = dot_product_attention(proj("q", True), proj("k", False), proj("v", True), mask,
                                     implementation=self.implementation)
         out = jnp.einsum("bthd,hdD->btD", out, param(self, "wo", (h, hd, d), (*heads[1:], "embed"), self.dtype))
         return psum_model(out) + param(self, "bo", (d,), ("embed",), self.dtype, _zeros)
@@ -68,11 +69,11 @@ class WhisperLayer(nn.Module):
     attention: str = "einsum"
 
     @nn.compact
-    def __call__(self, x):
-        """x (b, t, d) -> (x, None): the scan's (carry, output) form."""
+    def __call__(self, x, mask):
+        """x (b, t, d); mask (b, 1, t) or None -> (x, None): the scan's (carry, output) form."""
         c = self.cfg
         x = x + WhisperAttention(c.num_heads, self.dtype, self.attention, name="attn")(
-            layer_norm(c.layer_norm_eps, self.dtype, "attn_norm")(x))
+            layer_norm(c.layer_norm_eps, self.dtype, "attn_norm")(x), mask)
         return x + WhisperMLP(c.ffn_dim, self.dtype, name="mlp")(
             layer_norm(c.layer_norm_eps, self.dtype, "mlp_norm")(x)), None
 
@@ -83,8 +84,10 @@ class WhisperEncoder(nn.Module):
     execution: Execution = Execution()
 
     @nn.compact
-    def __call__(self, mel):
-        """mel: (b, n_mels, frames) log-mel at 100 Hz -> (b, ceil(frames / 2), d) at 50 Hz."""
+    def __call__(self, mel, frames=None):
+        """mel: (b, n_mels, F) log-mel at 100 Hz -> (b, ceil(F / 2), d) at 50 Hz. frames: (b,) valid mel frames
+        of rows zero-padded to F (a length bucket), or None for all F: valid positions then equal the
+        unpadded run's (the padding is what the convolutions' edges read, and attention never reads it)."""
         c = self.cfg
         conv = lambda name, stride: nn.Conv(  # noqa: E731
             c.d_model, (3,), strides=(stride,), padding=((1, 1),), dtype=self.dtype, name=name,
@@ -92,6 +95,10 @@ class WhisperEncoder(nn.Module):
             bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)))
         x = rearrange(mel, "b c t -> b t c").astype(self.dtype)
         x = nn.gelu(conv("conv1", 1)(x), approximate=False)
+        mask = None
+        if frames is not None:
+            x = jnp.where(jnp.arange(x.shape[1])[None, :, None] < frames[:, None, None], x, 0)  # conv2's zero edge
+            mask = (jnp.arange(-(-x.shape[1] // 2))[None] < -(-frames[:, None] // 2))[:, None]  # (b, 1, t) keys
         x = nn.gelu(conv("conv2", 2)(x), approximate=False)
         if x.shape[1] > c.max_source_positions:
             raise ValueError(f"{mel.shape[-1]} mel frames give {x.shape[1]} encoder positions, more than "
@@ -102,8 +109,8 @@ class WhisperEncoder(nn.Module):
         layer = rematerialised(WhisperLayer, self.execution)
         if self.execution.unroll:  # the per-layer layout (`transformer.unstack_layers`)
             for i in range(c.num_layers):
-                x, _ = layer(c, self.dtype, self.execution.attention, name=f"layers_{i}")(x)
+                x, _ = layer(c, self.dtype, self.execution.attention, name=f"layers_{i}")(x, mask)
         else:
-            layers = scan_layers(layer, c.num_layers, self.execution, ())
-            x, _ = layers(c, self.dtype, self.execution.attention, name=STACKED)(x)
+            layers = scan_layers(layer, c.num_layers, self.execution, (nn.broadcast,))
+            x, _ = layers(c, self.dtype, self.execution.attention, name=STACKED)(x, mask)
         return layer_norm(c.layer_norm_eps, self.dtype, "final_norm")(x)

@@ -38,3 +38,23 @@ def check_aligned(num_units: int, num_frames: int) -> None:
     """Each 25 Hz unit covers 4 mel frames; the last may cover fewer."""
     if num_units != -(-num_frames // FRAMES_PER_UNIT):
         raise ValueError(f"{num_units} units for {num_frames} mel frames: expected ceil(frames / 4)")
+
+
+class BlockStream(Protocol):
+    def push(self, units: np.ndarray, final: bool = False) -> np.ndarray:
+        """Append (n,) units -> the (samples,) audio that became final (possibly empty)."""
+
+
+class EachBlock:
+    """The stream of a token2wav without its own: every pushed block synthesised on its own."""
+
+    def __init__(self, token2wav: Token2Wav):
+        self.token2wav = token2wav
+
+    def push(self, units: np.ndarray, final: bool = False) -> np.ndarray:
+        return self.token2wav(np.asarray(units)) if len(units) else np.zeros(0, np.float32)
+
+
+def block_stream(token2wav: Token2Wav, hop: int) -> BlockStream:
+    """`token2wav.stream(hop)` where it streams with state (CosyVoice2), else `EachBlock`."""
+    return token2wav.stream(hop) if hasattr(token2wav, "stream") else EachBlock(token2wav)
