@@ -71,9 +71,18 @@ def test_speech_to_speech_stream_matches_offline_decoding(talker):
     params = random_params(cfg)
     mel = np.random.default_rng(0).standard_normal((cfg.encoder.num_mel_bins, 100)).astype(np.float32)
     prompt = [1, 3] + [SPEECH_PLACEHOLDER] * 10 + [4]
-    chunks = list(stream(params, cfg, mel, prompt, eos_ids=set(), max_text_tokens=7, max_blocks=4))
+    class Beeps:  # a token2wav without its own stream: each block is synthesised on its own
+        sample_rate = 16_000
+
+        def __call__(self, units):
+            return np.full(640 * len(units), 0.5, np.float32)
+
+    chunks = list(stream(params, cfg, mel, prompt, eos_ids=set(), max_text_tokens=7, max_blocks=4,
+                         token2wav=Beeps()))
 
     assert [c.block for c in chunks] == list(range(len(chunks))) and len(chunks) >= 1
+    assert [len(c.audio) for c in chunks] == [640 * len(c.speech) for c in chunks]
+    assert all(set(c.times) == {"encoder", "llm", "decoder", "vocoder"} for c in chunks)
     assert [len(c.text_ids) for c in chunks] == [min(7, 2 * (i + 1)) for i in range(len(chunks))]
     assert all(a.elapsed_s < b.elapsed_s for a, b in zip(chunks, chunks[1:]))
     text_ids = chunks[-1].text_ids
