@@ -12,7 +12,7 @@ from data_pipelines.tokenizer import SPEECH_PLACEHOLDER, num_speech_frames
 from mdm_jax.config.model import ModelConfig, SpeechDecoderConfig, get_config
 from mdm_jax.config.sampler import SamplerConfig
 from mdm_jax.decode import block_diffusion
-from mdm_jax.decode.streaming import stream
+from mdm_jax.decode.streaming import batch_text_tokens, stream, stream_batch
 from mdm_jax.model.init import random_init
 from mdm_jax.model.speech_decoder import SpeechDecoder
 from mdm_jax.model.vocalnet import VocalNet, random_params
@@ -151,3 +151,34 @@ def test_questions_of_other_lengths_in_one_bucket_compile_nothing():
         assert ask(700) > 0  # 1024 frames, 128 prompt ids: the counter does count
     finally:
         jax.monitoring.unregister_event_duration_listener(count)
+
+
+def test_batched_questions_stream_what_each_streams_alone():
+    """Three questions of different audio and prompt lengths in one batch: every row's text, units and
+    blocks are what it streams alone (left-padded prompts, masked encoder padding, per-row end of text)."""
+    cfg = get_config("tiny", ["llm.num_layers=2", "encoder.num_layers=1", "speech_decoder.num_layers=1",
+                              "speech_decoder.mtp_modules=0", "sampler.denoise_steps=2"])
+    params = random_params(cfg)
+    params["llm"] = jax.tree.map(lambda p: p * 3.0 if p.ndim >= 2 else p, params["llm"])  # answers that vary
+    rng = np.random.default_rng(0)
+    questions = []
+    for frames in (260, 420, 330):
+        mel = rng.standard_normal((cfg.encoder.num_mel_bins, frames)).astype(np.float32)
+        questions.append((mel, [1, 3] + [SPEECH_PLACEHOLDER] * num_speech_frames(frames, cfg.adaptor.downsample)
+                          + [4]))
+    steps = [t for t, _ in batch_text_tokens(params, cfg, [m for m, _ in questions], [p for _, p in questions],
+                                             max_text_tokens=10)]
+    eos = {int(steps[2][0]), int(steps[5][2])}  # row 0 ends after 3 tokens, row 2 after 6, row 1 runs on
+    kwargs = dict(eos_ids=eos, max_text_tokens=10, max_blocks=4)
+    batched: dict[int, list] = {}
+    for chunks in stream_batch(params, cfg, [m for m, _ in questions], [p for _, p in questions], **kwargs):
+        for c in chunks:
+            batched.setdefault(c.row, []).append(c)
+    lengths = set()
+    for row, (mel, prompt) in enumerate(questions):
+        alone = list(stream(params, cfg, mel, prompt, **kwargs))
+        assert [c.text_ids for c in batched[row]] == [c.text_ids for c in alone]
+        assert [c.speech.tolist() for c in batched[row]] == [c.speech.tolist() for c in alone]
+        assert batched[row][-1].last and not any(c.last for c in batched[row][:-1])
+        lengths.add(len(alone[-1].text_ids))
+    assert lengths == {3, 6, 10}  # the rows did end at different steps

@@ -4,6 +4,8 @@ token2wav is given.
 
     for chunk in stream(params, cfg, mel, prompt_ids, eos_ids={2}, token2wav=t2w):
         print(chunk.text_ids, chunk.speech, chunk.times)    # chunk.audio: the samples that became final
+    for chunks in stream_batch(params, cfg, mels, prompts, eos_ids={2}):   # several questions at once
+        ...                                                 # the chunks of the rows still speaking
 
 Block c of the speech decoder reads the first (c + 1)·text_per_block text states under the
 streaming mask, so each block is decoded the moment its text exists; with a fixed
@@ -13,7 +15,6 @@ streaming mask, so each block is decoded the moment its text exists; with a fixe
 from __future__ import annotations
 
 import functools
-import itertools
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,8 @@ class StreamChunk:
     elapsed_s: float  # since the call started, i.e. since the end of the input audio
     audio: np.ndarray | None = None  # (samples,) audio that became final with this block (with a token2wav)
     times: dict[str, float] = field(default_factory=dict)  # this block's seconds: encoder, llm, decoder, vocoder
+    row: int = 0  # which question of a batch
+    last: bool = False  # its answer's last block
 
 
 MIN_BUCKET = 16
@@ -59,103 +62,140 @@ def encode(params, mel, frames=None, *, cfg: ModelConfig):
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "capacity"))
-def _prefill(params, speech, ids, length, *, cfg: ModelConfig, capacity: int):
-    """Run the prompt (1, T) with its speech embeddings, valid up to `length` (the rest is bucket padding,
-    which later steps overwrite slot by slot before reading) -> (logits after the prompt (V,), caches)."""
+def _prefill(params, speech, ids, starts, *, cfg: ModelConfig, capacity: int):
+    """ids (b, T): row i's prompt left-padded to begin at slot starts[i] (so every row's next token goes to
+    slot T) -> (logits after each prompt (b, V), caches (b, capacity))."""
     cfg, params = for_decoding(cfg, params)
-    model = VocalNet(cfg)
-    t = ids.shape[1]
-    caches = init_cache(1, capacity, cfg.llm.num_kv_heads, cfg.llm.head_dim, jnp.dtype(cfg.dtype),
+    b, t = ids.shape
+    caches = init_cache(b, capacity, cfg.llm.num_kv_heads, cfg.llm.head_dim, jnp.dtype(cfg.dtype),
                         layers=cfg.llm.num_layers)
-    mask = (jnp.arange(capacity)[None] <= jnp.arange(t)[:, None])[None]
-    logits, _, caches = model.apply({"params": params}, ids, speech, jnp.arange(t)[None], mask, caches, 0,
-                                    method=VocalNet.llm_forward)
-    return logits[0, length - 1], caches
+    slots = jnp.arange(capacity)[None, None]
+    mask = (slots <= jnp.arange(t)[None, :, None]) & (slots >= starts[:, None, None])  # (b, T, capacity)
+    positions = jnp.maximum(jnp.arange(t)[None] - starts[:, None], 0)
+    logits, _, caches = VocalNet(cfg).apply({"params": params}, ids, speech, positions, mask, caches, 0,
+                                            method=VocalNet.llm_forward)
+    return logits[:, -1], caches
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
-def _llm_step(params, token, index, caches, *, cfg: ModelConfig):
-    """Feed one text token at position `index` -> (next logits (V,), its hidden state (d,), caches)."""
+def _llm_step(params, tokens, index, starts, caches, *, cfg: ModelConfig):
+    """Feed each row's next text token (b,) at slot `index` -> (next logits (b, V), their hidden states (b, d),
+    caches)."""
     cfg, params = for_decoding(cfg, params)
-    capacity = caches["k"].shape[2]
-    mask = (jnp.arange(capacity) <= index)[None, None]
-    logits, hidden, caches = VocalNet(cfg).apply({"params": params}, token.reshape(1, 1), None,
-                                                 index.reshape(1, 1), mask, caches, index,
+    slots = jnp.arange(caches["k"].shape[2])[None]
+    mask = ((slots <= index) & (slots >= starts[:, None]))[:, None]  # (b, 1, capacity)
+    logits, hidden, caches = VocalNet(cfg).apply({"params": params}, tokens[:, None], None,
+                                                 (index - starts)[:, None], mask, caches, index,
                                                  method=VocalNet.llm_forward)
-    return logits[0, -1], hidden[0, -1], caches
+    return logits[:, -1], hidden[:, -1], caches
 
 
-def speech_embeddings(params, cfg: ModelConfig, mel, buckets: Sequence[int] | None = None):
-    """mel (n_mels, frames) -> (1, n, d_llm), the encoder run on the frames zero-padded to their bucket."""
-    padded = np.zeros((1, mel.shape[0], bucket(mel.shape[1], buckets)), np.float32)
-    padded[0, :, : mel.shape[1]] = mel
-    return encode(params, jnp.asarray(padded), jnp.asarray([mel.shape[1]]), cfg=cfg)
+def speech_embeddings(params, cfg: ModelConfig, mels: Sequence[np.ndarray], buckets: Sequence[int] | None = None):
+    """mels[i] (n_mels, frames_i) -> (b, n, d_llm), the encoder run on every row zero-padded to one bucket."""
+    frames = [m.shape[1] for m in mels]
+    padded = np.zeros((len(mels), mels[0].shape[0], bucket(max(frames), buckets)), np.float32)
+    for i, m in enumerate(mels):
+        padded[i, :, : m.shape[1]] = m
+    return encode(params, jnp.asarray(padded), jnp.asarray(frames), cfg=cfg)
+
+
+def batch_text_tokens(params, cfg: ModelConfig, mels: Sequence[np.ndarray], prompts: Sequence[Sequence[int]], *,
+                      max_text_tokens: int = 64, buckets: Sequence[int] | None = None,
+                      speech=None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Greedy answer text of several questions in lockstep, one step at a time: (token ids (b,), their LLM
+    hidden states (b, d)); a row's answer ends at its first end-of-text id (the caller's to watch). Audio
+    frames and prompt ids are padded to `bucket` lengths (prompts on the left): a question of another length
+    in the same buckets compiles nothing. speech: `speech_embeddings(mels)` when already computed."""
+    cfg, params = for_decoding(cfg, params)  # once: the jitted steps below get per-layer params
+    speech = speech_embeddings(params, cfg, mels, buckets) if speech is None else speech
+    width = bucket(max(map(len, prompts)), buckets)
+    ids = np.zeros((len(prompts), width), np.int32)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = p
+    starts = jnp.asarray([width - len(p) for p in prompts], jnp.int32)
+    logits, caches = _prefill(params, speech, jnp.asarray(ids), starts, cfg=cfg, capacity=width + max_text_tokens)
+    for i in range(max_text_tokens):
+        tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        logits, h, caches = _llm_step(params, tokens, jnp.int32(width + i), starts, caches, cfg=cfg)
+        yield np.asarray(tokens), np.asarray(h)  # the answer's states include its end-of-text token
 
 
 def text_tokens(params, cfg: ModelConfig, mel, prompt_ids: Sequence[int], *, eos_ids: set[int],
-                max_text_tokens: int = 64, buckets: Sequence[int] | None = None,
-                speech=None) -> Iterator[tuple[int, np.ndarray]]:
-    """Greedy answer text, one (token id, its LLM hidden state (d,)) at a time, up to and including
-    an id of `eos_ids`. mel: (n_mels, frames); prompt_ids with SPEECH_PLACEHOLDER once per adaptor frame.
-    Audio frames and prompt ids are padded to `bucket` lengths: a question of another length in the same
-    buckets compiles nothing. speech: `speech_embeddings` of mel when already computed."""
-    cfg, params = for_decoding(cfg, params)  # once: the jitted steps below get per-layer params
-    speech = speech_embeddings(params, cfg, mel, buckets) if speech is None else speech
-    n = len(prompt_ids)
-    ids = np.zeros((1, bucket(n, buckets)), np.int32)
-    ids[0, :n] = prompt_ids
-    logits, caches = _prefill(params, speech, jnp.asarray(ids), jnp.int32(n), cfg=cfg,
-                              capacity=ids.shape[1] + max_text_tokens)
-    for i in range(max_text_tokens):
-        token = int(jnp.argmax(logits))
-        logits, h, caches = _llm_step(params, jnp.int32(token), jnp.int32(n + i), caches, cfg=cfg)
-        yield token, np.asarray(h)  # the answer's states include its end-of-text token
-        if token in eos_ids:
+                max_text_tokens: int = 64, buckets: Sequence[int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """One question's greedy answer, one (token id, its LLM hidden state (d,)) at a time, up to and
+    including an id of `eos_ids`. mel: (n_mels, frames); prompt_ids with SPEECH_PLACEHOLDER once per
+    adaptor frame."""
+    for tokens, hidden in batch_text_tokens(params, cfg, [mel], [prompt_ids], max_text_tokens=max_text_tokens,
+                                            buckets=buckets):
+        yield int(tokens[0]), hidden[0]
+        if tokens[0] in eos_ids:
             return
 
 
-def stream(params, cfg: ModelConfig, mel, prompt_ids: Sequence[int], *, eos_ids: set[int],
-           max_text_tokens: int = 64, max_blocks: int = 16, key=None, token2wav: Token2Wav | None = None,
-           buckets: Sequence[int] | None = None) -> Iterator[StreamChunk]:
-    """mel: (n_mels, frames) of one utterance; prompt_ids with SPEECH_PLACEHOLDER once per adaptor
-    frame. Greedy text; speech by block diffusion as `cfg.sampler` says, in `cfg.dtype`. Yields one
-    StreamChunk per speech block; with `token2wav`, each carries the audio that became final with it
-    (`vocoder.base.block_stream`) and the last one the rest."""
+def stream_batch(params, cfg: ModelConfig, mels: Sequence[np.ndarray], prompts: Sequence[Sequence[int]], *,
+                 eos_ids: set[int], max_text_tokens: int = 64, max_blocks: int = 16, key=None,
+                 token2wav: Token2Wav | None = None,
+                 buckets: Sequence[int] | None = None) -> Iterator[list[StreamChunk]]:
+    """Several questions at once (ragged lengths): mels[i] (n_mels, frames_i), prompts[i] with
+    SPEECH_PLACEHOLDER once per adaptor frame. Greedy text in lockstep, each row ending at its own
+    end-of-text; speech by block diffusion as `cfg.sampler` says, in `cfg.dtype`. Yields, per speech
+    block, the StreamChunk of every row still speaking (`row` says whose); with `token2wav` each carries
+    the audio that became final with it (`vocoder.base.block_stream`), a row's last one the rest."""
     start = time.perf_counter()
     cfg, params = for_decoding(cfg, params)  # once: every jitted step below gets per-layer params
-    sd, tpb = cfg.speech_decoder, cfg.speech_decoder.text_per_block
+    sd, tpb, b = cfg.speech_decoder, cfg.speech_decoder.text_per_block, len(mels)
     key = jax.random.key(0) if key is None else key
     dec_params = params["speech_decoder"]
-    speech_in = jax.block_until_ready(speech_embeddings(params, cfg, mel, buckets))
+    speech_in = jax.block_until_ready(speech_embeddings(params, cfg, mels, buckets))
     encoder_s = time.perf_counter() - start
-    text = text_tokens(params, cfg, mel, prompt_ids, eos_ids=eos_ids, max_text_tokens=max_text_tokens,
-                       buckets=buckets, speech=speech_in)
-    state = block_diffusion.begin(dec_params, jnp.ones((1,), bool), key, cfg=cfg, num_blocks=max_blocks,
+    text = batch_text_tokens(params, cfg, mels, prompts, max_text_tokens=max_text_tokens, buckets=buckets,
+                             speech=speech_in)
+    state = block_diffusion.begin(dec_params, jnp.ones((b,), bool), key, cfg=cfg, num_blocks=max_blocks,
                                   text_capacity=max_text_tokens)
-    audio = None if token2wav is None else block_stream(token2wav, sd.block_size)
-    text_ids: list[int] = []
-    hidden = np.zeros((1, max_text_tokens, cfg.llm.d_model), np.float32)
-    written = 0
+    audio = [None if token2wav is None else block_stream(token2wav, sd.block_size) for _ in range(b)]
+    texts: list[list[int]] = [[] for _ in range(b)]
+    ended = np.zeros(b, bool)
+    hidden = np.zeros((b, max_text_tokens, cfg.llm.d_model), np.float32)
+    generated = written = 0
+    speaking = list(range(b))
     for block in range(max_blocks):
         times, t0 = {"encoder": encoder_s if block == 0 else 0.0}, time.perf_counter()
-        for token, h in itertools.islice(text, max(0, min((block + 1) * tpb, max_text_tokens) - len(text_ids))):
-            hidden[0, len(text_ids)] = h
-            text_ids.append(token)
+        while generated < min((block + 1) * tpb, max_text_tokens) and not ended.all():
+            tokens, h = next(text)
+            for i in np.flatnonzero(~ended):
+                hidden[i, generated] = h[i]
+                texts[i].append(int(tokens[i]))
+                ended[i] = tokens[i] in eos_ids
+            generated += 1
         t1 = time.perf_counter()
-        if written < len(text_ids):
-            valid = jnp.asarray(np.arange(max_text_tokens)[None] < len(text_ids))
-            count = min(tpb * -(-(len(text_ids) - written) // tpb), max_text_tokens - written)
+        if written < generated:
+            valid = jnp.asarray(np.arange(max_text_tokens)[None] < np.array([len(t) for t in texts])[:, None])
+            count = min(tpb * -(-(generated - written) // tpb), max_text_tokens - written)
             state = block_diffusion.add_text(dec_params, state, jnp.asarray(hidden), valid, start=written,
                                              count=count, cfg=cfg)
-            written = len(text_ids)
+            written = generated
         step = block_diffusion.first_block if block == 0 else block_diffusion.next_block
         state = step(dec_params, state, cfg=cfg)
-        tokens = np.asarray(state.tokens[0, block * sd.block_size:(block + 1) * sd.block_size])
-        speech = tokens[: int(np.argmax(tokens >= sd.num_units)) if (tokens >= sd.num_units).any() else len(tokens)]
-        last = bool(state.done[0]) or block == max_blocks - 1
-        t2 = time.perf_counter()
-        wave = None if audio is None else audio.push(speech, final=last)
-        times.update(llm=t1 - t0, decoder=t2 - t1, vocoder=time.perf_counter() - t2)
-        yield StreamChunk(block, list(text_ids), speech, time.perf_counter() - start, wave, times)
-        if last:
+        units, done = np.asarray(state.tokens[:, block * sd.block_size:(block + 1) * sd.block_size]), state.done
+        decoder_s = time.perf_counter() - t1
+        chunks = []
+        for i in speaking:
+            row = units[i]
+            speech = row[: int(np.argmax(row >= sd.num_units)) if (row >= sd.num_units).any() else len(row)]
+            last = bool(done[i]) or block == max_blocks - 1
+            t2 = time.perf_counter()
+            wave = None if audio[i] is None else audio[i].push(speech, final=last)
+            chunks.append(StreamChunk(block, list(texts[i]), speech, time.perf_counter() - start, wave,
+                                      {**times, "llm": t1 - t0, "decoder": decoder_s,
+                                       "vocoder": time.perf_counter() - t2}, i, last))
+        speaking = [c.row for c in chunks if not c.last]
+        yield chunks
+        if not speaking:
             return
+
+
+def stream(params, cfg: ModelConfig, mel, prompt_ids: Sequence[int], **kwargs) -> Iterator[StreamChunk]:
+    """One question: mel (n_mels, frames), prompt_ids; `stream_batch`'s keywords. Yields one StreamChunk
+    per speech block."""
+    for chunks in stream_batch(params, cfg, [mel], [prompt_ids], **kwargs):
+        yield from chunks

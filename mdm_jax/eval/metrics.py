@@ -21,7 +21,7 @@ from tqdm import tqdm
 from mdm_jax.config.model import ModelConfig
 from mdm_jax.decode import speech
 from mdm_jax.decode.layout import for_decoding
-from mdm_jax.decode.streaming import encode, text_tokens
+from mdm_jax.decode.streaming import batch_text_tokens, encode, text_tokens
 from mdm_jax.eval.asr import WhisperASR, normalize, transcribe, word_error_rate, word_errors
 from mdm_jax.eval.intervals import Counts
 from mdm_jax.vocoder.base import Token2Wav
@@ -34,13 +34,26 @@ class Answer:
 
 
 def answer_texts(params, cfg: ModelConfig, questions: Sequence[tuple[np.ndarray, Sequence[int]]], *, eos_id: int,
-                 max_text_tokens: int = 32) -> list[Answer]:
-    """questions: (mel (n_mels, frames), prompt ids) pairs -> the LLM's greedy answers."""
+                 max_text_tokens: int = 32, batch_size: int = 8) -> list[Answer]:
+    """questions: (mel (n_mels, frames), prompt ids) pairs -> the LLM's greedy answers, `batch_size`
+    questions at a time (the batched path of `decode.streaming.stream_batch`; a short last batch is
+    filled with copies of its last question, so every batch runs one compiled program)."""
     answers = []
-    cfg, params = for_decoding(cfg, params)  # once, not per question
-    for mel, prompt in tqdm(questions, desc="answers", unit="question"):
-        steps = list(text_tokens(params, cfg, mel, prompt, eos_ids={eos_id}, max_text_tokens=max_text_tokens))
-        answers.append(Answer([t for t, _ in steps], np.stack([h for _, h in steps])))
+    cfg, params = for_decoding(cfg, params)  # once, not per batch
+    for start in tqdm(range(0, len(questions), batch_size), desc="answers", unit="batch"):
+        group = list(questions[start : start + batch_size])
+        n = len(group)
+        group += group[-1:] * (batch_size - n)
+        texts, states, ended = [[] for _ in group], [[] for _ in group], np.zeros(len(group), bool)
+        for tokens, hidden in batch_text_tokens(params, cfg, [m for m, _ in group], [p for _, p in group],
+                                                max_text_tokens=max_text_tokens):
+            for i in np.flatnonzero(~ended):
+                texts[i].append(int(tokens[i]))
+                states[i].append(hidden[i])
+                ended[i] = tokens[i] == eos_id
+            if ended.all():
+                break
+        answers += [Answer(t, np.stack(h)) for t, h in zip(texts[:n], states[:n])]
     return answers
 
 
