@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import soundfile as sf
@@ -23,7 +24,7 @@ from mdm_jax.convert.cosyvoice2 import convert_cosyvoice2
 from mdm_jax.convert.hf_files import load_hf_folder, save_hf_folder
 from mdm_jax.convert.params_io import load_params, save_params
 from mdm_jax.convert.vocalnet_release import vocalnet_from_release
-from mdm_jax.decode.streaming import stream
+from mdm_jax.decode.streaming import stream_batch
 from mdm_jax.model.vocalnet import count_params, random_params
 from mdm_jax.vocoder.load import load_token2wav
 
@@ -78,46 +79,60 @@ def load_model(ckpt: str, overrides) -> tuple[dict, ModelConfig]:
 
 def _generate(args):
     params, cfg = load_model(args.ckpt, args.overrides)
-    audio, _ = load_audio(args.audio, args.audio, max_seconds=30.0)
-    mel = log_mel(audio, cfg.encoder.num_mel_bins)
-    n_speech = num_speech_frames(mel.shape[-1], cfg.adaptor.downsample)
-    if args.tokenizer:
-        tok = load_tokenizer(args.tokenizer)
-        prompt, end = encode_prompt(tok, TEMPLATES[args.template], n_speech)
-        eos = {end}
-    else:
-        tok, prompt, eos = None, [SPEECH_PLACEHOLDER] * n_speech, set()
+    tok = load_tokenizer(args.tokenizer) if args.tokenizer else None
+    mels, prompts, eos = [], [], set()
+    for path in args.audio:
+        audio, _ = load_audio(path, path, max_seconds=30.0)
+        mels.append(log_mel(audio, cfg.encoder.num_mel_bins))
+        n_speech = num_speech_frames(mels[-1].shape[-1], cfg.adaptor.downsample)
+        if tok is None:  # without a tokenizer the prompt is the speech alone
+            prompts.append([SPEECH_PLACEHOLDER] * n_speech)
+        else:
+            prompt, end = encode_prompt(tok, TEMPLATES[args.template], n_speech)
+            prompts.append(prompt)
+            eos.add(end)
     t2w = load_token2wav(args.token2wav) if args.token2wav else None
-    run = lambda: stream(params, cfg, mel, prompt, eos_ids=eos, max_text_tokens=args.max_text_tokens,  # noqa: E731
-                         max_blocks=args.max_blocks, token2wav=t2w)
+    run = lambda: stream_batch(params, cfg, mels, prompts, eos_ids=eos,  # noqa: E731
+                               max_text_tokens=args.max_text_tokens, max_blocks=args.max_blocks, token2wav=t2w)
     if args.warmup:  # compile every shape first, so the times below are latencies, not compilation
         list(run())
-    chunks, samples, first_audio = [], 0, None
-    wav = sf.SoundFile(args.wav, "w", t2w.sample_rate, 1, "PCM_16") if t2w is not None else None
-    for chunk in run():
-        chunks.append(chunk)
-        line = (f"block {chunk.block} at {chunk.elapsed_s:.3f}s: {len(chunk.speech)} units, "
-                f"{len(chunk.text_ids)} text tokens")
-        if wav is not None:  # the file grows as the answer streams
-            wav.write(np.asarray(chunk.audio, np.float32))
-            wav.flush()
-            samples += len(chunk.audio)
-            first_audio = chunk.elapsed_s if first_audio is None and len(chunk.audio) else first_audio
-            line += f", audio +{len(chunk.audio) / t2w.sample_rate:.2f}s"
-        print(line + " (" + ", ".join(f"{k} {1e3 * v:.0f} ms" for k, v in chunk.times.items() if v) + ")",
-              flush=True)
-    text_ids = chunks[-1].text_ids
-    result = {"text_ids": text_ids, "text": tok.decode(text_ids) if tok else None,
-              "speech_units": np.concatenate([c.speech for c in chunks]).tolist(),
-              "first_chunk_s": chunks[0].elapsed_s, "total_s": chunks[-1].elapsed_s, "blocks": len(chunks),
-              "times": [c.times for c in chunks], "sampler": json.loads(cfg.to_json())["sampler"]}
-    if wav is not None:
-        wav.close()
-        result.update(wav=args.wav, audio_s=samples / t2w.sample_rate, first_audio_s=first_audio)
+    several = len(args.audio) > 1
+    wav_paths = [f"{Path(args.wav).with_suffix('')}_{i}.wav" if several else args.wav for i in range(len(mels))]
+    wavs = [sf.SoundFile(p, "w", t2w.sample_rate, 1, "PCM_16") for p in wav_paths] if t2w is not None else []
+    chunks: list[list] = [[] for _ in mels]
+    for block in run():
+        for chunk in block:
+            chunks[chunk.row].append(chunk)
+            line = (f"{f'question {chunk.row} ' if several else ''}block {chunk.block} at {chunk.elapsed_s:.3f}s: "
+                    f"{len(chunk.speech)} units, {len(chunk.text_ids)} text tokens")
+            if wavs:  # the file grows as the answer streams
+                wavs[chunk.row].write(np.asarray(chunk.audio, np.float32))
+                wavs[chunk.row].flush()
+                line += f", audio +{len(chunk.audio) / t2w.sample_rate:.2f}s"
+            print(line + " (" + ", ".join(f"{k} {1e3 * v:.0f} ms" for k, v in chunk.times.items() if v) + ")",
+                  flush=True)
+    for w in wavs:
+        w.close()
+    results = [_answer(c, tok, cfg, t2w, path if t2w is not None else None) for c, path in zip(chunks, wav_paths)]
     with open(args.out, "w") as f:
-        json.dump(result, f)
-    print(f"wrote {args.out}: {len(result['speech_units'])} speech units, first chunk after "
-          f"{result['first_chunk_s']:.3f}s" + (f"; {args.wav}: {result['audio_s']:.2f}s of audio" if wav else ""))
+        json.dump({"answers": results} if several else results[0], f)
+    for r in results:
+        print(f"{len(r['speech_units'])} speech units, first chunk after {r['first_chunk_s']:.3f}s"
+              + (f"; {r['wav']}: {r['audio_s']:.2f}s of audio" if t2w is not None else ""))
+    print(f"wrote {args.out}")
+
+
+def _answer(chunks, tok, cfg: ModelConfig, t2w, wav: str | None) -> dict:
+    """One question's streamed chunks -> its answer.json entry."""
+    text_ids = chunks[-1].text_ids
+    out = {"text_ids": text_ids, "text": tok.decode(text_ids) if tok else None,
+           "speech_units": np.concatenate([c.speech for c in chunks]).tolist(),
+           "first_chunk_s": chunks[0].elapsed_s, "total_s": chunks[-1].elapsed_s, "blocks": len(chunks),
+           "times": [c.times for c in chunks], "sampler": json.loads(cfg.to_json())["sampler"]}
+    if wav is not None:
+        out.update(wav=wav, audio_s=sum(len(c.audio) for c in chunks) / t2w.sample_rate,
+                   first_audio_s=next((c.elapsed_s for c in chunks if len(c.audio)), None))
+    return out
 
 
 def main(argv=None):
@@ -150,7 +165,8 @@ def main(argv=None):
 
     gen = sub.add_parser("generate", help="stream an answer (text + speech units) to a spoken question")
     gen.add_argument("--ckpt", required=True, help="params checkpoint folder, or random:PRESET for a smoke run")
-    gen.add_argument("--audio", required=True, help="the question, any format libsndfile reads")
+    gen.add_argument("--audio", required=True, nargs="+",
+                     help="the question(s), any format libsndfile reads; several are answered as one batch")
     gen.add_argument("--tokenizer", help="tokenizer.json; without it the prompt is the speech alone")
     gen.add_argument("--template", default="tiny", help="prompt template (data_pipelines.tokenizer.TEMPLATES)")
     gen.add_argument("--max-text-tokens", type=int, default=64)
@@ -158,7 +174,8 @@ def main(argv=None):
     gen.add_argument("--out", default="answer.json")
     gen.add_argument("--token2wav", help="speak the units: a converted CosyVoice2 folder (convert cosyvoice2) or "
                                          "the demo's token2wav.msgpack")
-    gen.add_argument("--wav", default="answer.wav", help="with --token2wav: the audio, written as it streams")
+    gen.add_argument("--wav", default="answer.wav", help="with --token2wav: the audio, written as it streams "
+                                                          "(several questions: answer_0.wav, answer_1.wav, ...)")
     gen.add_argument("--warmup", action="store_true", help="run once before timing (times exclude compilation)")
     gen.add_argument("overrides", nargs="*", metavar="key=value",
                      help="how the model runs: sampler.denoise_steps=1, sampler.threshold=0.9, dtype=bfloat16, ...")

@@ -131,7 +131,8 @@ def _with_draws(c, key, run):
 
 def test_generate_speaks_a_converted_vocalnet(converted, tmp_path, capsys):
     """`convert vocalnet` of a random tiny release, then `generate --token2wav` with the converted
-    CosyVoice2: the answer's units become a growing wav, one timing line per block."""
+    CosyVoice2 on two questions at once: each answer's units become its growing wav, one timing line
+    per block."""
     cfg = get_config("tiny-vocalnet", ["llm.num_layers=1", "encoder.num_layers=1", "speech_decoder.num_layers=1",
                                        "speech_decoder.mtp_modules=0"])
     release = save_hf_folder(tmp_path / "release", llm_config_to_hf(cfg.llm),
@@ -140,15 +141,20 @@ def test_generate_speaks_a_converted_vocalnet(converted, tmp_path, capsys):
     assert cli.main(["convert", "vocalnet", "--src", str(release), "--out", str(ckpt), "--config", "tiny-vocalnet",
                      "llm.num_layers=1", "encoder.num_layers=1", "speech_decoder.num_layers=1",
                      "speech_decoder.mtp_modules=0"]) == 0
-    question = tmp_path / "q.wav"
-    sf.write(question, 0.1 * np.sin(np.arange(16_000) * 0.05), 16_000)
-    answer, wav = tmp_path / "answer.json", tmp_path / "answer.wav"
-    assert cli.main(["generate", "--ckpt", str(ckpt), "--audio", str(question), "--token2wav", str(converted.path),
-                     "--wav", str(wav), "--out", str(answer), "--max-blocks", "3", "--max-text-tokens", "12"]) == 0
-    result = json.loads(answer.read_text())
-    audio, rate = sf.read(wav)
-    assert rate == 24_000 and len(result["speech_units"]) > 0
-    assert len(audio) == len(result["speech_units"]) * converted.t2w.samples_per_unit
-    assert np.abs(audio).max() > 0 and result["audio_s"] == pytest.approx(len(audio) / rate)
+    questions = [tmp_path / "q1.wav", tmp_path / "q2.wav"]
+    for q, seconds in zip(questions, (1.0, 1.7)):
+        sf.write(q, 0.1 * np.sin(np.arange(int(16_000 * seconds)) * 0.05), 16_000)
+    answer = tmp_path / "answer.json"
+    assert cli.main(["generate", "--ckpt", str(ckpt), "--audio", *map(str, questions), "--token2wav",
+                     str(converted.path), "--wav", str(tmp_path / "answer.wav"), "--out", str(answer),
+                     "--max-blocks", "3", "--max-text-tokens", "12"]) == 0
+    answers = json.loads(answer.read_text())["answers"]
+    assert len(answers) == 2
+    for i, result in enumerate(answers):
+        audio, rate = sf.read(tmp_path / f"answer_{i}.wav")
+        assert rate == 24_000 and len(result["speech_units"]) > 0 and result["wav"].endswith(f"answer_{i}.wav")
+        assert len(audio) == len(result["speech_units"]) * converted.t2w.samples_per_unit
+        assert np.abs(audio).max() > 0 and result["audio_s"] == pytest.approx(len(audio) / rate)
+        assert len(result["times"]) == result["blocks"]
     out = capsys.readouterr().out
-    assert "audio +" in out and "vocoder" in out and len(result["times"]) == result["blocks"]
+    assert "question 1 block 0" in out and "audio +" in out and "vocoder" in out
