@@ -47,7 +47,7 @@ def run(params, cfg, batch, token2wav, max_text_tokens: int, max_blocks: int) ->
     for chunks in stream_batch(params, cfg, [m for m, _ in batch], [p for _, p in batch], eos_ids=set(),
                                max_text_tokens=max_text_tokens, max_blocks=max_blocks, token2wav=token2wav):
         for c in chunks:
-            if c.row not in first and len(c.audio):
+            if c.row not in first and (c.audio is None or len(c.audio)):
                 first[c.row] = time.perf_counter() - start
     seconds = time.perf_counter() - start
     return {"batch": len(batch), "seconds": seconds, "questions_per_s": len(batch) / seconds,
@@ -60,13 +60,16 @@ def main(argv=None):
     parser.add_argument("--batches", default="1,4,16")
     parser.add_argument("--max-text-tokens", type=int, default=16)
     parser.add_argument("--max-blocks", type=int, default=4)
-    parser.add_argument("--token2wav", help="a converted CosyVoice2 folder (default: reduced sizes, random weights)")
+    parser.add_argument("--token2wav", help="a converted CosyVoice2 folder (default: reduced sizes, random weights); "
+                                            "'none': units only (the first packet is then the first block's units)")
     parser.add_argument("--out", default="runs/bench/stream.json")
     parser.add_argument("overrides", nargs="*", help="model config overrides, e.g. dtype=bfloat16")
     args = parser.parse_args(argv)
     cfg = get_config(args.config, args.overrides)
     params = random_params(cfg)
-    if args.token2wav:
+    if args.token2wav == "none":
+        t2w = None
+    elif args.token2wav:
         t2w = load_token2wav(args.token2wav)
     else:
         flow_cfg, hift_cfg = SMALL
@@ -78,12 +81,14 @@ def main(argv=None):
         run(params, cfg, batch, t2w, args.max_text_tokens, args.max_blocks)  # compiles this batch size
         rows.append(run(params, cfg, batch, t2w, args.max_text_tokens, args.max_blocks))
     device = str(jax.devices()[0].device_kind)
-    print(f"batched streaming ({args.config}, {cfg.dtype}, {args.max_blocks} blocks per answer, {device})")
+    audio = "units only" if t2w is None else f"audio at {t2w.sample_rate} Hz"
+    print(f"batched streaming ({args.config}, {cfg.dtype}, {args.max_blocks} blocks per answer, {audio}, {device})")
     print("| batch | questions/s | first packet ms | batch seconds |")
     print("|---|---|---|---|")
     for r in rows:
         print(f"| {r['batch']} | {r['questions_per_s']:.2f} | {1e3 * r['first_packet_s']:.0f} | {r['seconds']:.2f} |")
-    write_json(args.out, {"device": device, "config": args.config, "dtype": cfg.dtype, "rows": rows})
+    write_json(args.out, {"device": device, "config": args.config, "dtype": cfg.dtype, "audio": t2w is not None,
+                          "rows": rows})
 
 
 if __name__ == "__main__":
