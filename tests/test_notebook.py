@@ -1,10 +1,10 @@
 """experiments/colab_inference.ipynb executed headless (nbclient): every way it finds the project
 (this checkout, an uploaded archive, a git URL, none), and the whole notebook against the quick
-demo's model, with and without a model given (without one it trains the quick demo's)."""
+demo's model. Not run here: its branch without a model (it trains the quick demo's, ~3 min; a resumed
+one still re-evaluates for ~70 s) and the microphone (Colab's browser bridge)."""
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -73,12 +73,3 @@ def _assert_spoke(outputs):
 
 def test_notebook_streams_an_answer_from_the_demo_model(demo_run):
     _assert_spoke(_execute(demo_run))
-
-
-def test_without_a_model_the_notebook_trains_the_quick_demo(demo_run, tmp_path):
-    """DEMO without model.json: the notebook runs `experiments.demo --quick` there (here on a copy of the
-    shared quick demo without its model.json: the demo resumes its trained stages), then speaks."""
-    demo = tmp_path / "demo"
-    shutil.copytree(demo_run, demo, ignore=shutil.ignore_patterns("model.json", "*.log"))
-    _assert_spoke(_execute(demo))
-    assert (demo / "model.json").is_file()
