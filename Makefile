@@ -10,7 +10,7 @@ LOCK := constraints.txt
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c $(LOCK) -e '.[data,parity,dev]'
+	$(PY) -m pip install -q -c $(LOCK) -e '.[data,parity,dev,serve]'
 	$(PY) -m pip install -q --no-deps -c $(LOCK) cosyvoice2-eu  # CosyVoice2's reference code for parity tests
 	touch $(STAMP)
 

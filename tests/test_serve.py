@@ -1,0 +1,112 @@
+"""The local voice page (`python -m mdm_jax.serve`) on 127.0.0.1 with the quick demo's model: bad
+uploads are refused in words while the server keeps serving, 20 concurrent requests all complete, and
+a real headless browser (Debian's chromium, driven by Playwright) uploads a question, sees the text
+stream in and receives the first audio block."""
+
+import asyncio
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def server(demo_run, tmp_path_factory):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, "-m", "mdm_jax.serve", "--model", str(demo_run / "model.json"),
+                             "--port", str(port), "--max-blocks", "2", "--max-text-tokens", "8", "--warmup", "2"],
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 300
+    while True:  # the page answers once the model is loaded and compiled (startup warm-up)
+        try:
+            urllib.request.urlopen(url, timeout=5).read()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"server did not start:\n{log_path.read_text()[-3000:]}")
+            time.sleep(1)
+    model = json.loads((demo_run / "model.json").read_text())
+    question = json.loads(Path(model["test_manifest"]).read_text().splitlines()[0])
+    yield {"url": url, "proc": proc, "wav": Path(model["test_manifest"]).parent / question["user_audio"]}
+    proc.terminate()
+    proc.wait(timeout=30)
+    log.close()
+
+
+def _wav_bytes(audio, rate) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, audio, rate, format="WAV")
+    return buffer.getvalue()
+
+
+async def _ask(url: str, data: bytes) -> list[dict]:
+    from websockets.asyncio.client import connect
+
+    async with connect(url.replace("http", "ws") + "/answer", max_size=None, open_timeout=60) as ws:
+        await ws.send(data)
+        messages = []
+        async for raw in ws:
+            messages.append(json.loads(raw))
+        return messages
+
+
+def test_bad_uploads_are_refused_and_the_server_keeps_serving(server):
+    refused = asyncio.run(_ask(server["url"], b"this is not audio"))
+    assert refused == [{"type": "error", "message": "Refused: it is not an audio file (libsndfile cannot read it)."}]
+    long = asyncio.run(_ask(server["url"], _wav_bytes(np.zeros(16_000 * 40, np.float32), 16_000)))
+    assert [m["type"] for m in long] == ["error"] and "too long (at most 30 s)" in long[0]["message"]
+    audio, rate = sf.read(server["wav"], dtype="float32")
+    resampled = asyncio.run(_ask(server["url"], _wav_bytes(audio[::2], rate // 2)))  # 8 kHz: resampled
+    assert resampled[0]["type"] == "accepted" and resampled[0]["seconds"] == pytest.approx(len(audio) / rate, 0.01)
+    assert resampled[-1]["type"] == "done" and any(m.get("audio") for m in resampled)
+    assert server["proc"].poll() is None
+
+
+def test_twenty_concurrent_requests_all_complete(server):
+    data = server["wav"].read_bytes()
+
+    async def all_of_them():
+        return await asyncio.gather(*[_ask(server["url"], data) for _ in range(20)])
+
+    answers = asyncio.run(all_of_them())
+    assert all(a[0]["type"] == "accepted" and a[-1]["type"] == "done" for a in answers)
+    assert not [m for a in answers for m in a if m["type"] == "error"]
+    assert len({a[-1]["text"] for a in answers}) == 1  # the same question, the same greedy answer
+    assert server["proc"].poll() is None  # no restart
+
+
+def test_the_page_in_a_real_browser(server, tmp_path):
+    if not CHROMIUM.exists():
+        pytest.skip("needs Debian's chromium at /usr/bin/chromium (apt-get install chromium; .ci/run installs it)")
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run", "--autoplay-policy=no-user-gesture-required"])
+        page = browser.new_page()
+        page.goto(server["url"])
+        page.set_input_files("#file", str(server["wav"]))
+        page.click("#send")
+        page.wait_for_selector("body[data-first-audio]", timeout=120_000)
+        page.wait_for_selector("body[data-done]", timeout=120_000)
+        assert page.inner_text("#text").strip() and int(page.inner_text("#blocks")) >= 1
+        assert page.inner_text("#error") == ""
+        page.screenshot(path=os.environ.get("MDM_SCREENSHOT", str(tmp_path / "voice_page.png")), full_page=True)
+        browser.close()
