@@ -12,7 +12,7 @@ from data_pipelines.tokenizer import SPEECH_PLACEHOLDER, num_speech_frames
 from mdm_jax.config.model import ModelConfig, SpeechDecoderConfig, get_config
 from mdm_jax.config.sampler import SamplerConfig
 from mdm_jax.decode import block_diffusion
-from mdm_jax.decode.streaming import batch_text_tokens, stream, stream_batch
+from mdm_jax.decode.streaming import audio_bucket, batch_text_tokens, bucket, stream, stream_batch
 from mdm_jax.model.init import random_init
 from mdm_jax.model.speech_decoder import SpeechDecoder
 from mdm_jax.model.vocalnet import VocalNet, random_params
@@ -123,6 +123,13 @@ def test_stream_decodes_in_the_presets_dtype(monkeypatch):
                          max_text_tokens=4, max_blocks=2))
     assert len(chunks) == len(seen) // 2 == 2
     assert set(seen) == {jnp.dtype(jnp.bfloat16)}
+
+
+def test_audio_buckets_stop_at_the_encoders_window():
+    cfg = get_config("tiny")  # Whisper: 1500 positions = 3000 mel frames (30 s)
+    assert [audio_bucket(n, cfg) for n in (90, 300, 2048, 2049, 3000)] == [128, 512, 2048, 3000, 3000]
+    assert audio_bucket(3001, cfg) == 3001  # too long: the encoder says so
+    assert [bucket(n, [100, 400]) for n in (50, 101, 401)] == [100, 400, 512]
 
 
 def test_questions_of_other_lengths_in_one_bucket_compile_nothing():

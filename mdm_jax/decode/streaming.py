@@ -53,6 +53,12 @@ def bucket(n: int, buckets: Sequence[int] | None = None) -> int:
     return min(fits) if fits else max(MIN_BUCKET, 1 << (n - 1).bit_length())
 
 
+def audio_bucket(frames: int, cfg: ModelConfig, buckets: Sequence[int] | None = None) -> int:
+    """Mel frames padded to their bucket, at most the encoder's window (Whisper's 30 s = 3000 frames)."""
+    limit = 2 * cfg.encoder.max_source_positions
+    return frames if frames > limit else min(bucket(frames, buckets), limit)
+
+
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def encode(params, mel, frames=None, *, cfg: ModelConfig):
     """mel (b, n_mels, F) -> the speech embeddings (b, n, d_llm) the prompt's placeholders take; frames: (b,)
@@ -93,7 +99,7 @@ def _llm_step(params, tokens, index, starts, caches, *, cfg: ModelConfig):
 def speech_embeddings(params, cfg: ModelConfig, mels: Sequence[np.ndarray], buckets: Sequence[int] | None = None):
     """mels[i] (n_mels, frames_i) -> (b, n, d_llm), the encoder run on every row zero-padded to one bucket."""
     frames = [m.shape[1] for m in mels]
-    padded = np.zeros((len(mels), mels[0].shape[0], bucket(max(frames), buckets)), np.float32)
+    padded = np.zeros((len(mels), mels[0].shape[0], audio_bucket(max(frames), cfg, buckets)), np.float32)
     for i, m in enumerate(mels):
         padded[i, :, : m.shape[1]] = m
     return encode(params, jnp.asarray(padded), jnp.asarray(frames), cfg=cfg)
