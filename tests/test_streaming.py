@@ -11,7 +11,7 @@ from per_layer import per_layer_map
 from data_pipelines.tokenizer import SPEECH_PLACEHOLDER, num_speech_frames
 from mdm_jax.config.model import ModelConfig, SpeechDecoderConfig, get_config
 from mdm_jax.config.sampler import SamplerConfig
-from mdm_jax.decode import block_diffusion
+from mdm_jax.decode import block_diffusion, streaming
 from mdm_jax.decode.streaming import audio_bucket, batch_text_tokens, bucket, stream, stream_batch
 from mdm_jax.model.init import random_init
 from mdm_jax.model.speech_decoder import SpeechDecoder
@@ -103,7 +103,8 @@ def test_speech_to_speech_stream_matches_offline_decoding(talker):
 
 
 def test_stream_decodes_in_the_presets_dtype(monkeypatch):
-    """A bfloat16 preset streams with a bfloat16 speech decoder and KV cache, not float32."""
+    """A bfloat16 preset streams a ragged batch with a bfloat16 LLM cache, speech decoder and KV cache, not
+    float32."""
     cfg = get_config("tiny", ["llm.num_layers=1", "encoder.num_layers=1", "speech_decoder.num_layers=1",
                               "speech_decoder.mtp_modules=0", "speech_decoder.block_size=5",
                               "speech_decoder.text_per_block=2", "sampler.denoise_steps=1", "dtype=bfloat16"])
@@ -118,11 +119,22 @@ def test_stream_decodes_in_the_presets_dtype(monkeypatch):
 
     for name in ("first_block", "next_block"):
         monkeypatch.setattr(block_diffusion, name, spy(getattr(block_diffusion, name)))
-    mel = np.zeros((cfg.encoder.num_mel_bins, 100), np.float32)
-    chunks = list(stream(random_params(cfg), cfg, mel, [1, 3] + [SPEECH_PLACEHOLDER] * 10 + [4], eos_ids=set(),
-                         max_text_tokens=4, max_blocks=2))
-    assert len(chunks) == len(seen) // 2 == 2
+    llm_caches, prefill = [], streaming._prefill
+
+    def prefill_spy(*args, **kwargs):
+        logits, caches = prefill(*args, **kwargs)
+        llm_caches.append(caches)
+        return logits, caches
+
+    monkeypatch.setattr(streaming, "_prefill", prefill_spy)
+    mels = [np.zeros((cfg.encoder.num_mel_bins, n), np.float32) for n in (100, 160)]
+    prompts = [[1, 3] + [SPEECH_PLACEHOLDER] * num_speech_frames(m.shape[1], cfg.adaptor.downsample) + [4]
+               for m in mels]
+    blocks = list(stream_batch(random_params(cfg), cfg, mels, prompts, eos_ids=set(), max_text_tokens=4,
+                               max_blocks=2))
+    assert [len(chunks) for chunks in blocks] == [2, 2] and len(seen) // 2 == 2
     assert set(seen) == {jnp.dtype(jnp.bfloat16)}
+    assert {llm_caches[0][name].dtype for name in ("k", "v")} == {jnp.dtype(jnp.bfloat16)}
 
 
 def test_audio_buckets_stop_at_the_encoders_window():
@@ -132,12 +144,24 @@ def test_audio_buckets_stop_at_the_encoders_window():
     assert [bucket(n, [100, 400]) for n in (50, 101, 401)] == [100, 400, 512]
 
 
-def test_questions_of_other_lengths_in_one_bucket_compile_nothing():
+SMALL = ["llm.num_layers=1", "encoder.num_layers=1", "speech_decoder.num_layers=1", "speech_decoder.mtp_modules=0",
+         "sampler.denoise_steps=1"]
+
+
+@pytest.fixture(scope="module")
+def small():
+    """One small model for the bucket and batch tests (their programs compile once); LLM weights x3 so that
+    random answers vary with the question."""
+    cfg = get_config("tiny", SMALL)
+    params = random_params(cfg)
+    params["llm"] = jax.tree.map(lambda p: p * 3.0 if p.ndim >= 2 else p, params["llm"])
+    return cfg, params
+
+
+def test_questions_of_other_lengths_in_one_bucket_compile_nothing(small):
     """Five questions of different audio and prompt lengths: after the first, none compiles a program
     (audio frames and prompt ids are padded to their bucket); a longer one, in the next bucket, does."""
-    cfg = get_config("tiny", ["llm.num_layers=1", "encoder.num_layers=1", "speech_decoder.num_layers=1",
-                              "speech_decoder.mtp_modules=0", "sampler.denoise_steps=1"])
-    params = random_params(cfg)
+    cfg, params = small
     compiled = []
 
     def count(event, *_, **__):
@@ -160,13 +184,10 @@ def test_questions_of_other_lengths_in_one_bucket_compile_nothing():
         jax.monitoring.unregister_event_duration_listener(count)
 
 
-def test_batched_questions_stream_what_each_streams_alone():
+def test_batched_questions_stream_what_each_streams_alone(small):
     """Three questions of different audio and prompt lengths in one batch: every row's text, units and
     blocks are what it streams alone (left-padded prompts, masked encoder padding, per-row end of text)."""
-    cfg = get_config("tiny", ["llm.num_layers=2", "encoder.num_layers=1", "speech_decoder.num_layers=1",
-                              "speech_decoder.mtp_modules=0", "sampler.denoise_steps=2"])
-    params = random_params(cfg)
-    params["llm"] = jax.tree.map(lambda p: p * 3.0 if p.ndim >= 2 else p, params["llm"])  # answers that vary
+    cfg, params = small
     rng = np.random.default_rng(0)
     questions = []
     for frames in (260, 420, 330):
