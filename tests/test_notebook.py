@@ -1,7 +1,7 @@
 """experiments/colab_inference.ipynb executed headless (nbclient): every way it finds the project
-(this checkout, an uploaded archive, a git URL, none), and the whole notebook against the quick
-demo's model. Not run here: its branch without a model (it trains the quick demo's, ~3 min; a resumed
-one still re-evaluates for ~70 s) and the microphone (Colab's browser bridge)."""
+(this checkout, an uploaded archive, a git URL, none); without a model (it trains the quick demo's:
+that run is the suite's shared demo, tests/colab_run.py) and with one. Not run here: the microphone
+(Colab's browser bridge)."""
 
 import json
 import os
@@ -71,5 +71,12 @@ def _assert_spoke(outputs):
     assert any("**Answer (text):**" in o.get("data", {}).get("text/markdown", "") for o in outputs)
 
 
-def test_notebook_streams_an_answer_from_the_demo_model(demo_run):
+def test_without_a_model_the_notebook_trains_the_quick_demo_and_speaks(demo_run):
+    executed = nbformat.read(demo_run / NOTEBOOK.name, as_version=4)  # run by tests/colab_run.py
+    outputs = [o for cell in executed.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    _assert_spoke(outputs)
+    assert f"no model in {demo_run}: training the quick demo's model" in "".join(o.get("text", "") for o in outputs)
+
+
+def test_notebook_streams_an_answer_from_a_given_model(demo_run):
     _assert_spoke(_execute(demo_run))
