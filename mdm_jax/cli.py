@@ -15,8 +15,7 @@ import numpy as np
 import soundfile as sf
 
 from data_pipelines.audio import load_audio
-from data_pipelines.features import log_mel
-from data_pipelines.tokenizer import SPEECH_PLACEHOLDER, TEMPLATES, encode_prompt, load_tokenizer, num_speech_frames
+from data_pipelines.tokenizer import load_tokenizer
 from mdm_jax.config.model import ModelConfig, get_config, param_mismatch
 from mdm_jax.config.overrides import ConfigError, apply_overrides, config_keys
 from mdm_jax.convert import llm_config_from_hf, llm_config_to_hf, llm_from_hf, llm_to_hf
@@ -24,7 +23,7 @@ from mdm_jax.convert.cosyvoice2 import convert_cosyvoice2
 from mdm_jax.convert.hf_files import load_hf_folder, save_hf_folder
 from mdm_jax.convert.params_io import load_params, save_params
 from mdm_jax.convert.vocalnet_release import vocalnet_from_release
-from mdm_jax.decode.streaming import stream_batch
+from mdm_jax.decode.streaming import spoken_question, stream_batch
 from mdm_jax.model.vocalnet import count_params, random_params
 from mdm_jax.vocoder.load import load_token2wav
 
@@ -82,15 +81,10 @@ def _generate(args):
     tok = load_tokenizer(args.tokenizer) if args.tokenizer else None
     mels, prompts, eos = [], [], set()
     for path in args.audio:
-        audio, _ = load_audio(path, path, max_seconds=30.0)
-        mels.append(log_mel(audio, cfg.encoder.num_mel_bins))
-        n_speech = num_speech_frames(mels[-1].shape[-1], cfg.adaptor.downsample)
-        if tok is None:  # without a tokenizer the prompt is the speech alone
-            prompts.append([SPEECH_PLACEHOLDER] * n_speech)
-        else:
-            prompt, end = encode_prompt(tok, TEMPLATES[args.template], n_speech)
-            prompts.append(prompt)
-            eos.add(end)
+        mel, prompt, end = spoken_question(load_audio(path, path, max_seconds=30.0)[0], cfg, tok, args.template)
+        mels.append(mel)
+        prompts.append(prompt)
+        eos |= end
     t2w = load_token2wav(args.token2wav) if args.token2wav else None
     run = lambda: stream_batch(params, cfg, mels, prompts, eos_ids=eos,  # noqa: E731
                                max_text_tokens=args.max_text_tokens, max_blocks=args.max_blocks, token2wav=t2w)

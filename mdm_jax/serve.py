@@ -32,11 +32,11 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from data_pipelines.audio import load_audio
-from data_pipelines.features import SAMPLE_RATE, log_mel
-from data_pipelines.tokenizer import TEMPLATES, encode_prompt, load_tokenizer, num_speech_frames
+from data_pipelines.features import SAMPLE_RATE
+from data_pipelines.tokenizer import load_tokenizer
 from data_pipelines.validation import BadRecordError, Reason
 from mdm_jax.cli import load_model
-from mdm_jax.decode.streaming import StreamChunk, stream
+from mdm_jax.decode.streaming import StreamChunk, spoken_question, stream
 from mdm_jax.vocoder.load import load_token2wav
 
 PAGE = Path(__file__).parent / "static" / "voice.html"
@@ -72,9 +72,7 @@ class VoiceModel:
 
     def answer(self, audio: np.ndarray):
         """-> (StreamChunks of the spoken answer, the end-of-text id)."""
-        mel = log_mel(audio, self.cfg.encoder.num_mel_bins)
-        prompt, end = encode_prompt(self.tokenizer, TEMPLATES[self.template],
-                                    num_speech_frames(mel.shape[-1], self.cfg.adaptor.downsample))
+        mel, prompt, (end,) = spoken_question(audio, self.cfg, self.tokenizer, self.template)
         return stream(self.params, self.cfg, mel, prompt, eos_ids={end}, max_text_tokens=self.max_text_tokens,
                       max_blocks=self.max_blocks, token2wav=self.token2wav), end
 

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 from per_layer import per_layer_map
 
+from data_pipelines.buckets import bucket
 from data_pipelines.tokenizer import SPEECH_PLACEHOLDER, num_speech_frames
 from mdm_jax.config.model import ModelConfig, SpeechDecoderConfig, get_config
 from mdm_jax.config.sampler import SamplerConfig
 from mdm_jax.decode import block_diffusion, streaming
-from mdm_jax.decode.streaming import audio_bucket, batch_text_tokens, bucket, stream, stream_batch
+from mdm_jax.decode.streaming import audio_bucket, batch_text_tokens, stream, stream_batch
 from mdm_jax.model.init import random_init
 from mdm_jax.model.speech_decoder import SpeechDecoder
 from mdm_jax.model.vocalnet import VocalNet, random_params

@@ -57,9 +57,7 @@ def sizes(overrides: list[str]) -> tuple[CosyFlowConfig, HiFTConfig]:
         known = {f.name for f in dataclasses.fields(CosyFlowConfig if part == "flow" else HiFTConfig)}
         if name not in known:
             raise ConfigError(f"unknown {part} size {name!r} (one of {', '.join(sorted(known))})")
-        parsed = json.loads(value)
-        fields[part][name] = tuple(tuple(x) if isinstance(x, list) else x for x in parsed) if isinstance(
-            parsed, list) else parsed
+        fields[part][name] = json.loads(value)
     return CosyFlowConfig(**fields["flow"]), HiFTConfig(**fields["hift"])
 
 

@@ -11,11 +11,8 @@ from collections.abc import Mapping
 import jax
 import numpy as np
 
-from mdm_jax.convert.rules import Rule, import_tensors, transpose
+from mdm_jax.convert.rules import Rule, conv1d, import_tensors, transpose
 from mdm_jax.vocoder.cosyvoice_flow import CosyFlowConfig, init_params
-
-# torch Conv1d (out, in, k) <-> flax (k, in, out)
-CONV = dict(to_ours=lambda w: w.transpose(2, 1, 0), to_src=lambda w: w.transpose(2, 1, 0))
 
 
 def _dense(src: str, path: tuple[str, ...], bias: bool = True) -> list[Rule]:
@@ -24,7 +21,7 @@ def _dense(src: str, path: tuple[str, ...], bias: bool = True) -> list[Rule]:
 
 
 def _conv(src: str, path: tuple[str, ...]) -> list[Rule]:
-    return [Rule(f"{src}.weight", (*path, "kernel"), **CONV), Rule(f"{src}.bias", (*path, "bias"))]
+    return [Rule(f"{src}.weight", (*path, "kernel"), **conv1d()), Rule(f"{src}.bias", (*path, "bias"))]
 
 
 def _norm(src: str, path: tuple[str, ...]) -> list[Rule]:

@@ -14,17 +14,11 @@ from collections.abc import Mapping
 import jax
 import numpy as np
 
-from mdm_jax.convert.rules import ConversionError, Rule, import_tensors, transpose
+from mdm_jax.convert.rules import ConversionError, Rule, conv1d, import_tensors, transpose
 from mdm_jax.vocoder.hift import HiFTConfig, init_params
 
 # weight-norm key style: gain suffix, direction suffix
 _STYLES = ((".parametrizations.weight.original0", ".parametrizations.weight.original1"), (".weight_g", ".weight_v"))
-
-
-def _conv():
-    # torch Conv1d (out, in, k) -> flax Conv (k, in, out); ConvTranspose1d (in, out, k) -> (k, out, in), which is
-    # flax's transpose_kernel=True layout
-    return dict(to_ours=lambda w: w.transpose(2, 1, 0), to_src=lambda w: w.transpose(2, 1, 0))
 
 
 def _fold_weight_norm(state: Mapping[str, np.ndarray]) -> tuple[dict, str]:
@@ -54,7 +48,7 @@ def _resblock_rules(src: str, path: tuple, n_dilations: int, w: str) -> list[Rul
     rules = []
     for j in range(n_dilations):
         for conv in ("convs1", "convs2"):
-            rules += [Rule(f"{src}.{conv}.{j}{w}", (*path, f"{conv}_{j}", "kernel"), **_conv()),
+            rules += [Rule(f"{src}.{conv}.{j}{w}", (*path, f"{conv}_{j}", "kernel"), **conv1d()),
                       Rule(f"{src}.{conv}.{j}.bias", (*path, f"{conv}_{j}", "bias"))]
         rules += [Rule(f"{src}.activations{a}.{j}.alpha", (*path, f"activations{a}_{j}", "alpha")) for a in (1, 2)]
     return rules
@@ -62,7 +56,7 @@ def _resblock_rules(src: str, path: tuple, n_dilations: int, w: str) -> list[Rul
 
 def hift_rules(cfg: HiFTConfig, w: str) -> list[Rule]:
     """torch keys -> our param paths; `w` is the key suffix of weight-normed weights (after folding)."""
-    conv = lambda src, path, suffix: [Rule(f"{src}{suffix}", (*path, "kernel"), **_conv()),
+    conv = lambda src, path, suffix: [Rule(f"{src}{suffix}", (*path, "kernel"), **conv1d()),
                                       Rule(f"{src}.bias", (*path, "bias"))]
     rules = [r for i in range(5) for r in conv(f"f0_predictor.condnet.{2 * i}", ("f0_predictor", f"condnet_{i}"), w)]
     rules += [Rule("f0_predictor.classifier.weight", ("f0_predictor", "classifier", "kernel"), **transpose()),

@@ -40,6 +40,12 @@ def linear_in(*shape):
                 to_src=lambda w: w.reshape(-1, w.shape[-1]).T)
 
 
+def conv1d():
+    """torch Conv1d weight (out, in, k) <-> flax Conv (k, in, out); a ConvTranspose1d's (in, out, k) becomes
+    (k, out, in), flax's `transpose_kernel=True` layout."""
+    return dict(to_ours=lambda w: w.transpose(2, 1, 0), to_src=lambda w: w.transpose(2, 1, 0))
+
+
 def reshape(*shape):
     return dict(to_ours=lambda w: w.reshape(*shape), to_src=lambda w: w.reshape(-1))
 

@@ -23,6 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from data_pipelines.buckets import bucket
+from data_pipelines.features import log_mel
+from data_pipelines.tokenizer import SPEECH_PLACEHOLDER, TEMPLATES, encode_prompt, num_speech_frames
 from mdm_jax.config.model import ModelConfig
 from mdm_jax.decode import block_diffusion
 from mdm_jax.decode.layout import for_decoding
@@ -43,14 +46,16 @@ class StreamChunk:
     last: bool = False  # its answer's last block
 
 
-MIN_BUCKET = 16
-
-
-def bucket(n: int, buckets: Sequence[int] | None = None) -> int:
-    """The padded length of an input of length n: the smallest of `buckets` that holds it, else the next
-    power of two (at least MIN_BUCKET). Inputs in one bucket share one compiled program."""
-    fits = [b for b in buckets or () if b >= n]
-    return min(fits) if fits else max(MIN_BUCKET, 1 << (n - 1).bit_length())
+def spoken_question(audio: np.ndarray, cfg: ModelConfig, tokenizer=None,
+                    template: str = "tiny") -> tuple[np.ndarray, list[int], set[int]]:
+    """16 kHz audio -> (log-mel (n_mels, frames), prompt ids, end-of-text ids); without a tokenizer the prompt
+    is the speech alone (placeholders) and nothing ends the text."""
+    mel = log_mel(audio, cfg.encoder.num_mel_bins)
+    n_speech = num_speech_frames(mel.shape[-1], cfg.adaptor.downsample)
+    if tokenizer is None:
+        return mel, [SPEECH_PLACEHOLDER] * n_speech, set()
+    prompt, end = encode_prompt(tokenizer, TEMPLATES[template], n_speech)
+    return mel, prompt, {end}
 
 
 def audio_bucket(frames: int, cfg: ModelConfig, buckets: Sequence[int] | None = None) -> int:
@@ -182,7 +187,8 @@ def stream_batch(params, cfg: ModelConfig, mels: Sequence[np.ndarray], prompts: 
             written = generated
         step = block_diffusion.first_block if block == 0 else block_diffusion.next_block
         state = step(dec_params, state, cfg=cfg)
-        units, done = np.asarray(state.tokens[:, block * sd.block_size:(block + 1) * sd.block_size]), state.done
+        units = np.asarray(state.tokens[:, block * sd.block_size:(block + 1) * sd.block_size])
+        done = np.asarray(state.done)
         decoder_s = time.perf_counter() - t1
         chunks = []
         for i in speaking:

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
+from data_pipelines.buckets import bucket
 from mdm_jax.vocoder.base import check_units
 from mdm_jax.vocoder.cosyvoice_flow import CosyFlowConfig, token2mel
 from mdm_jax.vocoder.hift import HiFTConfig, hift_waveform
@@ -75,7 +76,7 @@ class CosyVoice2Token2Wav:
         frames when not `finalize`)."""
         c = self.flow_config
         tokens = np.concatenate([self.prompt_tokens, check_units(units, c.vocab_size)])
-        ids = np.zeros((1, max(32, 1 << (len(tokens) - 1).bit_length())), np.int32)  # a power of two: few programs
+        ids = np.zeros((1, bucket(len(tokens), minimum=32)), np.int32)  # a power of two: few programs
         ids[0, : len(tokens)] = tokens
         mel = token2mel(self.flow_params, c, ids, np.array([len(tokens)]), self.speaker[None], self.prompt_mel,
                         self.noise, streaming=streaming, finalize=finalize)
@@ -113,9 +114,7 @@ class CosyVoice2Token2Wav:
                                     f"{PARAMS_FILE}; write one with `python -m mdm_jax.cli convert cosyvoice2`)")
         meta = json.loads((path / CONFIG_FILE).read_text())
         arrays = serialization.msgpack_restore((path / PARAMS_FILE).read_bytes())
-        hift = {k: tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v
-                for k, v in meta["hift"].items()}
-        return cls(arrays["flow"], CosyFlowConfig(**meta["flow"]), arrays["hift"], HiFTConfig(**hift),
+        return cls(arrays["flow"], CosyFlowConfig(**meta["flow"]), arrays["hift"], HiFTConfig(**meta["hift"]),
                    np.asarray(arrays["speaker"]), np.asarray(arrays["prompt_tokens"], np.int32),
                    np.asarray(arrays["prompt_mel"], np.float32), meta["seed"], meta["mel_overlap"])
 

@@ -280,6 +280,10 @@ class CosyFlow(nn.Module):
         mu, valid, spks = self.condition(tokens, valid, speaker, streaming=False, finalize=True)
         return self.estimator(x, valid, mu, t, spks, mu, streaming=False)
 
+    def velocity(self, x, valid, mu, t, spks, cond, *, streaming: bool):
+        """The estimator's velocity (see `Estimator`)."""
+        return self.estimator(x, valid, mu, t, spks, cond, streaming=streaming)
+
     def condition(self, tokens, valid, speaker, *, streaming: bool, finalize: bool):
         """tokens, valid: (b, U); speaker: (b, spk_embed_dim) x-vector -> mu (b, F, n_mels), frame valid (b, F),
         speaker condition (b, n_mels)."""
@@ -324,7 +328,7 @@ def token2mel(params, cfg: CosyFlowConfig, tokens, lengths, speaker, prompt_mel,
     def euler(k, x):
         t = jnp.full((2 * b,), grid[k])
         v = model.apply({"params": params}, both(x, False), valid2, mu2, t, spks2, cond2, streaming=streaming,
-                        method=lambda m, *a, **kw: m.estimator(*a, **kw))
+                        method=CosyFlow.velocity)
         v = (1.0 + cfg.cfg_rate) * v[:b] - cfg.cfg_rate * v[b:]
         return x + (grid[k + 1] - grid[k]) * v
 

@@ -18,6 +18,7 @@ Randomness is an input: `phase` (b, H) ~ U[0, 1) (the reference's initial phase,
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -52,6 +53,10 @@ class HiFTConfig:
     f0_cond_channels: int = 512  # ConvRNNF0Predictor(num_class=1, in_channels=in_channels, cond_channels=...)
 
     def __post_init__(self):
+        for f in dataclasses.fields(self):  # lists (JSON, overrides) become tuples: a config is a hashable jit key
+            value = getattr(self, f.name)
+            if isinstance(value, list):
+                object.__setattr__(self, f.name, tuple(tuple(x) if isinstance(x, list) else x for x in value))
         if self.n_fft % self.hop_len:
             raise ValueError(f"n_fft {self.n_fft} must be a multiple of hop_len {self.hop_len} (overlap-add by blocks)")
 
