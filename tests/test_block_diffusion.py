@@ -83,12 +83,19 @@ def reference_decode(sd, params, text, text_valid, streaming, sampler: SamplerCo
             probs /= probs.sum(-1, keepdims=True)
             proposal, score = lg.argmax(-1), probs.max(-1)
             top2 = np.sort(lg, -1)[..., -2:]
+            sure = probs.max(-1)
+            if step == 0:
+                prior = probs.mean(1)  # (b, V): the block's marginal at its first, fully masked step
+            if sampler.confidence == "calibrated":
+                score = np.log(score) - np.log(np.take_along_axis(prior, proposal, axis=1))
             for r in range(b):
                 order = [i for i in np.argsort(-score[r], kind="stable") if masked[r, i]]
                 if sampler.threshold:
                     take = [i for i in order if score[r, i] >= sampler.threshold] or order[:1]
                 else:
                     take = order[: masked[r].sum() - n[step + 1]]
+                if sampler.early_exit and all(sure[r, i] >= sampler.early_exit for i in order if i not in take):
+                    take = order
                 for i in take:
                     cur[r, i], masked[r, i] = proposal[r, i], False
                     out_logits[r, blk * B + i] = lg[r, i]
@@ -109,7 +116,11 @@ def reference_decode(sd, params, text, text_valid, streaming, sampler: SamplerCo
 
 @pytest.mark.parametrize("sampler", [SamplerConfig(denoise_steps=1), SamplerConfig(denoise_steps=2),
                                      SamplerConfig(denoise_steps=5), SamplerConfig(denoise_steps=3, schedule="cosine"),
-                                     SamplerConfig(threshold=0.3)], ids=str)
+                                     SamplerConfig(threshold=0.3),
+                                     SamplerConfig(denoise_steps=5, confidence="calibrated"),
+                                     SamplerConfig(denoise_steps=5, early_exit=0.06),
+                                     SamplerConfig(denoise_steps=4, confidence="calibrated", early_exit=0.06)],
+                         ids=str)
 def test_cached_generation_equals_uncached_rerun(talker, sampler):
     sd, params, text, text_valid, streaming = talker
     ref_tokens, ref_logits, gap = reference_decode(sd, params, text, text_valid, streaming, sampler)
@@ -136,6 +147,16 @@ def test_forward_count_and_schedule(setup):
         out = generate(params, text, text_valid, streaming, jax.random.key(0),
                        cfg=with_sampler(SamplerConfig(denoise_steps=steps)), num_blocks=NUM_BLOCKS, record_logits=True)
         assert int(out.forwards) == steps * int(out.block)  # S forwards per decoded block, nothing hidden
+
+
+def test_early_exit_saves_forwards(setup):
+    params, text, text_valid, streaming = setup
+    run = lambda **kw: generate(params, text, text_valid, streaming, jax.random.key(0),  # noqa: E731
+                                cfg=with_sampler(SamplerConfig(denoise_steps=5, **kw)), num_blocks=NUM_BLOCKS)
+    scheduled, early, never = run(), run(early_exit=0.06), run(early_exit=1.0 + 1e-6)
+    assert int(early.forwards) < int(scheduled.forwards) == 5 * int(scheduled.block)
+    np.testing.assert_array_equal(never.tokens, scheduled.tokens)  # a threshold no token reaches changes nothing
+    assert int(never.forwards) == int(scheduled.forwards)
 
 
 def test_eos_ends_rows_and_the_loop(setup):

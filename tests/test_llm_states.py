@@ -84,6 +84,27 @@ def test_source_batches_are_fixed_shape_deterministic_and_cover_each_epoch(setup
         np.testing.assert_array_equal(third[k], batches[2][k])
 
 
+def test_bucketed_batches_are_short_deterministic_and_cover_each_epoch(setup):
+    cfg, _, states, path, _ = setup
+    cfg = get_train_config("tiny", small_overrides(batch=2) + [f"data.llm_states={path}", "stage.name=speech",
+                                                                 "data.bucket_window=5",
+                                                                 "model.speech_decoder.block_size=4"])
+    source = llm_states.StatesSource(cfg)
+    batches = [next(source) for _ in range(10)]  # 2 epochs of 5 batches of 2 records (lengths 4..13 with EOS)
+    for epoch in (batches[:5], batches[5:]):
+        firsts = sorted(int(u[0]) for b in epoch for u in b["units"])
+        assert firsts == list(range(N))  # one window = the epoch: every record once
+        for b in epoch:  # sorted in the window: a batch holds neighbours in length, padded to its own longest
+            lengths = b["speech_valid"].sum(1)
+            assert b["units"].shape[1] == -(-lengths.max() // 4) * 4 and np.ptp(lengths) <= 2
+    assert len({b["units"].shape[1] for b in batches}) > 1
+    assert [int(b["units"][0, 0]) for b in batches[:5]] != [int(b["units"][0, 0]) for b in batches[5:]]  # reshuffled
+    again = llm_states.StatesSource(cfg)
+    again.set_state({"index": 7})
+    for k, v in next(again).items():
+        np.testing.assert_array_equal(v, batches[7][k])
+
+
 def test_bad_caches_are_named(setup, tmp_path):
     cfg, _, states, path, _ = setup
     with pytest.raises(ConfigError, match="no such file"):

@@ -15,6 +15,7 @@ from mdm_jax.config.sampler import SCHEDULES
 STRATEGIES = ("bernoulli", "hierarchical", "iid", "blockwise", "sampler_states", "sampler_states_single", "span",
               "sampler_states_confidence")
 T_SAMPLING = ("iid", "antithetic", "stratified")
+AFTER_EOS = ("pad", "eos")  # what the last block holds after EOS (`diffusion.end_of_speech`)
 
 
 @dataclass(frozen=True)
@@ -33,12 +34,14 @@ class MaskConfig:
     block_ratio_max: float = 1.0
     token_ratio_min: float = 0.3  # hierarchical: window of γ_t, the fraction of a chosen block's tokens masked
     token_ratio_max: float = 1.0
+    after_eos: str = "pad"  # the last block after EOS: pad (never seen or trained) | eos (EOS repeated, trained)
 
     def __post_init__(self):
         check(self.strategy in STRATEGIES, f"mask.strategy={self.strategy!r}; expected one of {STRATEGIES}")
         check(self.schedule in SCHEDULES, f"mask.schedule={self.schedule!r}; expected one of {SCHEDULES}")
         check(self.t_sampling in T_SAMPLING, f"mask.t_sampling={self.t_sampling!r}; expected one of {T_SAMPLING}")
         check(self.denoise_steps >= 1, f"mask.denoise_steps={self.denoise_steps} must be >= 1")
+        check(self.after_eos in AFTER_EOS, f"mask.after_eos={self.after_eos!r}; expected one of {AFTER_EOS}")
         for name in ("bernoulli", "block_ratio", "token_ratio"):  # the ratio windows (<name>_min, <name>_max]
             lo, hi = getattr(self, f"{name}_min"), getattr(self, f"{name}_max")
             check(0 < lo <= hi <= 1, f"mask.{name}_min={lo}, mask.{name}_max={hi}: expected 0 < min <= max <= 1")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from mdm_jax.config.overrides import check
 
 METHODS = ("mdm", "ar", "mtp")  # block diffusion | one token per forward | 1 + mtp_heads tokens per forward
-CONFIDENCES = ("max_prob", "margin", "neg_entropy", "random")
+CONFIDENCES = ("max_prob", "margin", "neg_entropy", "random", "calibrated")
 SCHEDULES = ("linear", "cosine")
 
 
@@ -34,8 +34,9 @@ class SamplerConfig:
     method: str = "mdm"
     denoise_steps: int = 4  # mdm: decoder forwards per block of speech_decoder.block_size tokens
     schedule: str = "linear"  # mdm: how many tokens stay masked after each step (`diffusion.schedules.step_schedule`)
-    confidence: str = "max_prob"  # mdm: which masked tokens a step commits first
+    confidence: str = "max_prob"  # mdm: which masked tokens a step commits first (calibrated: over the block's prior)
     threshold: float = 0.0  # mdm, > 0: commit every masked token at least this confident (one at least) per step
+    early_exit: float = 0.0  # mdm, > 0: a block ends at the step after which every masked token is this probable
     mtp_heads: int = -1  # mtp: extra tokens per forward; -1: every MTP module of the decoder
     token: TokenSampling = field(default_factory=TokenSampling)
 
@@ -44,3 +45,5 @@ class SamplerConfig:
         check(self.denoise_steps >= 1, f"sampler.denoise_steps={self.denoise_steps} must be >= 1")
         check(self.schedule in SCHEDULES, f"sampler.schedule={self.schedule!r}; expected one of {SCHEDULES}")
         check(self.confidence in CONFIDENCES, f"sampler.confidence={self.confidence!r}; expected one of {CONFIDENCES}")
+        check(self.early_exit == 0 or self.threshold == 0,
+              "sampler.early_exit ends a scheduled block early; sampler.threshold has no schedule to end: set one")

@@ -79,6 +79,7 @@ class DataSourceConfig:
     max_units: int = 128
     pad_multiple: int = 32  # bucketed lengths round up to this: fewer shapes, fewer compilations
     cache_encoder: bool = False  # stage I: the frozen encoder once per record, its frames kept in host memory
+    bucket_window: int = 0  # llm_states: batches of similar answer length, sorted in windows of this many (0: off)
     seed: int = 0
 
 
@@ -130,6 +131,7 @@ class TrainConfig:
               "mesh.model and mesh.fsdp must be > 0, mesh.data > 0 or -1")
         check(not self.data.llm_states or self.stage.name != "text",
               "data.llm_states holds stage II inputs: it cannot train stage.name=text")
+        check(self.data.bucket_window >= 0, f"data.bucket_window={self.data.bucket_window} must be >= 0")
         check(not self.data.cache_encoder or self.stage.name == "text",
               "data.cache_encoder caches stage I's encoder frames: stage II reads data.llm_states instead")
         check(self.stage.objective != "mtp" or self.model.speech_decoder.mtp_modules > 0,

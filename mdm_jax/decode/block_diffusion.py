@@ -2,7 +2,8 @@
 
 Blocks of B speech tokens are decoded left to right. A block starts fully `[MASK]` and is
 unmasked in S steps (a scheduled count per step, most confident first) or, with a threshold τ,
-until every committed position was at least τ confident (`sampling.commit`). Each step is one
+until every committed position was at least τ confident (`sampling.commit`); with an early exit the
+scheduled S steps end sooner once every masked position is that confident. Each step is one
 decoder forward over the block with everything before it read from the cache. A finished block's
 keys and values are written by the next block's first forward, whose input is `[finished block ;
 new masked block]`, so every step costs exactly one forward and the cache holds what the
@@ -29,7 +30,7 @@ from jax import lax
 
 from mdm_jax.config.model import ModelConfig
 from mdm_jax.decode.layout import for_decoding
-from mdm_jax.decode.sampling import commit, end_at_eos, speech_only
+from mdm_jax.decode.sampling import block_prior, commit, end_at_eos, propose, speech_only
 from mdm_jax.diffusion.attention_masks import cached_rows
 from mdm_jax.diffusion.schedules import step_schedule
 from mdm_jax.model.attention import init_cache
@@ -125,9 +126,16 @@ def _decode(params, state: BlockState, x, start, cfg: ModelConfig) -> BlockState
         logits = _apply(params, cfg, SpeechDecoder.logits, h[:, -B:])
         return speech_only(logits, sd), caches
 
+    key, k0 = jax.random.split(state.key)
+    logits, caches = logits_at(x, start, state.caches)
+    # calibrated confidence: the block's marginal from its first, fully masked step, kept for its later steps
+    prior = (block_prior(propose(logits, k0, sampler.token)[1], jnp.ones((b, B), bool))
+             if sampler.confidence == "calibrated" else None)
+
     def step(tokens, masked, seen, logits, j, key):
         history = jnp.concatenate([state.prev, jnp.where(masked, -1, tokens)], axis=1)[:, -window:]
-        tokens, left, take = commit(logits, tokens, masked, masked.sum(-1) - schedule[j + 1], key, sampler, history)
+        tokens, left, take = commit(logits, tokens, masked, masked.sum(-1) - schedule[j + 1], key, sampler, history,
+                                    prior)
         return tokens, left, None if seen is None else jnp.where(take[..., None], logits, seen)
 
     def body(carry):
@@ -137,13 +145,12 @@ def _decode(params, state: BlockState, x, start, cfg: ModelConfig) -> BlockState
         tokens, masked, seen = step(tokens, masked, seen, logits, j, k)
         return tokens, masked, seen, caches, j + 1, key
 
-    key, k0 = jax.random.split(state.key)
-    logits, caches = logits_at(x, start, state.caches)
     seen = None if state.logits is None else jnp.zeros_like(logits)
     tokens, masked, seen = step(jnp.full((b, B), sd.mask_id), jnp.ones((b, B), bool), seen, logits, 0, k0)
     carry = (tokens, masked, seen, caches, jnp.int32(1), key)
-    if sampler.threshold > 0:
-        carry = lax.while_loop(lambda c: jnp.any(c[1]) & (c[4] < B), body, carry)
+    if sampler.threshold > 0 or sampler.early_exit > 0:  # steps end once every row's block is whole
+        most = B if sampler.threshold > 0 else sampler.denoise_steps
+        carry = lax.while_loop(lambda c: jnp.any(c[1]) & (c[4] < most), body, carry)
     else:
         carry = lax.fori_loop(1, sampler.denoise_steps, lambda _, c: body(c), carry)
     tokens, _, seen, caches, steps, key = carry

@@ -55,10 +55,23 @@ def propose(logits, key, cfg: TokenSampling):
     return jnp.argmax(logits + gumbel, axis=-1), jax.nn.softmax(logits, axis=-1)
 
 
-def confidence(probs, tokens, kind: str, key=None):
-    """(b, n) score per position: higher = commit sooner."""
+def block_prior(probs, candidates):
+    """probs (b, n, V), candidates (b, n) bool -> (b, V): the mean distribution over a block's candidate
+    positions, the block's marginal that prior-calibrated confidence divides by."""
+    weight = candidates.astype(probs.dtype)
+    return jnp.einsum("bn,bnv->bv", weight, probs) / jnp.maximum(weight.sum(-1), 1.0)[:, None]
+
+
+def confidence(probs, tokens, kind: str, key=None, prior=None):
+    """(b, n) score per position: higher = commit sooner. `calibrated` (Chatterbox-Flash's prior-calibrated
+    score) is log p_i(x_i) - log prior(x_i), prior (b, V) the block's marginal (`block_prior`), so a token
+    the whole block leans to ranks below an equally likely rarer one."""
+    picked = lambda p: jnp.take_along_axis(p, tokens[..., None], axis=-1)[..., 0]  # noqa: E731
     if kind == "max_prob":
-        return jnp.take_along_axis(probs, tokens[..., None], axis=-1)[..., 0]
+        return picked(probs)
+    if kind == "calibrated":
+        tiny = jnp.finfo(probs.dtype).tiny
+        return jnp.log(jnp.maximum(picked(probs), tiny)) - jnp.log(jnp.maximum(picked(prior[:, None]), tiny))
     if kind == "margin":
         top2 = lax.top_k(probs, 2)[0]
         return top2[..., 0] - top2[..., 1]
@@ -77,21 +90,30 @@ def take_most_confident(score, candidates, count):
     return candidates & (rank < count[:, None])
 
 
-def commit(logits, tokens, masked, count, key, sampler: SamplerConfig, history=None):
+def commit(logits, tokens, masked, count, key, sampler: SamplerConfig, history=None, prior=None):
     """One denoising step: propose a token at every position and unmask the `count` (b,) most
     confident masked ones, or with `sampler.threshold` > 0 every masked one at least that confident
-    (the most confident one at least). logits: (b, n, V); tokens, masked: (b, n); history: (b, W)
-    recent ids for the repetition penalty, or None. -> (tokens, masked, take (b, n) just committed)."""
+    (the most confident one at least). With `sampler.early_exit` > 0 a row whose masked positions left
+    after that all propose a token of at least that probability commits them too (its block ends).
+    logits: (b, n, V); tokens, masked: (b, n); history: (b, W) recent ids for the repetition penalty,
+    or None; prior: (b, V) the block's marginal for calibrated confidence (default: `block_prior` of
+    this step's masked positions). -> (tokens, masked, take (b, n) just committed)."""
     k_propose, k_conf = jax.random.split(key)
     if history is not None:
         logits = repetition_penalty(logits, history, sampler.token.repetition_penalty)
     proposal, probs = propose(logits, k_propose, sampler.token)
-    score = confidence(probs, proposal, sampler.confidence, k_conf)
+    if sampler.confidence == "calibrated" and prior is None:
+        prior = block_prior(probs, masked)
+    score = confidence(probs, proposal, sampler.confidence, k_conf, prior)
     if sampler.threshold > 0:
         best = take_most_confident(score, masked, jnp.ones(masked.shape[:1], jnp.int32))
         take = (masked & (score >= sampler.threshold)) | best
     else:
         take = take_most_confident(score, masked, count)
+    if sampler.early_exit > 0:
+        rest = masked & ~take
+        sure = jnp.all(~rest | (confidence(probs, proposal, "max_prob") >= sampler.early_exit), axis=-1)  # (b,)
+        take = take | (rest & sure[:, None])
     return jnp.where(take, proposal, tokens), masked & ~take, take
 
 

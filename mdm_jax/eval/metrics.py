@@ -58,13 +58,13 @@ def answer_texts(params, cfg: ModelConfig, questions: Sequence[tuple[np.ndarray,
 
 
 def _decoder(params, cfg: ModelConfig, blocks: int):
-    """-> f(text_hidden (1, T, d), text_valid (1, T)) -> (tokens (1, N), lengths (1,)), streaming mask."""
+    """-> f(text_hidden (1, T, d), text_valid (1, T)) -> (tokens (1, N), lengths (1,), forwards ()); streaming."""
     streaming, key = jnp.ones((1,), bool), jax.random.key(0)
     cfg, params = for_decoding(cfg, params)  # once, not in every timed call
 
     def decode(h, v):
         out = speech.generate(params, h, v, streaming, key, cfg=cfg, num_blocks=blocks)
-        return jax.block_until_ready((out.tokens, out.lengths))
+        return jax.block_until_ready((out.tokens, out.lengths, out.forwards))
 
     return decode
 
@@ -72,11 +72,11 @@ def _decoder(params, cfg: ModelConfig, blocks: int):
 def decode_speech(params, cfg: ModelConfig, hiddens: Sequence[np.ndarray], *, max_blocks: int = 8,
                   text_capacity: int = 32) -> dict:
     """Speech units for each answer's states by `cfg.sampler` (batch 1, streaming mask), timed after a
-    warm-up: {'units': [(U,)], 'tokens_per_s': all units / all decoding seconds, 'first_chunk_s':
-    median seconds to the first `block_size` units}. params: the speech decoder's. Text is padded to
-    `text_capacity` (one compile)."""
+    warm-up: {'units': [(U,)], 'forwards': [decoder forwards of each], 'tokens_per_s': all units / all
+    decoding seconds, 'first_chunk_s': median seconds to the first `block_size` units}. params: the
+    speech decoder's. Text is padded to `text_capacity` (one compile)."""
     whole, first = _decoder(params, cfg, max_blocks), _decoder(params, cfg, 1)
-    units, seconds, first_chunk = [], [], []
+    units, forwards, seconds, first_chunk = [], [], [], []
     for i, h in enumerate(hiddens):
         t = min(len(h), text_capacity)
         text = jnp.asarray(np.pad(h[:t], ((0, text_capacity - t), (0, 0)))[None])
@@ -84,13 +84,14 @@ def decode_speech(params, cfg: ModelConfig, hiddens: Sequence[np.ndarray], *, ma
         if i == 0:  # compile both programs outside the clock
             whole(text, valid), first(text, valid)
         start = time.perf_counter()
-        tokens, lengths = whole(text, valid)
+        tokens, lengths, n = whole(text, valid)
         seconds.append(time.perf_counter() - start)
+        forwards.append(int(n))
         start = time.perf_counter()
         first(text, valid)
         first_chunk.append(time.perf_counter() - start)
         units.append(np.asarray(tokens[0, : int(lengths[0])]))
-    return {"units": units, "tokens_per_s": sum(map(len, units)) / sum(seconds),
+    return {"units": units, "forwards": forwards, "tokens_per_s": sum(map(len, units)) / sum(seconds),
             "first_chunk_s": statistics.median(first_chunk)}
 
 

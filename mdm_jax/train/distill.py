@@ -126,7 +126,7 @@ def teacher_rollout(teacher, logits_fn, x_t, masked, counts, key, cfg: ModelConf
     the last step's where it stays masked.
     """
     num_steps, sd = counts.shape[0], cfg.speech_decoder
-    sampler = dataclasses.replace(cfg.sampler, threshold=0.0)  # the teacher follows its schedule's counts
+    sampler = dataclasses.replace(cfg.sampler, threshold=0.0, early_exit=0.0)  # the teacher keeps its schedule's counts
     rows = lambda x: x.reshape(-1, sd.block_size, *x.shape[2:])  # noqa: E731  (b, L, ...) -> (b·blocks, B, ...)
 
     def step(i, carry):

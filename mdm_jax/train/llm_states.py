@@ -80,20 +80,28 @@ class StatesSource:
     """Model batches of the speech objective over a states cache; batch i is a pure function of
     (seed, i) (a fresh permutation every epoch), so checkpoints hold just the index.
 
-    Shapes: text_hidden (b, T, d), text_valid (b, T), units and speech_valid (b, U) with T, U the
-    longest in the cache (U rounded up to whole blocks): one shape for the whole run.
+    Shapes: text_hidden (b, T, d), text_valid (b, T), units and speech_valid (b, U) with T the
+    longest text in the cache and U the longest answer (rounded up to whole blocks): one shape for
+    the whole run. With `data.bucket_window` = w > 0, each epoch's permutation is cut into windows of
+    w batches, each window sorted by answer length and cut into batches shuffled within it (as the
+    Grain pipeline buckets), U the batch's own longest answer: less padding, a few shapes; the
+    epoch's last incomplete batch is dropped.
     """
 
     def __init__(self, cfg: TrainConfig, process_index: int = 0, process_count: int = 1):
         states = load(cfg.data.llm_states, cfg)
-        sd = cfg.model.speech_decoder
-        self.seed, self.batch_size = cfg.data.seed, cfg.data.batch_size
+        self.block_size = cfg.model.speech_decoder.block_size
+        self.seed, self.batch_size, self.window = cfg.data.seed, cfg.data.batch_size, cfg.data.bucket_window
         self.rows = local_rows(cfg.data.batch_size, process_index, process_count)
         self.hidden = np.split(states["hidden"], np.cumsum(states["text_lengths"])[:-1])
         self.units = np.split(states["units"], np.cumsum(states["unit_lengths"])[:-1])
         self.text_len = int(states["text_lengths"].max())
-        self.unit_len = -(-int(states["unit_lengths"].max()) // sd.block_size) * sd.block_size
-        self.pad_id, self.index = sd.pad_id, 0
+        self.unit_len = self._whole_blocks(int(states["unit_lengths"].max()))
+        self.pad_id, self.index = cfg.model.speech_decoder.pad_id, 0
+        self._epoch = (None, None)  # (epoch, its batches of example ids) when bucketing
+        if self.window and len(self) < self.batch_size:
+            raise ConfigError(f"data.bucket_window={self.window}: {len(self)} cached records cannot fill a batch of "
+                              f"{self.batch_size}")
 
     def __len__(self) -> int:
         return len(self.hidden)
@@ -101,15 +109,36 @@ class StatesSource:
     def __iter__(self):
         return self
 
+    def _whole_blocks(self, n: int) -> int:
+        return -(-n // self.block_size) * self.block_size
+
+    def _global_batch(self) -> list[int]:
+        """The example ids of global batch `self.index`."""
+        n, b = len(self), self.batch_size
+        if not self.window:
+            return [np.random.default_rng([self.seed, g // n]).permutation(n)[g % n]
+                    for g in range(self.index * b, (self.index + 1) * b)]  # global example counters
+        epoch, k = divmod(self.index, n // b)
+        if self._epoch[0] != epoch:
+            order = np.random.default_rng([self.seed, epoch]).permutation(n)[: n // b * b]
+            batches = []
+            for w, start in enumerate(range(0, len(order), b * self.window)):
+                window = sorted(order[start : start + b * self.window], key=lambda i: len(self.units[i]))
+                cut = [window[i : i + b] for i in range(0, len(window), b)]
+                batches += [cut[i] for i in np.random.default_rng([self.seed, epoch, w]).permutation(len(cut))]
+            self._epoch = (epoch, batches)
+        return self._epoch[1][k]
+
     def __next__(self) -> dict:
-        n, b = len(self), len(self.rows)
+        ids = self._global_batch()
+        unit_len = self._whole_blocks(max(len(self.units[i]) for i in ids)) if self.window else self.unit_len
+        b = len(self.rows)
         batch = {"text_hidden": np.zeros((b, self.text_len, self.hidden[0].shape[1]), np.float32),
                  "text_valid": np.zeros((b, self.text_len), bool),
-                 "units": np.full((b, self.unit_len), self.pad_id, np.int32),
-                 "speech_valid": np.zeros((b, self.unit_len), bool)}
+                 "units": np.full((b, unit_len), self.pad_id, np.int32),
+                 "speech_valid": np.zeros((b, unit_len), bool)}
         for row, r in enumerate(self.rows):
-            g = self.index * self.batch_size + r  # global example counter
-            i = np.random.default_rng([self.seed, g // n]).permutation(n)[g % n]
+            i = ids[r]
             t, u = len(self.hidden[i]), len(self.units[i])
             batch["text_hidden"][row, :t], batch["text_valid"][row, :t] = self.hidden[i], True
             batch["units"][row, :u], batch["speech_valid"][row, :u] = self.units[i], True

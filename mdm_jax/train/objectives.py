@@ -31,6 +31,7 @@ from jax import lax
 from mdm_jax.config.train import TrainConfig
 from mdm_jax.decode.sampling import speech_only
 from mdm_jax.diffusion.attention_masks import autoregressive_mask, draw_streaming
+from mdm_jax.diffusion.end_of_speech import fill_after_eos
 from mdm_jax.diffusion.losses import ar_loss, mdm_loss, mtp_loss
 from mdm_jax.diffusion.masking import Corruption, corrupt, mask_least_confident, sampler_state_levels
 from mdm_jax.model import lora as lora_lib
@@ -70,12 +71,17 @@ def data_mean(x, count):
 
 
 def prepare(batch: dict, key, cfg: TrainConfig) -> dict:
-    """Adds the random inputs of the global batch: `streaming` (b,) and, for MDM, the corruption."""
+    """Adds the random inputs of the global batch: `streaming` (b,) and, for MDM, the corruption;
+    block diffusion (MDM, distillation) with `mask.after_eos=eos` also fills the last block with EOS."""
     k_stream, k_mask = jax.random.split(key)
     batch = dict(batch, streaming=draw_streaming(k_stream, batch["units"].shape[0], cfg.stage.streaming_prob))
-    if cfg.stage.name != "speech" or cfg.stage.objective != "mdm":
-        return batch
     sd = cfg.model.speech_decoder
+    mdm = cfg.stage.name == "speech" and cfg.stage.objective == "mdm"
+    if (mdm or cfg.stage.name == "distill") and cfg.mask.after_eos == "eos":
+        units, valid = fill_after_eos(batch["units"], batch["speech_valid"], block_size=sd.block_size, eos_id=sd.eos_id)
+        batch.update(units=units, speech_valid=valid)
+    if not mdm:
+        return batch
     if cfg.mask.strategy == CONFIDENCE_MASKING:  # the tokens are chosen in the loss, from the decoder's scores
         count, tiebreak = sampler_state_levels(k_mask, batch["speech_valid"], cfg.mask, block_size=sd.block_size)
         batch.update(noisy_count=count, noisy_tiebreak=tiebreak)  # (b, blocks) int32, (b, U) float32

@@ -1,0 +1,178 @@
+"""Where the Talkers' errors are, in numbers: by position inside the block and by block, CE and accuracy
+against the fraction of a block masked (down to fully masked blocks), EOS and lengths, the frequent-unit
+bias of parallel commits, and the sampler options (prior-calibrated confidence, early exit) at 1-16 steps.
+
+    python -m experiments.diagnose_talker --demo runs/demo --out runs/diagnosis \
+        --talker ar=runs/curves/ar --talker mdm-bernoulli=runs/curves/mdm-bernoulli@2000 [--sampler-grid]
+
+A Talker is a training workdir (its latest checkpoint, or @STEP) or a params folder; it is decoded from
+the demo's stage I states on the main split's reference answers (the Talker alone). The frequent units
+are those of the training answers (the demo's LLM-states cache). Writes OUT/diagnosis.json,
+OUT/diagnosis.md and OUT/diagnosis.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import jax
+import numpy as np
+from matplotlib.figure import Figure
+
+from experiments import recipe
+from experiments.json_out import write_json
+from experiments.learning_curves import references
+from mdm_jax.config.overrides import ConfigError
+from mdm_jax.config.sampler import SamplerConfig
+from mdm_jax.config.train import TrainConfig
+from mdm_jax.convert.params_io import load_params
+from mdm_jax.eval.diagnostics import accuracy_by_position, frequency_bias, length_errors, loss_by_mask_ratio
+from mdm_jax.eval.intervals import interval
+from mdm_jax.eval.metrics import decode_speech, unit_accuracy
+from mdm_jax.train.checkpointing import Checkpointer
+
+RATIOS = (0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 1.0)
+GRID = tuple((s, c, e) for s in (1, 2, 4, 8, 16) for c in ("max_prob", "calibrated") for e in (0.0, 0.9)
+             if not (s == 1 and (c, e) != ("max_prob", 0.0)))  # one step commits everything at once
+
+
+def load_talker(spec: str):
+    """'PATH[@STEP]' (a training workdir or a params folder) -> (speech decoder params, model config)."""
+    path, _, step = spec.partition("@")
+    if (Path(path) / "train_config.json").exists() and (Path(path) / "checkpoints").exists():
+        cfg = TrainConfig.from_json((Path(path) / "train_config.json").read_text())
+        ckpt = Checkpointer(Path(path) / "checkpoints", cfg.checkpoint)
+        state = ckpt.saved_state(int(step) if step else None)
+        ckpt.close()
+        return state["params"]["speech_decoder"], cfg.model
+    if step:
+        raise ConfigError(f"--talker {spec!r}: @STEP needs a training workdir")
+    params, cfg = load_params(path)
+    return params["speech_decoder"], cfg
+
+
+def method(cfg) -> str:
+    return cfg.sampler.method if cfg.sampler.method in ("ar", "mtp") else "mdm"
+
+
+def diagnose(name: str, params, cfg, refs: dict, frequencies: np.ndarray, denoise_steps: list[int],
+             ratios: list[float], grid: bool) -> dict:
+    sd = cfg.speech_decoder
+    max_units = refs["max_blocks"] * sd.block_size
+    rows = []
+    samplers = ([(cfg.sampler.method, SamplerConfig(method=cfg.sampler.method))] if method(cfg) != "mdm" else
+                [(f"S={s}", SamplerConfig(denoise_steps=s)) for s in denoise_steps])
+    if grid and method(cfg) == "mdm":
+        samplers += [(f"S={s} {c}{f' exit {e:g}' if e else ''}", SamplerConfig(denoise_steps=s, confidence=c,
+                                                                             early_exit=e))
+                     for s, c, e in GRID if (s, c, e) != (s, "max_prob", 0.0)]
+    for label, sampler in samplers:
+        speech = decode_speech(params, dataclasses.replace(cfg, sampler=sampler), refs["hidden"],
+                               max_blocks=refs["max_blocks"])
+        gen = speech["units"]
+        blocks = sum(-(-(len(u) + 1) // sd.block_size) for u in gen)
+        by_pos = accuracy_by_position(gen, refs["units"], block_size=sd.block_size, anchors=sd.text_per_block)
+        rows.append({"talker": name, "sampler": label, "method": method(cfg),
+                     "unit_accuracy": interval(unit_accuracy(gen, refs["units"])["counts"]),
+                     "length_ratio": unit_accuracy(gen, refs["units"])["length_ratio"],
+                     "forwards_per_block": sum(speech["forwards"]) / max(blocks, 1),
+                     "anchor": interval(by_pos["anchor"]), "rest": interval(by_pos["rest"]),
+                     "position": [c.value for c in by_pos["position"]], "block": [c.value for c in by_pos["block"]],
+                     "length": length_errors(gen, refs["units"], max_units=max_units),
+                     "frequency": frequency_bias(gen, refs["units"], frequencies=frequencies)})
+    masked = (loss_by_mask_ratio(params, cfg, refs["hidden"], refs["units"], ratios, jax.random.key(0))
+              if method(cfg) == "mdm" else None)
+    return {"talker": name, "rows": rows, "loss_by_mask_ratio": masked}
+
+
+def markdown(results: list[dict]) -> str:
+    f = lambda x: f"{x['value']:.3f} [{x['lo']:.3f}, {x['hi']:.3f}]"  # noqa: E731
+    lines = ["| Talker | sampler | unit acc | anchor positions | other positions | length ratio | longer / "
+             "shorter / unended | mean excess units | frequent-unit share gen / ref | frequent for rare | "
+             "repeats gen / ref | forwards per block |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for res in results:
+        for r in res["rows"]:
+            n, q = r["length"], r["frequency"]
+            lines.append(f"| {r['talker']} | {r['sampler']} | {f(r['unit_accuracy'])} | {f(r['anchor'])} | "
+                         f"{f(r['rest'])} | {r['length_ratio']:.2f} | {n['longer']:.2f} / {n['shorter']:.2f} / "
+                         f"{n['unended']:.2f} | {n['mean_excess']:+.1f} | {q['generated_share']:.3f} / "
+                         f"{q['reference_share']:.3f} | {q['frequent_for_rare']:.2f} | {q['generated_repeats']:.2f} / "
+                         f"{q['reference_repeats']:.2f} | {r['forwards_per_block']:.2f} |")
+    masked = [res for res in results if res["loss_by_mask_ratio"]]
+    if masked:
+        ratios = list(masked[0]["loss_by_mask_ratio"])
+        lines += ["", "CE / accuracy / EOS accuracy of the denoiser on blocks with a fraction masked (the training "
+                  "forward, every block of every answer):", "",
+                  "| Talker | " + " | ".join(f"{float(r):.0%} masked" for r in ratios) + " |",
+                  "|---|" + "---|" * len(ratios)]
+        for res in masked:
+            cells = [f"{m['ce']:.2f} / {m['accuracy']:.2f} / {m['eos_accuracy']:.2f}"
+                     for m in res["loss_by_mask_ratio"].values()]
+            lines.append(f"| {res['talker']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: list[dict], path: Path):
+    fig = Figure(figsize=(13, 4))
+    axes = fig.subplots(1, 3)
+    for i, res in enumerate(results):
+        color = f"C{i % 10}"
+        if res["loss_by_mask_ratio"]:
+            ratios = [float(r) for r in res["loss_by_mask_ratio"]]
+            for ax, key in ((axes[0], "ce"), (axes[1], "accuracy")):
+                ax.plot(ratios, [m[key] for m in res["loss_by_mask_ratio"].values()], marker="o", color=color,
+                        label=res["talker"])
+        first = res["rows"][0]
+        axes[2].plot(range(len(first["position"])), first["position"], marker="o", color=color,
+                     label=f"{res['talker']} {first['sampler']}")
+    for ax, name in zip(axes, ("CE on masked tokens", "accuracy on masked tokens", "unit accuracy")):
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0].set_xlabel("fraction of each block masked (1 = what a 1-step sampler sees)")
+    axes[1].set_xlabel("fraction of each block masked")
+    axes[2].set_xlabel("position inside the block (anchors first)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--demo", default="runs/demo")
+    parser.add_argument("--out", default="runs/diagnosis")
+    parser.add_argument("--corpus", default="data/embedded")
+    parser.add_argument("--talker", action="append", required=True, help="NAME=PATH[@STEP] (repeatable)")
+    parser.add_argument("--denoise-steps", default="1,4,16")
+    parser.add_argument("--ratios", default=",".join(map(str, RATIOS)))
+    parser.add_argument("--sampler-grid", action="store_true", help="MDM: calibrated confidence and early exit")
+    parser.add_argument("--eval-dialogues", type=int, default=24)
+    args = parser.parse_args(argv)
+    demo, out = Path(args.demo), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    corpus = json.loads((Path(args.corpus) / "corpus.json").read_text())
+    refs = references(demo, args.corpus, corpus, recipe.FULL, args.eval_dialogues)
+    with np.load(demo / "llm_states.npz") as f:
+        train_units = f["units"]
+    frequencies = np.bincount(train_units[train_units < corpus["units"]["k"]], minlength=corpus["units"]["k"])
+    results = []
+    for spec in args.talker:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            raise ConfigError(f"--talker {spec!r}: expected NAME=PATH[@STEP]")
+        params, cfg = load_talker(path)
+        results.append(diagnose(name, params, cfg, refs, frequencies, [int(s) for s in args.denoise_steps.split(",")],
+                                [float(r) for r in args.ratios.split(",")], args.sampler_grid))
+        print(markdown(results[-1:]))
+    device = f"{jax.devices()[0].device_kind} ({jax.devices()[0].platform}, {os.cpu_count()} cores)"
+    write_json(out / "diagnosis.json", {"device": device, "eval_dialogues": len(refs["units"]), "results": results})
+    (out / "diagnosis.md").write_text(markdown(results))
+    plot(results, out / "diagnosis.png")
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()
