@@ -28,16 +28,23 @@ from experiments.json_out import write_json
 from experiments.learning_curves import references
 from mdm_jax.config.overrides import ConfigError
 from mdm_jax.config.sampler import SamplerConfig
-from mdm_jax.config.train import TrainConfig
+from mdm_jax.config.train import TrainConfig, get_train_config
 from mdm_jax.convert.params_io import load_params
-from mdm_jax.eval.diagnostics import accuracy_by_position, frequency_bias, length_errors, loss_by_mask_ratio
+from mdm_jax.diffusion.masking import corrupt
+from mdm_jax.eval.diagnostics import (
+    accuracy_by_position,
+    block_mask_shares,
+    frequency_bias,
+    length_errors,
+    loss_by_mask_ratio,
+)
 from mdm_jax.eval.intervals import interval
 from mdm_jax.eval.metrics import decode_speech, unit_accuracy
 from mdm_jax.train.checkpointing import Checkpointer
+from mdm_jax.train.llm_states import StatesSource
 
 RATIOS = (0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 1.0)
-GRID = tuple((s, c, e) for s in (1, 2, 4, 8, 16) for c in ("max_prob", "calibrated") for e in (0.0, 0.9)
-             if not (s == 1 and (c, e) != ("max_prob", 0.0)))  # one step commits everything at once
+OPTIONS = (("calibrated", 0.0), ("max_prob", 0.9), ("calibrated", 0.9))  # (confidence, early exit) beside the default
 
 
 def load_talker(spec: str):
@@ -66,15 +73,15 @@ def diagnose(name: str, params, cfg, refs: dict, frequencies: np.ndarray, denois
     rows = []
     samplers = ([(cfg.sampler.method, SamplerConfig(method=cfg.sampler.method))] if method(cfg) != "mdm" else
                 [(f"S={s}", SamplerConfig(denoise_steps=s)) for s in denoise_steps])
-    if grid and method(cfg) == "mdm":
+    if grid and method(cfg) == "mdm":  # one step commits every token at once: the options change nothing there
         samplers += [(f"S={s} {c}{f' exit {e:g}' if e else ''}", SamplerConfig(denoise_steps=s, confidence=c,
                                                                              early_exit=e))
-                     for s, c, e in GRID if (s, c, e) != (s, "max_prob", 0.0)]
+                     for s in denoise_steps if s > 1 for c, e in OPTIONS]
     for label, sampler in samplers:
         speech = decode_speech(params, dataclasses.replace(cfg, sampler=sampler), refs["hidden"],
                                max_blocks=refs["max_blocks"])
         gen = speech["units"]
-        blocks = sum(-(-(len(u) + 1) // sd.block_size) for u in gen)
+        blocks = sum(min(-(-(len(u) + 1) // sd.block_size), refs["max_blocks"]) for u in gen)  # decoded
         by_pos = accuracy_by_position(gen, refs["units"], block_size=sd.block_size, anchors=sd.text_per_block)
         rows.append({"talker": name, "sampler": label, "method": method(cfg),
                      "unit_accuracy": interval(unit_accuracy(gen, refs["units"])["counts"]),
@@ -89,7 +96,26 @@ def diagnose(name: str, params, cfg, refs: dict, frequencies: np.ndarray, denois
     return {"talker": name, "rows": rows, "loss_by_mask_ratio": masked}
 
 
-def markdown(results: list[dict]) -> str:
+def masking_shares(specs: list[str], base: list[str], batches: int = 50) -> dict:
+    """'NAME[:key=value,...]' masking specs (`mask.strategy=NAME` plus overrides) -> `block_mask_shares`
+    over `batches` training batches of the LLM-states cache, each with its own noise draw."""
+    out = {}
+    for spec in specs:
+        name, _, keys = spec.partition(":")
+        cfg = get_train_config(recipe.PRESET, base + [f"mask.strategy={name}", *(k for k in keys.split(",") if k)])
+        sd, source = cfg.model.speech_decoder, StatesSource(cfg)
+        targets, valids = [], []
+        for i in range(batches):
+            batch = next(source)
+            noisy = corrupt(jax.random.key(i), batch["units"], batch["speech_valid"], cfg.mask,
+                            block_size=sd.block_size, mask_id=sd.mask_id)
+            targets.append(np.asarray(noisy.is_target))
+            valids.append(batch["speech_valid"])
+        out[spec] = block_mask_shares(np.concatenate(targets), np.concatenate(valids), block_size=sd.block_size)
+    return out
+
+
+def markdown(results: list[dict], maskings: dict | None = None) -> str:
     f = lambda x: f"{x['value']:.3f} [{x['lo']:.3f}, {x['hi']:.3f}]"  # noqa: E731
     lines = ["| Talker | sampler | unit acc | anchor positions | other positions | length ratio | longer / "
              "shorter / unended | mean excess units | frequent-unit share gen / ref | frequent for rare | "
@@ -113,6 +139,13 @@ def markdown(results: list[dict]) -> str:
             cells = [f"{m['ce']:.2f} / {m['accuracy']:.2f} / {m['eos_accuracy']:.2f}"
                      for m in res["loss_by_mask_ratio"].values()]
             lines.append(f"| {res['talker']} | " + " | ".join(cells) + " |")
+    if maskings:
+        lines += ["", "What each masking trains on (blocks of the training batches holding a valid token):", "",
+                  "| masking | fully masked blocks | clean blocks (no loss) | mean masked fraction | blocks >= 90 % "
+                  "masked |", "|---|---|---|---|---|"]
+        for spec, m in maskings.items():
+            lines.append(f"| {spec} | {m['fully_masked']:.3f} | {m['clean']:.3f} | {m['mean']:.2f} | "
+                         f"{m['histogram'][-1]:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -148,8 +181,11 @@ def main(argv=None):
     parser.add_argument("--talker", action="append", required=True, help="NAME=PATH[@STEP] (repeatable)")
     parser.add_argument("--denoise-steps", default="1,4,16")
     parser.add_argument("--ratios", default=",".join(map(str, RATIOS)))
-    parser.add_argument("--sampler-grid", action="store_true", help="MDM: calibrated confidence and early exit")
+    parser.add_argument("--sampler-grid", action="store_true",
+                        help="MDM: calibrated confidence and early exit at each of --denoise-steps > 1")
     parser.add_argument("--eval-dialogues", type=int, default=24)
+    parser.add_argument("--maskings", default="bernoulli;hierarchical",
+                        help="maskings NAME[:key=value,...], separated by ;, whose block noise levels are tabled")
     args = parser.parse_args(argv)
     demo, out = Path(args.demo), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -158,6 +194,9 @@ def main(argv=None):
     with np.load(demo / "llm_states.npz") as f:
         train_units = f["units"]
     frequencies = np.bincount(train_units[train_units < corpus["units"]["k"]], minlength=corpus["units"]["k"])
+    base = recipe.model_overrides(corpus, recipe.FULL) + recipe.data_overrides(args.corpus, recipe.FULL)
+    maskings = masking_shares([m for m in args.maskings.split(";") if m],
+                              base + [f"data.llm_states={demo / 'llm_states.npz'}"])
     results = []
     for spec in args.talker:
         name, sep, path = spec.partition("=")
@@ -168,10 +207,11 @@ def main(argv=None):
                                 [float(r) for r in args.ratios.split(",")], args.sampler_grid))
         print(markdown(results[-1:]))
     device = f"{jax.devices()[0].device_kind} ({jax.devices()[0].platform}, {os.cpu_count()} cores)"
-    write_json(out / "diagnosis.json", {"device": device, "eval_dialogues": len(refs["units"]), "results": results})
-    (out / "diagnosis.md").write_text(markdown(results))
+    write_json(out / "diagnosis.json", {"device": device, "eval_dialogues": len(refs["units"]), "results": results,
+                                        "maskings": maskings})
+    (out / "diagnosis.md").write_text(markdown(results, maskings))
     plot(results, out / "diagnosis.png")
-    print(markdown(results))
+    print(markdown(results, maskings))
 
 
 if __name__ == "__main__":

@@ -95,16 +95,21 @@ def parse_distill(text: str) -> tuple[str, list[int]]:
         raise ConfigError(f"--distill-from {text!r}: expected TALKER@STEP,STEP,...") from None
 
 
-def train_seconds(workdir: Path) -> dict[int, float]:
-    """step -> seconds of training up to it, from metrics.jsonl's step times (compilation left out)."""
-    out, total, last = {0: 0.0}, 0.0, 0
+def train_seconds(workdir: Path, steps) -> dict[int, float | None]:
+    """step -> seconds of training up to it, from metrics.jsonl's step times (compilation left out;
+    a step inside a logging interval takes that interval's time per step; None past the last log)."""
+    logged, last = [], 0  # (interval start, end, seconds per step)
     path = workdir / "metrics.jsonl"
     for line in path.read_text().splitlines() if path.exists() else []:
         m = json.loads(line)
-        if m["step"] <= last:  # a resumed run logs its first steps again
-            continue
-        total += m.get("step_time", 0.0) * (m["step"] - last)
-        out[m["step"]], last = total, m["step"]
+        if m["step"] > last:  # a resumed run logs its first steps again
+            logged.append((last, m["step"], m.get("step_time", 0.0)))
+            last = m["step"]
+    out = {}
+    for step in steps:
+        done = sum((end - start) * t for start, end, t in logged if end <= step)
+        part = [(step - start) * t for start, end, t in logged if start < step < end]
+        out[step] = done + sum(part) if step <= last else None
     return out
 
 
@@ -123,7 +128,7 @@ def evaluate(talker_: Talker, workdir: Path, refs: dict, denoise_steps: list[int
     cfg = TrainConfig.from_json((workdir / "train_config.json").read_text())
     ckpt = Checkpointer(workdir / "checkpoints", cfg.checkpoint)
     steps = sorted(ckpt.manager.all_steps())
-    seconds = train_seconds(workdir)
+    seconds = train_seconds(workdir, steps)
     for i, step in enumerate(steps):
         todo = [(label, s) for label, s in samplers(talker_.objective, denoise_steps) if (step, label) not in seen]
         if not todo:
@@ -132,7 +137,7 @@ def evaluate(talker_: Talker, workdir: Path, refs: dict, denoise_steps: list[int
         for label, sampler in todo:
             point = evaluate_point(params, dataclasses.replace(cfg.model, sampler=sampler), refs,
                                    judge=(len(steps) - 1 - i) % wer_every == 0)
-            point.update(talker=talker_.name, sampler=label, step=step, train_s=seconds.get(step),
+            point.update(talker=talker_.name, sampler=label, step=step, train_s=seconds[step],
                          teacher_step=talker_.teacher_step)
             log(f"{talker_.name} step {step} {label}: unit acc {point['unit_accuracy']['value']:.3f}, length "
                 f"{point['length_ratio']:.2f}" + (f", WER alone {point['wer_alone']['value']:.3f}"

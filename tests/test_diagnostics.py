@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 
 from mdm_jax.config.model import get_config
-from mdm_jax.eval.diagnostics import accuracy_by_position, frequency_bias, length_errors, loss_by_mask_ratio
+from mdm_jax.eval.diagnostics import (
+    accuracy_by_position,
+    block_mask_shares,
+    frequency_bias,
+    length_errors,
+    loss_by_mask_ratio,
+)
 from mdm_jax.model.vocalnet import random_params
 
 
@@ -54,3 +60,12 @@ def test_loss_by_mask_ratio_counts_and_eos():
     head = dict(params["head"], b=params["head"]["b"].at[sd.eos_id].set(1e4))
     out = loss_by_mask_ratio(dict(params, head=head), eos_wins, hiddens, units, (1.0,), jax.random.key(1), draws=1)
     assert out[1.0]["eos_accuracy"] == 1.0 and out[1.0]["accuracy"] == pytest.approx(2 / 29)
+
+
+def test_block_mask_shares():
+    valid = np.array([[1, 1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 0, 0, 0, 0]], bool)
+    target = np.array([[1, 1, 1, 1, 1, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0, 0]], bool)
+    m = block_mask_shares(target, valid, block_size=4, bins=4)  # blocks: 4/4, 1/2, 0/4 (the empty one left out)
+    assert m["fully_masked"] == pytest.approx(1 / 3) and m["clean"] == pytest.approx(1 / 3)
+    assert m["mean"] == pytest.approx(0.5)
+    assert m["histogram"] == pytest.approx([0, 0, 1 / 3, 1 / 3])  # 0.5 in [0.5, 0.75), 1.0 in [0.75, 1]

@@ -9,7 +9,9 @@
 - `length_errors`: how a Talker's lengths miss (too long, too short, never ending within the blocks
   decoded);
 - `frequency_bias`: whether the decoded units over-use the corpus's frequent units (the bias of
-  parallel commits that prior-calibrated confidence counters).
+  parallel commits that prior-calibrated confidence counters);
+- `block_mask_shares`: which noise levels a masking strategy trains blocks on (how often a block is
+  fully masked, as every block is at a sampler's first step).
 
 Each figure that is a ratio of per-dialogue counts comes as `intervals.Counts`, so it gets a 95 %
 interval like every other figure.
@@ -92,6 +94,20 @@ def frequency_bias(generated: Sequence[np.ndarray], references: Sequence[np.ndar
             "over_use": g_share / r_share if r_share else float("nan"),
             "frequent_for_rare": swapped / wrong if wrong else 0.0,
             "generated_repeats": repeats(generated), "reference_repeats": repeats(references)}
+
+
+def block_mask_shares(is_target, valid, *, block_size: int, bins: int = 10) -> dict:
+    """How a masking strategy noises blocks: is_target, valid (b, L) -> over blocks holding a valid
+    token: 'fully_masked' (share of blocks with every valid token masked: the state a sampler's first
+    step sees), 'clean' (none masked: no loss from that block), 'mean' masked fraction, and
+    'histogram' of the masked fraction in `bins` equal bins of [0, 1] (numpy's; clean blocks left out)."""
+    v = np.asarray(valid).reshape(valid.shape[0], -1, block_size).sum(-1)
+    m = np.asarray(is_target).reshape(valid.shape[0], -1, block_size).sum(-1)
+    fraction = (m / np.maximum(v, 1))[v > 0]
+    noised = fraction[fraction > 0]
+    histogram = np.histogram(noised, bins=bins, range=(0.0, 1.0))[0] if len(noised) else np.zeros(bins, int)
+    return {"fully_masked": float((fraction == 1).mean()), "clean": float((fraction == 0).mean()),
+            "mean": float(fraction.mean()), "histogram": (histogram / max(len(fraction), 1)).tolist()}
 
 
 def loss_by_mask_ratio(params, cfg: ModelConfig, hiddens: Sequence[np.ndarray], units: Sequence[np.ndarray],
