@@ -15,7 +15,7 @@ MDM at each `--denoise-steps`. Wall seconds are the training steps' own (metrics
 compilation, checkpoints and evaluation left out).
 
 `--variant NAME=BASE:key=value,...` adds a Talker: BASE's recipe plus those overrides (e.g.
-`mdm-eos=mdm-bernoulli:mask.after_eos=eos`). `--distill-from TALKER@S1,S2` runs the paper's
+`mdm-pad=mdm-bernoulli:mask.after_eos=pad`). `--distill-from TALKER@S1,S2` runs the paper's
 self-distillation (`experiments.recipe`, `--distill-updates`) from TALKER's checkpoints at those steps:
 the distilled Talker's quality against its teacher's age.
 

@@ -57,8 +57,27 @@ def test_quick_demo_reports_real_numbers_with_intervals_for_every_decoder(demo_r
         side = "worse" if diff["hi"] < 0 else "better" if diff["lo"] > 0 else "no difference called"
         part = report["verdict"].split("end-to-end WER")[0]
         assert re.search(f"{side} at [^;.]*{re.escape(r['label'])}", part), (r["label"], report["verdict"])
-    assert set(report["targets"]) == {"text_accuracy >= 0.6", "AR unit accuracy (alone) >= 0.3",
-                                      "AR WER (alone) <= 1.5 x reference-unit WER"}
+    assert set(report["targets"]) == set(demo.targets(rows, report["text_accuracy"]))
+    assert len(report["targets"]) == 9 and all(isinstance(v, bool) for v in report["targets"].values())
+    for r in mdm:  # the paired distillation effect, distilled minus stage 2 at the same steps
+        assert ("vs_undistilled" in r) == r["distilled"]
+
+
+def test_targets_compare_by_point_values_and_paired_intervals():
+    f = lambda v, lo=None, hi=None: {"value": v, "lo": v - 0.05 if lo is None else lo,  # noqa: E731
+                                     "hi": v + 0.05 if hi is None else hi}
+    rows = [{"label": "ar", "method": "ar", "unit_accuracy": f(0.9), "length_ratio": 1.0, "speedup_vs_ar": 1.0},
+            {"label": "mdm S=1", "method": "mdm", "unit_accuracy": f(0.7), "length_ratio": 1.04},
+            {"label": "mdm S=4", "method": "mdm", "unit_accuracy": f(0.86), "length_ratio": 0.97},
+            {"label": "mdm distilled S=1", "method": "mdm", "unit_accuracy": f(0.80), "length_ratio": 1.06,
+             "speedup_vs_ar": 4.5, "vs_undistilled": {"unit_accuracy": f(0.12, 0.01, 0.2)},
+             "vs_ar": {"wer": f(0.1, 0.02, 0.3)}}]
+    t = demo.targets(rows, f(0.7))
+    assert t["AR unit accuracy >= 0.85"] and t["MDM stage 2 S=4 unit accuracy >= 0.95 x AR"]  # 0.86 >= 0.855
+    assert t["distilled S=1 unit accuracy >= 0.90 x AR"] is False  # 0.80 < 0.81
+    assert t["distilled S=1 above stage 2 S=1 (paired interval > 0)"]
+    assert not t["distilled S=1 end-to-end WER not worse than AR (paired interval reaches <= 0)"]  # lo 0.02 > 0
+    assert t["distilled S=1 tokens/s >= 4 x AR"] and not t["every MDM row's length ratio within 1.00 +- 0.05"]
 
 
 def test_pooling_two_seeds_widens_nothing_it_should_not(demo_run):
