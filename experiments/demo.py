@@ -355,7 +355,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/demo")
     parser.add_argument("--preset", choices=sorted(recipe.BUDGETS), default="cpu",
-                        help="cpu: the 20-minute demo on 2 cores; quick: a ~3 min smoke run; gpu: bigger, for one GPU")
+                        help="cpu: the 35-minute demo on 2 cores; quick: a ~3 min smoke run; gpu: bigger, for one GPU")
     parser.add_argument("--quick", action="store_true", help="the same as --preset quick")
     parser.add_argument("--seeds", type=int, default=1, help="train and evaluate this many seeds, pooled")
     parser.add_argument("--corpus", help="corpus folder (default: data/embedded, or OUT/corpus with --quick)")

@@ -111,7 +111,10 @@ def masking_shares(specs: list[str], base: list[str], batches: int = 50) -> dict
                             block_size=sd.block_size, mask_id=sd.mask_id)
             targets.append(np.asarray(noisy.is_target))
             valids.append(batch["speech_valid"])
-        out[spec] = block_mask_shares(np.concatenate(targets), np.concatenate(valids), block_size=sd.block_size)
+        width = max(t.shape[1] for t in targets)  # bucketed batches differ in length: pad as invalid
+        padded = [np.concatenate([np.pad(x, ((0, 0), (0, width - x.shape[1]))) for x in xs])
+                  for xs in (targets, valids)]
+        out[spec] = block_mask_shares(*padded, block_size=sd.block_size)
     return out
 
 
@@ -128,6 +131,13 @@ def markdown(results: list[dict], maskings: dict | None = None) -> str:
                          f"{n['unended']:.2f} | {n['mean_excess']:+.1f} | {q['generated_share']:.3f} / "
                          f"{q['reference_share']:.3f} | {q['frequent_for_rare']:.2f} | {q['generated_repeats']:.2f} / "
                          f"{q['reference_repeats']:.2f} | {r['forwards_per_block']:.2f} |")
+    blocks = len(results[0]["rows"][0]["block"])  # the references' longest answer, in blocks
+    lines += ["", "Unit accuracy by block of the answer (each Talker's first sampler):", "",
+              "| Talker | sampler | " + " | ".join(f"block {i}" for i in range(blocks)) + " |",
+              "|---|---|" + "---|" * blocks]
+    for res in results:
+        r = res["rows"][0]
+        lines.append(f"| {r['talker']} | {r['sampler']} | " + " | ".join(f"{v:.2f}" for v in r["block"]) + " |")
     masked = [res for res in results if res["loss_by_mask_ratio"]]
     if masked:
         ratios = list(masked[0]["loss_by_mask_ratio"])

@@ -19,9 +19,11 @@ compilation, checkpoints and evaluation left out).
 self-distillation (`experiments.recipe`, `--distill-updates`) from TALKER's checkpoints at those steps:
 the distilled Talker's quality against its teacher's age.
 
-Writes OUT/curves.json (every evaluated point, the per-Talker plateau reading), OUT/curves.md and
-OUT/learning_curves.png. Each Talker trains and evaluates in OUT/<name> (curve.jsonl keeps evaluated
-points), so a rerun resumes where it stopped.
+Writes OUT/curves.json (every evaluated point, the per-Talker plateau reading), OUT/curves.md,
+OUT/learning_curves.png (the `--talkers`, distilled students as stars at their teacher's age) and
+OUT/learning_curves_all.png (every Talker and variant: one step, most steps, length ratio). Each
+Talker trains and evaluates in OUT/<name> (curve.jsonl keeps evaluated points), so a rerun resumes
+where it stopped.
 """
 
 from __future__ import annotations
@@ -213,12 +215,13 @@ def _fmt(f: dict | None) -> str:
     return "-" if f is None else f"{f['value']:.3f} [{f['lo']:.3f}, {f['hi']:.3f}]"
 
 
-def plot(points: list[dict], path: Path, header: dict):
-    """Unit accuracy and WER alone vs steps and vs training seconds, one line per Talker and sampler;
-    distilled Talkers as points at their teacher's age."""
+def plot(points: list[dict], path: Path, header: dict, talkers: set[str]):
+    """Unit accuracy and WER alone vs steps and vs training seconds, one line per Talker of `talkers`
+    and sampler; distilled Talkers as points at their teacher's age."""
     fig = Figure(figsize=(13, 9))
     axes = fig.subplots(2, 2)
-    curves = sorted({(p["talker"], p["sampler"]) for p in points if p["teacher_step"] is None})
+    curves = sorted({(p["talker"], p["sampler"]) for p in points
+                     if p["teacher_step"] is None and p["talker"] in talkers})
     colors = {c: f"C{i % 10}" for i, c in enumerate(curves)}
     for row, metric in enumerate(("unit_accuracy", "wer_alone")):
         for col, x in enumerate(("step", "train_s")):
@@ -248,6 +251,35 @@ def plot(points: list[dict], path: Path, header: dict):
     axes[0, 0].legend(fontsize=7)
     fig.suptitle(f"learning curves, 95 % intervals ({header['device']}, {header['eval_dialogues']} dialogues; "
                  "stars: distilled at the teacher's step)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def plot_variants(points: list[dict], path: Path, header: dict):
+    """Every Talker (recipe and variants) side by side: unit accuracy at one step (MDM), at the best of
+    the other samplers (MDM's most steps, AR, MTP) and the length ratio, vs training steps."""
+    fig = Figure(figsize=(16, 4.5))
+    axes = fig.subplots(1, 3)
+    names = sorted({p["talker"] for p in points if p["teacher_step"] is None})
+    for i, name in enumerate(names):
+        mine = [p for p in points if p["talker"] == name]
+        samplers = sorted({p["sampler"] for p in mine}, key=lambda s: int(s[2:]) if s.startswith("S=") else 0)
+        color, style = f"C{i % 10}", ("-", "--", ":")[i // 10 % 3]
+        for ax, sampler, metric in ((axes[0], "S=1", "unit_accuracy"), (axes[1], samplers[-1], "unit_accuracy"),
+                                    (axes[2], samplers[-1], "length_ratio")):
+            line = sorted((p["step"], p[metric]) for p in mine if p["sampler"] == sampler)
+            if line:
+                xs, ys = zip(*line)
+                ax.plot(xs, [y["value"] if isinstance(y, dict) else y for y in ys], marker="o", ms=2, color=color,
+                        linestyle=style, label=f"{name} {sampler}")
+    for ax, title in zip(axes, ("MDM at one step per block", "MDM at its most steps; AR; MTP",
+                                "length ratio (same samplers)")):
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("training steps")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    axes[0].set_ylabel("unit accuracy (Talker alone)")
+    fig.suptitle(f"every Talker and variant ({header['device']}, {header['eval_dialogues']} dialogues)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -306,7 +338,9 @@ def main(argv=None):
               "steps": args.steps, "every": args.every}
     write_json(out / "curves.json", {**header, "plateau": summary, "points": points})
     (out / "curves.md").write_text(markdown(points, summary, header))
-    plot(points, out / "learning_curves.png", header)
+    recipe_talkers = set(todo) - {parse_variant(v)[0] for v in args.variant}
+    plot(points, out / "learning_curves.png", header, recipe_talkers)
+    plot_variants(points, out / "learning_curves_all.png", header)
     print(markdown(points, summary, header))
 
 

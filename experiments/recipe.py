@@ -39,7 +39,7 @@ PRESET = "tiny"
 
 @dataclass(frozen=True)
 class Budget:
-    """Steps and sizes of one run: `FULL` is the 20-minute demo on 2 CPU cores, `QUICK` ~3 minutes,
+    """Steps and sizes of one run: `FULL` is the 35-minute demo on 2 CPU cores, `QUICK` ~3 minutes,
     `GPU` a bigger model and more steps for one H100/H200 (sized by arithmetic, not yet timed on one)."""
 
     corpus_n: int | None = None  # training dialogues (None: all)
@@ -52,8 +52,8 @@ class Budget:
     speech_lr: float = 2e-3
     bucket_window: int = 32  # stage II batches of similar answer length (`data.bucket_window`; 0: all padded)
     ar_train_steps: int = 1500  # each Talker to the plateau of its learning curve (README, "Learning curves")
-    mtp_train_steps: int = 1500
-    mdm_train_steps: int = 2500
+    mtp_train_steps: int = 1250
+    mdm_train_steps: int = 2000
     # stage 2 masking: the paper's global Bernoulli with gamma_g up to 1 instead of 0.8 (README: with 0.8 a block is
     # fully masked, as every block is at a sampler's first step, 2.4 % of the time; slower, 1-step far behind)
     mdm_options: tuple[str, ...] = ("mask.bernoulli_max=1.0",)

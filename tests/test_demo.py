@@ -58,7 +58,7 @@ def test_quick_demo_reports_real_numbers_with_intervals_for_every_decoder(demo_r
         part = report["verdict"].split("end-to-end WER")[0]
         assert re.search(f"{side} at [^;.]*{re.escape(r['label'])}", part), (r["label"], report["verdict"])
     assert set(report["targets"]) == set(demo.targets(rows, report["text_accuracy"]))
-    assert len(report["targets"]) == 9 and all(isinstance(v, bool) for v in report["targets"].values())
+    assert len(report["targets"]) == 8 and all(isinstance(v, bool) for v in report["targets"].values())
     for r in mdm:  # the paired distillation effect, distilled minus stage 2 at the same steps
         assert ("vs_undistilled" in r) == r["distilled"]
 

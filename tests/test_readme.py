@@ -13,8 +13,9 @@ README = (Path(__file__).parents[1] / "README.md").read_text()
 # process each. Any other command, or one with shell operators, runs in its own process.
 IN_PROCESS = ("mdm_jax.cli", "mdm_jax.train", "data_pipelines.corpus.build")
 # End-to-end runs that have their own tests: tests/test_demo.py runs experiments.demo, tests/test_sweep.py
-# experiments.sweep (both on the shared `demo_run` of tests/conftest.py).
-COVERED_ELSEWHERE = ("experiments.demo", "experiments.sweep")
+# experiments.sweep, tests/test_learning_curves.py the curves and the diagnosis (on the shared `demo_run`).
+COVERED_ELSEWHERE = ("experiments.demo", "experiments.sweep", "experiments.learning_curves",
+                     "experiments.diagnose_talker")
 
 
 def _blocks(lang):

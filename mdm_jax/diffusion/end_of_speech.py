@@ -1,11 +1,11 @@
 """What the last speech block holds after EOS (`mask.after_eos`), for the block-diffusion objectives.
 
 The sampler decodes whole blocks: the positions of the last block after EOS are masked inputs it
-sees and predicts like any other. `pad` (what the speech objectives had before) leaves them padding
-in training: never seen, never a target, so the model never learns what follows EOS inside a
-block, and its speech ran 10-20 % long. `eos` (LLaDA's fill, the default) repeats EOS to the end of
-its block and trains those positions like any unit: the block the sampler meets at the end of
-speech is a state the model was trained on.
+sees and predicts like any other. `pad` (the default) leaves them padding in training: never seen,
+never a target. `eos` (LLaDA's fill) repeats EOS to the end of its block and trains those
+positions like any unit, so the block the sampler meets at the end of speech is a trained state.
+Measured (README, "The Talker's quality"): with length-bucketed batches both end speech on time,
+and `pad` scored higher; the 10-20 % overlong speech came from fixed-shape batches, not from this.
 """
 
 from __future__ import annotations
