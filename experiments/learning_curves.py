@@ -20,10 +20,10 @@ self-distillation (`experiments.recipe`, `--distill-updates`) from TALKER's chec
 the distilled Talker's quality against its teacher's age.
 
 Writes OUT/curves.json (every evaluated point, the per-Talker plateau reading), OUT/curves.md,
-OUT/learning_curves.png (the `--talkers`, distilled students as stars at their teacher's age) and
-OUT/learning_curves_all.png (every Talker and variant: one step, most steps, length ratio). Each
-Talker trains and evaluates in OUT/<name> (curve.jsonl keeps evaluated points), so a rerun resumes
-where it stopped.
+OUT/learning_curves.png (the `--talkers` and the distillation teachers, distilled students as stars at
+their teacher's age) and OUT/learning_curves_all.png (every Talker and variant: one step, most steps,
+length ratio). Each Talker trains and evaluates in OUT/<name> (curve.jsonl keeps evaluated points), so
+a rerun resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -338,8 +338,8 @@ def main(argv=None):
               "steps": args.steps, "every": args.every}
     write_json(out / "curves.json", {**header, "plateau": summary, "points": points})
     (out / "curves.md").write_text(markdown(points, summary, header))
-    recipe_talkers = set(todo) - {parse_variant(v)[0] for v in args.variant}
-    plot(points, out / "learning_curves.png", header, recipe_talkers)
+    shown = set(todo) - {parse_variant(v)[0] for v in args.variant} | {name for name, _ in distill}
+    plot(points, out / "learning_curves.png", header, shown)
     plot_variants(points, out / "learning_curves_all.png", header)
     print(markdown(points, summary, header))
 

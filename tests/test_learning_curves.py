@@ -4,10 +4,14 @@ steps, each checkpoint evaluated with intervals, the wall-seconds axis from the 
 the plot and tables written; the diagnosis of an AR and an MDM Talker with the sampler options."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from experiments import diagnose_talker, learning_curves
+from experiments import learning_curves
 from mdm_jax.config.overrides import ConfigError
 
 
@@ -30,13 +34,21 @@ def test_train_seconds_skip_compilation_and_resumed_repeats(tmp_path):
         0: 0.0, 5: 2.5, 10: 5.0, 20: 7.5, 25: 12.5, 30: 17.5, 40: None}
 
 
+def _cli(module: str, args: list[str]):
+    """`python -m module args` as a user runs it, in its own process: XLA's CPU compiler segfaulted
+    compiling the distillation step late in the full suite's process (twice), not in shorter runs."""
+    done = subprocess.run([sys.executable, "-m", module, *args], cwd=Path(__file__).parents[1], capture_output=True,
+                          text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+
+
 def test_quick_curves_and_diagnosis(demo_run, tmp_path):
     out = tmp_path / "curves"
     corpus = str(demo_run / "corpus")
-    learning_curves.main(["--demo", str(demo_run), "--out", str(out), "--corpus", corpus, "--quick",
-                          "--talkers", "ar", "--variant", "mdm-eos=mdm-bernoulli:mask.after_eos=eos",
-                          "--steps", "4", "--every", "2", "--distill-from", "mdm-eos@2", "--distill-updates", "2",
-                          "--denoise-steps", "1", "--eval-dialogues", "2"])
+    _cli("experiments.learning_curves", [
+        "--demo", str(demo_run), "--out", str(out), "--corpus", corpus, "--quick", "--talkers", "ar",
+        "--variant", "mdm-eos=mdm-bernoulli:mask.after_eos=eos", "--steps", "4", "--every", "2",
+        "--distill-from", "mdm-eos@2", "--distill-updates", "2", "--denoise-steps", "1", "--eval-dialogues", "2"])
     result = json.loads((out / "curves.json").read_text())
     points = result["points"]
     by = {(p["talker"], p["step"]) for p in points}
@@ -53,10 +65,11 @@ def test_quick_curves_and_diagnosis(demo_run, tmp_path):
     assert "| mdm-eos | S=1 |" in (out / "curves.md").read_text()
 
     diag = tmp_path / "diagnosis"
-    diagnose_talker.main(["--demo", str(demo_run), "--out", str(diag), "--corpus", corpus, "--eval-dialogues", "2",
-                          "--talker", f"ar={out / 'ar'}", "--talker", f"mdm={out / 'mdm-eos'}@2",
-                          "--talker", f"distilled={demo_run / 'distill' / 'params'}", "--denoise-steps", "1,2",
-                          "--ratios", "0.5,1.0", "--sampler-grid"])
+    _cli("experiments.diagnose_talker", [
+        "--demo", str(demo_run), "--out", str(diag), "--corpus", corpus, "--eval-dialogues", "2",
+        "--talker", f"ar={out / 'ar'}", "--talker", f"mdm={out / 'mdm-eos'}@2",
+        "--talker", f"distilled={demo_run / 'distill' / 'params'}", "--denoise-steps", "1,2", "--ratios", "0.5,1.0",
+        "--sampler-grid"])
     results = {r["talker"]: r for r in json.loads((diag / "diagnosis.json").read_text())["results"]}
     assert results["ar"]["loss_by_mask_ratio"] is None and [r["sampler"] for r in results["ar"]["rows"]] == ["ar"]
     samplers = [r["sampler"] for r in results["mdm"]["rows"]]
