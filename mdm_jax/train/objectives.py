@@ -15,9 +15,10 @@ decoder is least sure of on the fully masked input: a per-sample function of the
 is the same on every mesh. Losses are normalised over the global batch: every per-shard
 mean goes through `data_mean` inside the differentiated function (a local loss with grads
 averaged afterwards gives grads times the 'data' size under shard_map(check_vma=True)). Every
-objective reports the global count its loss averages over (`LOSS_TOKENS`), so accumulated
-micro-batches of different lengths weigh as one batch would (MTP, a sum of per-head means, is
-weighted by its first head's count).
+objective reports the global count its loss averages over (`LOSS_TOKENS`) and each metric's own
+count (`COUNTS`), so accumulated micro-batches of different lengths weigh as one batch would.
+MTP, a sum of per-head means over different counts, rescales each head's term by the whole batch's
+per-head counts (`prepare` records them) so that weighting by its first head's count is exact.
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ from mdm_jax.train.optimizer import combine
 CONFIDENCE_MASKING = "sampler_states_confidence"  # sampler_states, least confident tokens masked
 # metric: the tokens (all data shards) the loss is a mean over; gradient accumulation weights micro-batches by it
 LOSS_TOKENS = "loss_tokens"
+# metric: {metric name: the global count it is a mean over} where that is not LOSS_TOKENS; the step pops it
+COUNTS = "counts"
+# batch leaf from `prepare` for MTP: (b, 1 + heads), every row the whole batch's target count per head
+MTP_COUNTS = "mtp_counts"
 
 
 def data_sum(x):
@@ -71,11 +76,15 @@ def data_mean(x, count):
 
 
 def prepare(batch: dict, key, cfg: TrainConfig) -> dict:
-    """Adds the random inputs of the global batch: `streaming` (b,) and, for MDM, the corruption;
-    block diffusion (MDM, distillation) with `mask.after_eos=eos` also fills the last block with EOS."""
+    """Adds the random inputs of the global batch: `streaming` (b,); for MDM, the corruption; for MTP,
+    the whole batch's counts per head (`MTP_COUNTS`). Block diffusion (MDM, distillation) with
+    `mask.after_eos=eos` also fills the last block with EOS."""
     k_stream, k_mask = jax.random.split(key)
     batch = dict(batch, streaming=draw_streaming(k_stream, batch["units"].shape[0], cfg.stage.streaming_prob))
     sd = cfg.model.speech_decoder
+    if cfg.stage.name == "speech" and cfg.stage.objective == "mtp":  # head k predicts unit i + k: valid[:, k:]
+        counts = jnp.stack([batch["speech_valid"][:, k:].sum() for k in range(1 + sd.mtp_modules)])
+        batch[MTP_COUNTS] = jnp.broadcast_to(counts, (batch["units"].shape[0], *counts.shape))
     mdm = cfg.stage.name == "speech" and cfg.stage.objective == "mdm"
     if (mdm or cfg.stage.name == "distill") and cfg.mask.after_eos == "eos":
         units, valid = fill_after_eos(batch["units"], batch["speech_valid"], block_size=sd.block_size, eos_id=sd.eos_id)
@@ -139,7 +148,7 @@ def speech_inputs(params, batch, cfg: TrainConfig) -> dict:
         "streaming": batch["streaming"],
         "units": batch["units"],
         "speech_valid": batch["speech_valid"],
-        **{k: v for k, v in batch.items() if k.startswith("noisy_")},
+        **{k: v for k, v in batch.items() if k.startswith("noisy_") or k == MTP_COUNTS},
     }
 
 
@@ -155,8 +164,10 @@ def speech_objective(params, batch, cfg: TrainConfig):
         loss, m = mdm_loss(logits, units, noisy, valid, elbo=cfg.mask.elbo)
         n = valid.sum() if cfg.mask.elbo else m["num_targets"]
         loss = data_mean(loss, n)
+        targets = data_sum(m["num_targets"])
         return loss, {"mdm/loss": loss, "mdm/accuracy": data_mean(m["accuracy"], m["num_targets"]),
-                      "mdm/ce": data_mean(m["ce"], m["num_targets"]), LOSS_TOKENS: data_sum(n)}
+                      "mdm/ce": data_mean(m["ce"], m["num_targets"]), LOSS_TOKENS: data_sum(n),
+                      COUNTS: {"mdm/accuracy": targets, "mdm/ce": targets}}
 
     b = units.shape[0]
     tokens = jnp.concatenate([jnp.full((b, 1), sd.sos_id, units.dtype), units], axis=1)
@@ -174,13 +185,18 @@ def speech_objective(params, batch, cfg: TrainConfig):
         loss = data_mean(loss, n)
         return loss, {"ar/loss": loss, "ar/accuracy": data_mean(m["accuracy"], n), LOSS_TOKENS: data_sum(n)}
     _, m = mtp_loss([logits, *mtp_logits], tokens, tokens_valid, decay=cfg.stage.mtp_decay)
-    metrics, loss = {}, 0.0
+    whole = batch[MTP_COUNTS][0].astype(jnp.float32)  # (1 + heads,) over every micro-batch and shard
+    first = data_sum(tokens_valid[:, 1:].sum()).astype(jnp.float32)
+    metrics, counts, loss = {}, {}, 0.0
     for k in range(1 + heads):  # each head is a mean over its own targets: combine shards per head
         n = tokens_valid[:, k + 1:].sum()
         metrics[f"mtp/ce_{k}"] = data_mean(m[f"ce_{k}"], n)
         metrics[f"mtp/accuracy_{k}"] = data_mean(m[f"accuracy_{k}"], n)
-        loss = loss + cfg.stage.mtp_decay**k * metrics[f"mtp/ce_{k}"]
-    return loss, {"mtp/loss": loss, **metrics, LOSS_TOKENS: data_sum(tokens_valid[:, 1:].sum())}
+        counts[f"mtp/ce_{k}"] = counts[f"mtp/accuracy_{k}"] = n = data_sum(n)
+        # head k's share of the whole batch's head-k mean, over the step's weight first / whole[0]
+        share = (n / jnp.maximum(1.0, whole[k])) * (whole[0] / jnp.maximum(1.0, first))
+        loss = loss + cfg.stage.mtp_decay**k * share * metrics[f"mtp/ce_{k}"]
+    return loss, {"mtp/loss": loss, **metrics, LOSS_TOKENS: first, COUNTS: counts}
 
 
 def confidence_corruption(params, denoise, batch, cfg: TrainConfig) -> Corruption:

@@ -126,10 +126,12 @@ def make_train_step(cfg: TrainConfig, optimizer: optax.GradientTransformation, m
         trained, frozen = partition(state.trainable, cfg.stage)
         (grads, tokens), (losses, metrics) = lax.scan(
             accumulate, (jax.tree.map(jnp.zeros_like, trained), jnp.float32(0)), (jnp.arange(accum), micro))
-        weights = metrics[objectives.LOSS_TOKENS] / jnp.maximum(tokens, 1.0)  # (accum,)
         grads = jax.tree.map(lambda g: g / jnp.maximum(tokens, 1.0), grads)
         grads = combine(grads, jax.tree.map(jnp.zeros_like, frozen))  # zeros that `set_to_zero` never reads
-        loss, metrics = (losses * weights).sum(), jax.tree.map(lambda m: (m * weights).sum(), metrics)
+        counts = metrics.pop(objectives.COUNTS, {})
+        mean = lambda m, n: (m * n).sum() / jnp.maximum(n.sum(), 1.0)  # over micro-batches, n (accum,) weights
+        loss = mean(losses, metrics[objectives.LOSS_TOKENS])
+        metrics = {k: mean(m, counts.get(k, metrics[objectives.LOSS_TOKENS])) for k, m in metrics.items()}
         metrics[objectives.LOSS_TOKENS] = tokens
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
