@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 
 import numpy as np
 import soundfile as sf
@@ -33,10 +34,12 @@ def load_audio(
       (samples,) float32 at 16 kHz, and the notes on fixes applied.
 
     Raises:
-      BadRecordError: missing, corrupt, empty, non-finite, wrong rate, multi-channel or too long.
+      BadRecordError: missing, corrupt, truncated, empty, non-finite, wrong rate, multi-channel or too long.
     """
     if not os.path.isfile(path):
         raise BadRecordError(record, Reason.MISSING_FILE, path)
+    if missing := wav_bytes_missing(path):  # libsndfile reads a cut-off WAV as a shorter, complete one
+        raise BadRecordError(record, Reason.TRUNCATED_AUDIO, f"{missing} bytes of its data chunk missing: {path}")
     try:
         with sf.SoundFile(path) as f:
             rate, channels, frames = f.samplerate, f.channels, f.frames
@@ -45,6 +48,8 @@ def load_audio(
             audio = f.read(dtype="float32", always_2d=True)  # (samples, channels)
     except RuntimeError as e:  # sf.LibsndfileError is a RuntimeError
         raise BadRecordError(record, Reason.CORRUPT_AUDIO, f"{path}: {e}") from e
+    if len(audio) < frames:
+        raise BadRecordError(record, Reason.TRUNCATED_AUDIO, f"{len(audio)} of {frames} frames: {path}")
     if len(audio) * SAMPLE_RATE < N_FFT * rate:
         raise BadRecordError(record, Reason.EMPTY_AUDIO, f"{len(audio)} samples at {rate} Hz: {path}")
     notes = set()
@@ -61,3 +66,24 @@ def load_audio(
         audio = soxr.resample(audio, rate, SAMPLE_RATE).astype(np.float32)
         notes.add(Note.RESAMPLED)
     return audio, frozenset(notes)
+
+
+def wav_bytes_missing(path: str) -> int:
+    """How many bytes a RIFF/WAVE file's `data` chunk declares beyond the file's end (0 if whole, or not a WAV).
+
+    A streamed WAV whose writer never knew the length declares 0 or 0xFFFFFFFF: read as whole.
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        header = f.read(12)
+        if header[:4] != b"RIFF" or header[8:12] != b"WAVE":
+            return 0
+        offset = 12
+        while offset + 8 <= size:
+            f.seek(offset)
+            chunk, length = struct.unpack("<4sI", f.read(8))
+            if chunk == b"data":
+                available = size - offset - 8
+                return 0 if length in (0, 0xFFFFFFFF) else max(0, length - available)
+            offset += 8 + length + (length & 1)  # chunks are word-aligned
+    return 0

@@ -21,11 +21,13 @@ class Reason(str, enum.Enum):
     MALFORMED = "malformed_record"  # JSON that does not parse, or a field missing or of the wrong type
     MISSING_FILE = "missing_file"
     CORRUPT_AUDIO = "corrupt_audio"
+    TRUNCATED_AUDIO = "truncated_audio"  # the header promises more audio than the file holds (a cut-off copy)
     EMPTY_AUDIO = "empty_audio"  # shorter than one 25 ms analysis window
     NON_FINITE = "non_finite_audio"
     SAMPLE_RATE = "wrong_sample_rate"
     STEREO = "stereo"
     TOO_LONG = "too_long"
+    TOO_BIG = "too_big"  # an upload over the server's byte limit
     EMPTY_TEXT = "empty_text"
     UNITS_OUT_OF_RANGE = "units_out_of_range"
 

@@ -4,11 +4,14 @@ it block by block.
     python -m mdm_jax.serve --model runs/demo/model.json          # then open http://127.0.0.1:8000
 
 One Starlette app on 127.0.0.1: GET / is the page (`static/voice.html`); the page sends the question's
-audio file (any format libsndfile reads; the page records WAV) over the WebSocket /answer and receives
-JSON messages: `accepted` (the question's seconds), one `block` per speech block (text so far, units,
-its audio as a base64 16-bit WAV, stage times), then `done`; a bad upload gets one `error` (not audio,
-too long, too big, empty; other rates are resampled) and the server keeps serving. Requests share one
-model and run one at a time (a lock): the page is for a person, not a fleet.
+audio file (any format libsndfile reads; the page records WAV) as one binary message over the WebSocket
+/answer and receives JSON messages: `accepted` (the question's seconds), one `block` per speech block
+(text so far, units, its audio as a base64 16-bit WAV, stage times), then `done`. A bad request gets
+one `error` in words (a text message instead of the file, not audio, cut short, too long, too big,
+empty; other rates are resampled) and the server keeps serving. The WebSocket layer takes messages up
+to twice `--max-bytes`, so the app's own size check answers; a message beyond that is closed with
+code 1009, which the page explains (it also checks the size before sending). Requests share one model
+and run one at a time (a lock): the page is for a person, not a fleet.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.responses import HTMLResponse
 from starlette.routing import Route, WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
 
 from data_pipelines.audio import load_audio
 from data_pipelines.features import SAMPLE_RATE
@@ -40,7 +43,7 @@ from mdm_jax.decode.streaming import StreamChunk, spoken_question, stream
 from mdm_jax.vocoder.load import load_token2wav
 
 PAGE = Path(__file__).parent / "static" / "voice.html"
-MAX_UPLOAD_BYTES = 16 * 2**20
+MAX_BYTES = 16 * 2**20  # default upload limit
 
 
 @dataclass
@@ -55,13 +58,15 @@ class VoiceModel:
     max_seconds: float
     max_text_tokens: int
     max_blocks: int
+    max_bytes: int
 
     @classmethod
-    def load(cls, path: str, max_seconds: float = 30.0, max_text_tokens: int = 64, max_blocks: int = 16):
+    def load(cls, path: str, max_seconds: float = 30.0, max_text_tokens: int = 64, max_blocks: int = 16,
+             max_bytes: int = MAX_BYTES):
         model = json.loads(Path(path).read_text())
         params, cfg = load_model(model["params"], [])
         return cls(params, cfg, load_tokenizer(model["tokenizer"]), model["template"],
-                   load_token2wav(model["token2wav"]), max_seconds, max_text_tokens, max_blocks)
+                   load_token2wav(model["token2wav"]), max_seconds, max_text_tokens, max_blocks, max_bytes)
 
     def audio(self, data: bytes) -> np.ndarray:
         """An uploaded file's bytes -> 16 kHz mono float32; BadRecordError (the reason in words) if unusable."""
@@ -87,33 +92,44 @@ class VoiceModel:
                 "times": chunk.times}
 
 
-def refusal(e: BadRecordError, max_seconds: float) -> str:
+def refusal(e: BadRecordError, model: VoiceModel) -> str:
     """Why an upload was refused, in words for the page."""
     why = {Reason.CORRUPT_AUDIO: "it is not an audio file (libsndfile cannot read it)",
+           Reason.TRUNCATED_AUDIO: "it is cut short (its header promises more audio than arrived)",
            Reason.MISSING_FILE: "it is empty", Reason.EMPTY_AUDIO: "it holds no sound",
-           Reason.TOO_LONG: f"it is too long (at most {max_seconds:g} s)",
+           Reason.TOO_LONG: f"it is too long (at most {model.max_seconds:g} s)",
+           Reason.TOO_BIG: f"it is too big ({e.detail})", Reason.MALFORMED: e.detail,
            Reason.NON_FINITE: "it holds NaN or infinite samples"}.get(e.reason, e.reason.value.replace("_", " "))
     return f"Refused: {why}."
+
+
+def upload(message: dict, model: VoiceModel) -> np.ndarray:
+    """One received WebSocket message -> the question's audio; BadRecordError naming what is wrong."""
+    data = message.get("bytes")
+    if data is None:
+        raise BadRecordError("the upload", Reason.MALFORMED, "send the question's audio file as one binary "
+                             "message, not a text message")
+    if len(data) > model.max_bytes:
+        raise BadRecordError("the upload", Reason.TOO_BIG, f"{len(data)} bytes, at most {model.max_bytes}")
+    return model.audio(data)
 
 
 def create_app(model: VoiceModel, warmup: tuple[float, ...] = (1.0, 2.5, 5.0)) -> Starlette:
     lock = asyncio.Lock()
 
     async def page(request):
-        return HTMLResponse(PAGE.read_text())
+        return HTMLResponse(PAGE.read_text().replace("{{max_bytes}}", str(model.max_bytes)))
 
     async def answer(ws: WebSocket):
         await ws.accept()
-        try:
-            data = await ws.receive_bytes()
-            if len(data) > MAX_UPLOAD_BYTES:
-                raise BadRecordError("the upload", Reason.TOO_LONG, f"{len(data)} bytes > {MAX_UPLOAD_BYTES}")
-            audio = model.audio(data)
-        except BadRecordError as e:
-            await ws.send_json({"type": "error", "message": refusal(e, model.max_seconds)})
-            await ws.close()
+        message = await ws.receive()
+        if message["type"] == "websocket.disconnect":  # gone before sending anything
             return
-        except (WebSocketDisconnect, KeyError):  # gone, or sent text instead of a file
+        try:
+            audio = upload(message, model)
+        except BadRecordError as e:
+            await ws.send_json({"type": "error", "message": refusal(e, model)})
+            await ws.close()
             return
         await ws.send_json({"type": "accepted", "seconds": len(audio) / SAMPLE_RATE})
         async with lock:  # one model, one request at a time
@@ -157,11 +173,13 @@ def main(argv=None):
     parser.add_argument("--max-seconds", type=float, default=30.0, help="longer questions are refused")
     parser.add_argument("--max-text-tokens", type=int, default=64)
     parser.add_argument("--max-blocks", type=int, default=16)
+    parser.add_argument("--max-bytes", type=int, default=MAX_BYTES, help="larger uploads are refused")
     parser.add_argument("--warmup", default="1,2.5,5", help="question seconds compiled at start (their buckets)")
     args = parser.parse_args(argv)
-    model = VoiceModel.load(args.model, args.max_seconds, args.max_text_tokens, args.max_blocks)
+    model = VoiceModel.load(args.model, args.max_seconds, args.max_text_tokens, args.max_blocks, args.max_bytes)
     warmup = tuple(float(s) for s in args.warmup.split(",") if s)
-    uvicorn.run(create_app(model, warmup), host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(create_app(model, warmup), host=args.host, port=args.port, log_level="warning",
+                ws_max_size=2 * args.max_bytes)  # room for the app's own check to answer an oversize upload
 
 
 if __name__ == "__main__":

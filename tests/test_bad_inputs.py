@@ -26,6 +26,7 @@ EXPECTED = {  # id -> outcome
     "rate8k": "ok",  # resampled
     "missing": "missing_file",
     "corrupt": "corrupt_audio",
+    "truncated": "truncated_audio",  # a WAV cut off after its header: libsndfile would read what is there
     "empty_audio": "empty_audio",
     "nan": "non_finite_audio",
     "long": "too_long",
@@ -46,6 +47,7 @@ def _write_corpus(folder, ids=tuple(EXPECTED)) -> str:
     nan[100] = np.nan
     sf.write(folder / "nan.wav", nan, 16_000, subtype="FLOAT")
     (folder / "corrupt.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(range(200)))
+    (folder / "truncated.wav").write_bytes((folder / "good.wav").read_bytes()[:20_000])
 
     def line(id_, wav="good.wav", text="four", units=(1, 2, 3)):
         return json.dumps({"id": id_, "user_audio": wav, "assistant_text": text, "assistant_units": list(units)})
@@ -56,6 +58,7 @@ def _write_corpus(folder, ids=tuple(EXPECTED)) -> str:
         "rate8k": line("rate8k", "rate8k.wav"),
         "missing": line("missing", "nowhere.wav"),
         "corrupt": line("corrupt", "corrupt.wav"),
+        "truncated": line("truncated", "truncated.wav"),
         "empty_audio": line("empty_audio", "empty.wav"),
         "nan": line("nan", "nan.wav"),
         "long": line("long", "long.wav"),
@@ -93,12 +96,12 @@ def test_default_mode_skips_counts_and_lists(tmp_path, tokenizer):
     for e in listed:
         id_ = next(i for i, r in EXPECTED.items() if r == e["reason"])
         assert id_ in e["record"] or e["reason"] == "malformed_record"
-    assert any(e["record"] == f"{path}:11" for e in listed)  # the malformed line is named by its line number
+    assert any(e["record"] == f"{path}:12" for e in listed)  # the malformed line is named by its line number
 
 
 @pytest.mark.parametrize(
     "id_",
-    ["missing", "corrupt", "empty_audio", "nan", "long", "empty_text", "units", "broken"],
+    ["missing", "corrupt", "truncated", "empty_audio", "nan", "long", "empty_text", "units", "broken"],
 )
 def test_strict_mode_names_record_and_reason(tmp_path, tokenizer, id_):
     path = _write_corpus(tmp_path, ("good", id_))

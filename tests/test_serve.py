@@ -1,7 +1,8 @@
 """The local voice page (`python -m mdm_jax.serve`) on 127.0.0.1 with the quick demo's model: bad
-uploads are refused in words while the server keeps serving, 20 concurrent requests all complete, and
-a real headless browser (Debian's chromium, driven by Playwright) uploads a question, sees the text
-stream in and receives the first audio block."""
+requests (not audio, cut short, too long, too big, a text message) are refused in words while the
+server keeps serving, 20 concurrent requests all complete, and a real headless browser (Debian's
+chromium, driven by Playwright) uploads a question, sees the text stream in and receives the first
+audio block, and shows a too-big file and a dropped connection in words."""
 
 import asyncio
 import io
@@ -20,6 +21,7 @@ import soundfile as sf
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
+MAX_BYTES = 1_000_000  # the server's upload limit here; its WebSocket layer takes messages up to twice that
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +32,8 @@ def server(demo_run, tmp_path_factory):
     log_path = tmp_path_factory.mktemp("serve") / "serve.log"
     log = open(log_path, "w")
     proc = subprocess.Popen([sys.executable, "-m", "mdm_jax.serve", "--model", str(demo_run / "model.json"),
-                             "--port", str(port), "--max-blocks", "2", "--max-text-tokens", "8", "--warmup", "2"],
+                             "--port", str(port), "--max-blocks", "2", "--max-text-tokens", "8", "--warmup", "2",
+                             "--max-bytes", str(MAX_BYTES)],
                             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 300
     while True:  # the page answers once the model is loaded and compiled (startup warm-up)
@@ -56,26 +59,50 @@ def _wav_bytes(audio, rate) -> bytes:
     return buffer.getvalue()
 
 
-async def _ask(url: str, data: bytes) -> list[dict]:
+async def _ask(url: str, data: bytes | str, close_code: int = 1000) -> list[dict]:
+    """Sends one message (bytes: binary, str: text) -> the server's messages, having checked its close code."""
     from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
 
     async with connect(url.replace("http", "ws") + "/answer", max_size=None, open_timeout=60) as ws:
-        await ws.send(data)
         messages = []
-        async for raw in ws:
-            messages.append(json.loads(raw))
+        try:
+            await ws.send(data)
+            async for raw in ws:
+                messages.append(json.loads(raw))
+        except ConnectionClosed:
+            pass
+        assert ws.close_code == close_code, (ws.close_code, ws.close_reason, messages)
         return messages
 
 
 def test_bad_uploads_are_refused_and_the_server_keeps_serving(server):
     refused = asyncio.run(_ask(server["url"], b"this is not audio"))
     assert refused == [{"type": "error", "message": "Refused: it is not an audio file (libsndfile cannot read it)."}]
-    long = asyncio.run(_ask(server["url"], _wav_bytes(np.zeros(16_000 * 40, np.float32), 16_000)))
+    long = asyncio.run(_ask(server["url"], _wav_bytes(np.zeros(8_000 * 40, np.float32), 8_000)))  # < MAX_BYTES
     assert [m["type"] for m in long] == ["error"] and "too long (at most 30 s)" in long[0]["message"]
     audio, rate = sf.read(server["wav"], dtype="float32")
     resampled = asyncio.run(_ask(server["url"], _wav_bytes(audio[::2], rate // 2)))  # 8 kHz: resampled
     assert resampled[0]["type"] == "accepted" and resampled[0]["seconds"] == pytest.approx(len(audio) / rate, 0.01)
     assert resampled[-1]["type"] == "done" and any(m.get("audio") for m in resampled)
+    assert server["proc"].poll() is None
+
+
+@pytest.mark.parametrize("request_, words", [
+    ("hello", "Refused: send the question's audio file as one binary message, not a text message."),
+    ('{"audio": "UklGRg=="}', "Refused: send the question's audio file as one binary message, not a text message."),
+    ("cut", "Refused: it is cut short (its header promises more audio than arrived)."),
+    ("over", f"Refused: it is too big ({MAX_BYTES + 1} bytes, at most {MAX_BYTES})."),
+    ("far_over", None),  # past the WebSocket layer's limit: closed with 1009 (the page explains it)
+])
+def test_every_bad_request_is_refused_and_the_next_one_answered(server, request_, words):
+    wav = server["wav"].read_bytes()
+    data = {"cut": wav[: len(wav) // 2], "over": wav + bytes(MAX_BYTES + 1 - len(wav)),
+            "far_over": bytes(2 * MAX_BYTES + 1)}.get(request_, request_)
+    refused = asyncio.run(_ask(server["url"], data, close_code=1000 if words else 1009))
+    assert refused == ([{"type": "error", "message": words}] if words else [])
+    answered = asyncio.run(_ask(server["url"], wav))
+    assert answered[0]["type"] == "accepted" and answered[-1]["type"] == "done"
     assert server["proc"].poll() is None
 
 
@@ -109,4 +136,15 @@ def test_the_page_in_a_real_browser(server, tmp_path):
         assert page.inner_text("#text").strip() and int(page.inner_text("#blocks")) >= 1
         assert page.inner_text("#error") == ""
         page.screenshot(path=os.environ.get("MDM_SCREENSHOT", str(tmp_path / "voice_page.png")), full_page=True)
+
+        big = tmp_path / "big.wav"
+        big.write_bytes(bytes(2 * MAX_BYTES + 1))
+        page.set_input_files("#file", str(big))
+        page.click("#send")  # refused by the page itself, before sending
+        assert page.inner_text("#error") == "Refused: the file is 1.9 MiB; the server takes at most 1.0 MiB."
+        page.evaluate("document.body.dataset.maxBytes = 1e9")  # as a page without the check: the server closes
+        page.click("#send")
+        page.wait_for_function("document.getElementById('error').textContent.includes('1009')", timeout=60_000)
+        assert page.inner_text("#error") == "The server closed the connection: the file is too big for it (code 1009)."
+        assert page.inner_text("#status") == "Ready."
         browser.close()

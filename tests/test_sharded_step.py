@@ -3,7 +3,8 @@ data, tensor and FSDP parallel, alone and together.
 
 Stage I (vocab-parallel text CE through the tensor-parallel LLM, LoRA + adaptor grads): loss and
 every gradient leaf. Stage II MDM (speech decoder, heads and FFN split over 'model'): the loss and
-the params after 3 AdamW steps, also with two accumulated micro-batches per step on mesh (2, 2, 2).
+the params after 3 AdamW steps, also with two accumulated micro-batches per step on mesh (2, 2, 2),
+as MTP (two extra heads, each a mean over its own ragged count) does too.
 Each run blocks on its outputs (fake CPU devices deadlock when collectives queue up).
 """
 
@@ -36,10 +37,11 @@ SCRIPT = textwrap.dedent("""
         a, b = np.asarray(a), np.asarray(b)
         assert a.shape == b.shape and np.allclose(a, b, rtol=1e-4, atol=atol), float(np.abs(a - b).max())
 
-    params = random_params(get_train_config("tiny", SMALL).model)
+    MTP = ["stage.objective=mtp", "model.speech_decoder.mtp_modules=2"]
+    params = random_params(get_train_config("tiny", SMALL + MTP).model)  # MTP's heads unused by the others
 
     def setup(stage):
-        cfg = get_train_config("tiny", SMALL + [stage])
+        cfg = get_train_config("tiny", SMALL + MTP + [stage])
         opt = make_optimizer(cfg)
         state = jax.device_get(init_state(cfg, opt, jax.random.key(0), params))  # host copy: steps donate
         source = SyntheticSource(cfg)
@@ -62,13 +64,27 @@ SCRIPT = textwrap.dedent("""
             jax.tree.map(lambda a, b: close(a, b, 1e-6), grads, ref_grads)
             print("grads ok", shape, time.time() - t0, flush=True)
 
-    def stage_two():  # MDM: loss of step 1 and params after 3 AdamW steps
-        cfg, opt, state, specs, batches = setup("stage.objective=mdm")
-        step = make_train_step(cfg, opt)
-        ref, ref_losses = state, []
+    def reference(cfg, opt, state, batches):  # unsharded, one batch per step
+        step, ref, losses = make_train_step(cfg, opt), state, []
         for b in batches:
             ref, m = step(ref, b)
-            ref_losses.append(float(m["loss"]))
+            losses.append(float(m["loss"]))
+        return ref, losses
+
+    def accumulated(stage, ref, ref_losses):  # two micro-batches per step, sharded, as the whole batches unsharded
+        cfg, opt, state, specs, batches = setup(stage)
+        cfg2 = get_train_config("tiny", SMALL + MTP + [stage, "optimizer.accum_steps=2"])
+        mesh = make_mesh(MeshConfig(2, 2, 2))
+        st, step = jax.device_put(state, shardings(mesh, specs)), make_train_step(cfg2, opt, mesh, specs)
+        for b, ref_loss in zip(batches, ref_losses):
+            st, m = step(st, jax.device_put(b, batch_sharding(mesh)))
+            close(jax.block_until_ready(m["loss"]), ref_loss, 1e-5)
+        jax.tree.map(lambda a, b: close(a, b, 2e-6), st.params, ref.params)
+        print("accumulated ok", stage, time.time() - t0, flush=True)
+
+    def stage_two():  # MDM: loss of step 1 and params after 3 AdamW steps
+        cfg, opt, state, specs, batches = setup("stage.objective=mdm")
+        ref, ref_losses = reference(cfg, opt, state, batches)
         for shape in MESHES:
             mesh = make_mesh(MeshConfig(*shape))
             st = jax.device_put(state, shardings(mesh, specs))
@@ -78,22 +94,19 @@ SCRIPT = textwrap.dedent("""
                 close(jax.block_until_ready(m["loss"]), ref_loss, 1e-5)
             jax.tree.map(lambda a, b: close(a, b, 2e-6), st.params, ref.params)
             print("steps ok", shape, time.time() - t0, flush=True)
-        # two accumulated micro-batches per step, sharded, update as the whole batches did unsharded
-        cfg2 = get_train_config("tiny", SMALL + ["stage.objective=mdm", "optimizer.accum_steps=2"])
-        mesh = make_mesh(MeshConfig(2, 2, 2))
-        st, step = jax.device_put(state, shardings(mesh, specs)), make_train_step(cfg2, opt, mesh, specs)
-        for b, ref_loss in zip(batches, ref_losses):
-            st, m = step(st, jax.device_put(b, batch_sharding(mesh)))
-            close(jax.block_until_ready(m["loss"]), ref_loss, 1e-5)
-        jax.tree.map(lambda a, b: close(a, b, 2e-6), st.params, ref.params)
-        print("accumulated ok", time.time() - t0, flush=True)
+        accumulated("stage.objective=mdm", ref, ref_losses)
 
-    {"text": stage_one, "mdm": stage_two}[sys.argv[2]]()
+    def mtp():
+        cfg, opt, state, specs, batches = setup("stage.objective=mtp")
+        accumulated("stage.objective=mtp", *reference(cfg, opt, state, batches))
+
+    {"text": stage_one, "mdm": stage_two, "mtp": mtp}[sys.argv[2]]()
 """)
 
 
 def test_sharded_step_equals_unsharded_on_every_mesh():
-    """The two stages run side by side, one process each: their compiles are single-threaded."""
-    stage_one, stage_two = run_together([[SCRIPT, " ".join(SMALL), stage] for stage in ("text", "mdm")], 600)
+    """The stages run side by side, one process each: their compiles are single-threaded."""
+    stage_one, stage_two, mtp = run_together([[SCRIPT, " ".join(SMALL), s] for s in ("text", "mdm", "mtp")], 600)
     assert stage_one.count("grads ok") == 3 and stage_two.count("steps ok") == 3, stage_one + stage_two
-    assert "accumulated ok" in stage_two, stage_two
+    assert "accumulated ok stage.objective=mdm" in stage_two, stage_two
+    assert "accumulated ok stage.objective=mtp" in mtp, mtp

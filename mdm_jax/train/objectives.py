@@ -62,6 +62,16 @@ def data_sum(x):
     return lax.psum(x, BATCH)
 
 
+def data_same(x):
+    """`x`, equal on every batch shard, typed as replicated (pmax over 'data' x 'fsdp'; the identity outside
+    shard_map): a shard's copy of a whole-batch value, so check_vma lets it into a replicated loss."""
+    try:
+        lax.axis_size(DATA)
+    except NameError:
+        return x
+    return lax.pmax(x, BATCH)
+
+
 def data_mean(x, count):
     """Global mean from this shard's mean `x` over `count` items: psum(x·count) / psum(count) over 'data'.
 
@@ -185,7 +195,7 @@ def speech_objective(params, batch, cfg: TrainConfig):
         loss = data_mean(loss, n)
         return loss, {"ar/loss": loss, "ar/accuracy": data_mean(m["accuracy"], n), LOSS_TOKENS: data_sum(n)}
     _, m = mtp_loss([logits, *mtp_logits], tokens, tokens_valid, decay=cfg.stage.mtp_decay)
-    whole = batch[MTP_COUNTS][0].astype(jnp.float32)  # (1 + heads,) over every micro-batch and shard
+    whole = data_same(batch[MTP_COUNTS][0]).astype(jnp.float32)  # (1 + heads,) every micro-batch and shard
     first = data_sum(tokens_valid[:, 1:].sum()).astype(jnp.float32)
     metrics, counts, loss = {}, {}, 0.0
     for k in range(1 + heads):  # each head is a mean over its own targets: combine shards per head
