@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 class Reason(str, enum.Enum):
     MALFORMED = "malformed_record"  # JSON that does not parse, or a field missing or of the wrong type
     MISSING_FILE = "missing_file"
+    PATH_OUTSIDE_ROOT = "path_outside_root"  # a manifest path leading outside its folder and the data root
     CORRUPT_AUDIO = "corrupt_audio"
     TRUNCATED_AUDIO = "truncated_audio"  # the header promises more audio than the file holds (a cut-off copy)
     EMPTY_AUDIO = "empty_audio"  # shorter than one 25 ms analysis window

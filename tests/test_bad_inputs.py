@@ -151,3 +151,69 @@ def test_a_missing_init_from_or_manifest_is_one_line_naming_it(tmp_path, capsys,
         train_main(["--workdir", str(tmp_path), *small_overrides(), override])
     err = capsys.readouterr().err
     assert exit_.value.code == 1 and err.startswith(f"error: {names}") and err.count("\n") == 1, err
+
+
+def _escaping_corpus(tmp_path):
+    """data/manifest.jsonl whose records lead outside data/ in every way (-> their ids), and ones that stay."""
+    data, outside = tmp_path / "data", tmp_path / "outside"
+    (data / "wav").mkdir(parents=True)
+    outside.mkdir()
+    for folder in (data, outside):
+        sf.write(folder / "x.wav", _tone(1.0), 16_000)
+        np.save(folder / "x.npy", np.array([1, 2, 3]))
+    (data / "out.wav").symlink_to(outside / "x.wav")  # a symlink leading out
+    (data / "outdir").symlink_to(outside)  # a symlinked folder leading out
+    (data / "wav" / "in.wav").symlink_to(data / "x.wav")  # a symlink that stays inside
+
+    def line(id_, wav="x.wav", units=(1, 2, 3), answer=None):
+        return json.dumps({"id": id_, "user_audio": wav, "assistant_text": "four", "assistant_units": units,
+                           "assistant_audio": answer})
+
+    escaping = {"relative": line("relative", "../outside/x.wav"),
+                "absolute": line("absolute", str(outside / "x.wav")),
+                "units": line("units", units="../outside/x.npy"),
+                "answer": line("answer", answer="../outside/x.wav"),
+                "symlink": line("symlink", "out.wav"),
+                "symlinked_folder": line("symlinked_folder", "outdir/x.wav")}
+    staying = [line("plain"), line("dotdot_inside", "wav/../x.wav", units="x.npy"), line("inner_link", "wav/in.wav")]
+    (data / "manifest.jsonl").write_text("\n".join([*escaping.values(), *staying]) + "\n")
+    vocalnet = [{"id": "vn", "speech": "../outside/x.wav", "units": "x.npy",
+                 "conversations": [{"from": "gpt", "value": "four"}]}]
+    (data / "vocalnet.json").write_text(json.dumps(vocalnet))
+    return data, outside, set(escaping)
+
+
+def test_manifest_paths_stay_inside_its_folder_or_the_data_root(tmp_path):
+    data, outside, escaping = _escaping_corpus(tmp_path)
+    manifest = str(data / "manifest.jsonl")
+    bad = BadRecords()
+    kept = read_manifest(manifest, bad)
+    assert {r.id for r in kept} == {"plain", "dotdot_inside", "inner_link"}
+    assert bad.counts() == {"path_outside_root": len(escaping)}
+    assert {record.split(" ")[0] for record in bad.skipped} == escaping
+    assert all(str(outside) in e.detail for e in bad.skipped.values())  # where it leads, named
+    with pytest.raises(BadRecordError, match=r"relative \(.*manifest.jsonl:1\).*path_outside_root.*outside"):
+        read_manifest(manifest, BadRecords(strict=True))
+    vn_bad = BadRecords()
+    assert read_vocalnet(str(data / "vocalnet.json"), vn_bad) == [] and vn_bad.counts() == {"path_outside_root": 1}
+    # a named data root above both folders, or the explicit opt-in, keeps every record
+    for options in ({"root": str(tmp_path)}, {"allow_outside_root": True}):
+        ok = BadRecords(strict=True)
+        assert len(read_manifest(manifest, ok, **options)) == len(escaping) + 3 and not ok.counts()
+    partial = BadRecords()  # a root elsewhere admits only what is under it
+    read_manifest(manifest, partial, root=str(tmp_path / "elsewhere"))
+    assert partial.counts() == {"path_outside_root": len(escaping)}
+
+
+def test_the_trainer_confines_manifest_paths_unless_told(tmp_path, tokenizer):
+    from mdm_jax.config.train import get_train_config
+    from mdm_jax.train.grain_source import grain_source
+
+    data, _, escaping = _escaping_corpus(tmp_path)
+    tokenizer.save(str(data / "tokenizer.json"))
+    for override, skipped in [([], len(escaping)), (["data.allow_outside_root=true"], 0),
+                              ([f"data.root={tmp_path}"], 0)]:
+        bad = BadRecords()
+        grain_source(get_train_config("tiny", [*small_overrides(vocab=512), f"data.manifest={data / 'manifest.jsonl'}",
+                                               *override]), bad)
+        assert bad.counts().get("path_outside_root", 0) == skipped, override

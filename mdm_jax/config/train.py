@@ -72,6 +72,8 @@ class DataSourceConfig:
     manifest: str = ""
     llm_states: str = ""  # speech/distill: a `mdm_jax.train.llm_states` cache, not the frozen LLM each step
     tokenizer: str = ""  # tokenizer.json; empty = `tokenizer.json` beside the manifest
+    root: str = ""  # the manifest's paths may lead here too, besides its own folder (symlinks resolved)
+    allow_outside_root: bool = False  # let the manifest's paths lead anywhere (they are skipped otherwise)
     template: str = "tiny"  # data_pipelines.tokenizer.TEMPLATES
     batch_size: int = 8  # global batch, over all processes
     max_seconds: float = 4.0

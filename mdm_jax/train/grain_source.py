@@ -18,6 +18,8 @@ def grain_source(cfg: TrainConfig, bad, process_index: int = 0, process_count: i
     d, m = cfg.data, cfg.model
     if not os.path.isfile(d.manifest):
         raise ConfigError(f"data.manifest={d.manifest!r}: no such file")
+    if d.root and not os.path.isdir(d.root):
+        raise ConfigError(f"data.root={d.root!r}: no such folder")
     tokenizer_path = d.tokenizer or os.path.join(os.path.dirname(d.manifest), "tokenizer.json")
     if not os.path.exists(tokenizer_path):
         raise ConfigError(f"tokenizer {tokenizer_path!r} not found: set data.tokenizer")
@@ -32,6 +34,7 @@ def grain_source(cfg: TrainConfig, bad, process_index: int = 0, process_count: i
         max_seconds=d.max_seconds, max_text=d.max_text, max_units=d.max_units, pad_multiple=d.pad_multiple,
         seed=d.seed, num_epochs=epochs,
     )
-    ds = make_dataset(read_manifest(d.manifest, bad), tokenizer, template, data_cfg, bad,
+    records = read_manifest(d.manifest, bad, root=d.root or None, allow_outside_root=d.allow_outside_root)
+    ds = make_dataset(records, tokenizer, template, data_cfg, bad,
                       process_index=process_index, process_count=process_count)
     return iter(ds), speech_token_id(tokenizer, template)
