@@ -176,7 +176,12 @@ def main(argv=None):
     parser.add_argument("--max-bytes", type=int, default=MAX_BYTES, help="larger uploads are refused")
     parser.add_argument("--warmup", default="1,2.5,5", help="question seconds compiled at start (their buckets)")
     args = parser.parse_args(argv)
-    model = VoiceModel.load(args.model, args.max_seconds, args.max_text_tokens, args.max_blocks, args.max_bytes)
+    try:
+        model = VoiceModel.load(args.model, args.max_seconds, args.max_text_tokens, args.max_blocks, args.max_bytes)
+    except (ValueError, OSError) as e:  # a missing or broken model.json / checkpoint: one line
+        parser.exit(2, f"error: --model {args.model}: {e}\n")
+    except KeyError as e:
+        parser.exit(2, f"error: --model {args.model}: no {e} entry\n")
     warmup = tuple(float(s) for s in args.warmup.split(",") if s)
     uvicorn.run(create_app(model, warmup), host=args.host, port=args.port, log_level="warning",
                 ws_max_size=2 * args.max_bytes)  # room for the app's own check to answer an oversize upload

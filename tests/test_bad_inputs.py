@@ -150,7 +150,7 @@ def test_a_missing_init_from_or_manifest_is_one_line_naming_it(tmp_path, capsys,
     with pytest.raises(SystemExit) as exit_:
         train_main(["--workdir", str(tmp_path), *small_overrides(), override])
     err = capsys.readouterr().err
-    assert exit_.value.code == 1 and err.startswith(f"error: {names}") and err.count("\n") == 1, err
+    assert exit_.value.code == 2 and err.startswith(f"error: {names}") and err.count("\n") == 1, err
 
 
 def _escaping_corpus(tmp_path):

@@ -5,13 +5,15 @@
 
 Params saved before the layer stacks were scanned (`layers_0`, `layers_1`, ...) load too, stacked.
 
-`cfg` is a `ModelConfig` (whole VocalNet) or an `LLMConfig` (a converted text LLM alone).
+`cfg` is a `ModelConfig` (whole VocalNet) or an `LLMConfig` (a converted text LLM alone). A folder
+that is not a whole, readable checkpoint raises `CheckpointError` naming the file and what is wrong.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import jax
@@ -19,12 +21,16 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from mdm_jax.config.model import LLMConfig, ModelConfig
-from mdm_jax.config.overrides import from_dict
+from mdm_jax.config.overrides import ConfigError, from_dict
 from mdm_jax.model.llm import abstract_llm_params
 from mdm_jax.model.transformer import stack_layers, unstack_layers
 from mdm_jax.model.vocalnet import abstract_params
 
 CONFIG_TYPES = {"ModelConfig": ModelConfig, "LLMConfig": LLMConfig}
+
+
+class CheckpointError(ConfigError):
+    """A params folder that cannot be loaded; the message names the file and what is wrong, in one line."""
 
 
 def _abstract(cfg):
@@ -42,22 +48,50 @@ def save_params(path: str | Path, params, cfg) -> Path:
 
 
 def load_params(path: str | Path):
-    """-> (params, config); a stored tensor whose shape the config does not expect raises."""
+    """-> (params, config); CheckpointError if the folder is not one, its config.json is not a config,
+    a stored tensor has another shape than the config expects, or the params are missing or damaged."""
     path = Path(path).absolute()
-    if not (path / "config.json").exists() or not (path / "params").exists():
-        raise FileNotFoundError(f"{path} is not a params checkpoint (expected config.json and params/)")
-    meta = json.loads((path / "config.json").read_text())
-    if meta.get("type") not in CONFIG_TYPES:
-        raise ValueError(f"{path / 'config.json'}: unknown config type {meta.get('type')!r}")
-    cfg = from_dict(CONFIG_TYPES[meta["type"]], meta["config"])
+    if not (path / "config.json").is_file() or not (path / "params").is_dir():
+        raise CheckpointError(f"{path} is not a params checkpoint (expected config.json and params/)")
+    cfg = _read_config(path / "config.json")
     abstract = _abstract(cfg)
     with ocp.StandardCheckpointer() as ckpt:
         try:
-            params = ckpt.restore(path / "params", abstract)
-        except ValueError as stacked_error:  # saved before layers were scanned: one subtree per layer
             try:
-                per_layer = ckpt.restore(path / "params", jax.eval_shape(unstack_layers, abstract))
-            except ValueError:
-                raise stacked_error from None
-            params = jax.tree.map(jnp.asarray, stack_layers(per_layer, abstract))
+                params = ckpt.restore(path / "params", abstract)
+            except ValueError as stacked_error:  # saved before layers were scanned: one subtree per layer
+                try:
+                    per_layer = ckpt.restore(path / "params", jax.eval_shape(unstack_layers, abstract))
+                except ValueError:
+                    raise stacked_error from None
+                params = jax.tree.map(jnp.asarray, stack_layers(per_layer, abstract))
+        except Exception as e:  # Orbax / TensorStore raise plain Exceptions for missing and truncated files
+            raise CheckpointError(f"{path / 'params'}: cannot be restored: {_first_line(e)}") from None
     return params, cfg
+
+
+def _read_config(file: Path):
+    """config.json -> the config dataclass it holds; CheckpointError naming what is wrong."""
+    try:
+        meta = json.loads(file.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{file}: not JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("type") not in CONFIG_TYPES or not isinstance(meta.get("config"), dict):
+        raise CheckpointError(f"{file}: expected {{\"type\": one of {sorted(CONFIG_TYPES)}, \"config\": {{...}}}}, "
+                              f"got {_first_line(json.dumps(meta))[:80]}")
+    try:
+        cfg = from_dict(CONFIG_TYPES[meta["type"]], meta["config"])
+        _abstract(cfg)  # every size usable
+    except (ConfigError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{file}: not a {meta['type']}: {_first_line(e)}") from None
+    return cfg
+
+
+def _first_line(e) -> str:
+    """An error's message on one line; TensorStore's long specs reduced to the tensor they name."""
+    text = str(e)
+    tensor = [p for p in re.findall(r"'path': '([^']*)'", text) if not p.startswith("/")]
+    for tail in ("See full TensorStore details", " Truncating/padding is disabled"):  # Orbax's advice: not ours
+        text = text.split(tail)[0]
+    text = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+    return text + (f" (tensor {tensor[-1].rstrip('/')})" if tensor else "")

@@ -35,7 +35,9 @@ def main(argv=None):
             return
         initialize_distributed(cfg.distributed)
         print(json.dumps(train(cfg, args.workdir)))
-    except (ConfigError, TrainingDiverged) as e:
+    except ConfigError as e:  # bad input (config, data paths, init_from checkpoint): exit 2, as a bad argument
+        parser.exit(2, f"error: {e}\n")
+    except TrainingDiverged as e:
         parser.exit(1, f"error: {e}\n")
 
 

@@ -25,7 +25,7 @@ from data_pipelines.validation import BadRecords
 from mdm_jax.config.model import ModelConfig, param_mismatch
 from mdm_jax.config.overrides import ConfigError
 from mdm_jax.config.train import DistributedConfig, TrainConfig
-from mdm_jax.convert.params_io import load_params, save_params
+from mdm_jax.convert.params_io import CheckpointError, load_params, save_params
 from mdm_jax.model import lora
 from mdm_jax.model.sharding import batch_sharding, data_parallel, make_mesh, shardings
 from mdm_jax.train import distill
@@ -162,7 +162,7 @@ def load_init_params(cfg: TrainConfig):
         return None
     try:
         params, saved = load_params(cfg.init_from)
-    except FileNotFoundError as e:
+    except CheckpointError as e:
         raise ConfigError(f"init_from={cfg.init_from!r}: {e}") from None
     if not isinstance(saved, ModelConfig):
         raise ConfigError(f"init_from={cfg.init_from!r} holds a text LLM alone, not a VocalNet")
