@@ -1,5 +1,6 @@
 """A broken params checkpoint (`params_io`) is one line naming the file and what is wrong: from
-`load_params`, from the trainer's `init_from=` (exit 2) and from `mdm_jax.cli generate --ckpt` (exit 2).
+`load_params`, from the trainer's `init_from=`, `mdm_jax.cli generate --ckpt` and the voice page's
+`--model` (each exit 2).
 Loading the per-layer layout of older checkpoints: test_model."""
 
 import json
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 from small_train import small_overrides
 
-from mdm_jax import cli
+from mdm_jax import cli, serve
 from mdm_jax.config.train import get_train_config
 from mdm_jax.convert.params_io import CheckpointError, load_params, save_params
 from mdm_jax.model.vocalnet import random_params
@@ -85,3 +86,10 @@ def test_the_trainer_and_the_cli_exit_2_with_one_line(broken, tmp_path, capsys):
     code = cli.main(["generate", "--ckpt", str(folder), "--audio", "q.wav"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith(f"error: {file}") and words in err and err.count("\n") == 1, err
+    model = tmp_path / "model.json"  # the voice page's model file, naming the checkpoint
+    model.write_text(json.dumps({"params": str(folder)}))
+    with pytest.raises(SystemExit) as exit_:
+        serve.main(["--model", str(model)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith(f"error: --model {model}: {file}"), err
+    assert words in err and err.count("\n") == 1, err
