@@ -57,17 +57,39 @@ def load_params(path: str | Path):
     abstract = _abstract(cfg)
     with ocp.StandardCheckpointer() as ckpt:
         try:
-            try:
-                params = ckpt.restore(path / "params", abstract)
-            except ValueError as stacked_error:  # saved before layers were scanned: one subtree per layer
-                try:
-                    per_layer = ckpt.restore(path / "params", jax.eval_shape(unstack_layers, abstract))
-                except ValueError:
-                    raise stacked_error from None
-                params = jax.tree.map(jnp.asarray, stack_layers(per_layer, abstract))
+            stored = ckpt.metadata(path / "params").item_metadata
+            if stored is None:
+                raise CheckpointError(f"{path / 'params'}: cannot be restored: its _METADATA is missing or damaged")
+            layout = _stored_layout(path, stored.tree, abstract)
+            params = ckpt.restore(path / "params", layout)
+        except CheckpointError:
+            raise
         except Exception as e:  # Orbax / TensorStore raise plain Exceptions for missing and truncated files
             raise CheckpointError(f"{path / 'params'}: cannot be restored: {_first_line(e)}") from None
+    if layout is not abstract:  # saved before layers were scanned: one subtree per layer
+        params = jax.tree.map(jnp.asarray, stack_layers(params, abstract))
     return params, cfg
+
+
+def _shapes(tree) -> dict[str, tuple[int, ...]]:
+    return {jax.tree_util.keystr(k, simple=True, separator="/"): tuple(v.shape)
+            for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _stored_layout(path: Path, stored, abstract):
+    """The abstract params (stacked layers, or one subtree per layer) whose tensors are the stored ones;
+    CheckpointError naming the tensors missing, extra or of another shape than config.json implies."""
+    got = _shapes(stored)
+    per_layer = jax.eval_shape(unstack_layers, abstract)
+    for layout in (abstract, per_layer):
+        if _shapes(layout) == got:
+            return layout
+    want = _shapes(per_layer if _shapes(per_layer).keys() == got.keys() else abstract)
+    faults = ([f"{k} stored {got[k]}, config.json implies {want[k]}" for k in sorted(want.keys() & got.keys())
+               if got[k] != want[k]] + [f"{k} missing" for k in sorted(want.keys() - got.keys())]
+              + [f"{k} unexpected" for k in sorted(got.keys() - want.keys())])
+    more = f" (and {len(faults) - 3} more)" if len(faults) > 3 else ""
+    raise CheckpointError(f"{path / 'params'}: not the params of its config.json: {'; '.join(faults[:3])}{more}")
 
 
 def _read_config(file: Path):
