@@ -11,6 +11,12 @@ all valid text, or when `streaming`, text positions < (c + 1)·text_per_block fo
 (chunk) c, with SOS in chunk 0 (VocalNet's 5 text : 15 speech). Invalid (padded) keys are never
 seen; a padded query sees only itself, so its softmax row stays finite.
 Positions count valid positions only, so a padded batch has the positions of its unpadded rows.
+
+Packed rows (`packing.Packed`: several examples per row, each speech segment whole blocks): text and speech
+each hold the segments one after another, and one SOS slot per possible segment follows the text,
+`[BOS][text (T)][SOS (L / block)][speech (L)]...`. Every position carries its segment; a query sees
+only its own segment's keys (and BOS, whose state is the same for every segment: it sees only
+itself), with the positions, blocks and text limits it would have alone.
 """
 
 from __future__ import annotations
@@ -22,29 +28,32 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from mdm_jax.diffusion.packing import Packed, segment_lengths
+
 BOS, TEXT, SOS, NOISY, CLEAN = range(5)  # segment kinds; AR speech uses CLEAN
 
 
 def block_diffusion_mask(text_valid, speech_valid, streaming, *, block_size: int = 15, text_per_block: int = 5,
-                         speech_offset: int = 0):
-    """text_valid: (b, T), speech_valid: (b, L) bool; streaming: (b,) bool.
+                         speech_offset: int = 0, packed: Packed | None = None):
+    """text_valid: (b, T), speech_valid: (b, L) bool; streaming: (b,) bool (packed: (b, L / block), per segment).
 
-    Returns mask (b, n, n) bool and positions (b, n) int32 for `[BOS][text][SOS][x_t][x_0]`.
+    Returns mask (b, n, n) bool and positions (b, n) int32 for `[BOS][text][SOS][x_t][x_0]` (packed:
+    one SOS slot per possible segment).
     """
     q, k, positions = layout(text_valid, speech_valid, streaming, (NOISY, CLEAN), block_size, text_per_block,
-                             speech_offset)
+                             speech_offset, packed)
     return visibility(q, k, block_diffusion=True), positions
 
 
 def autoregressive_mask(text_valid, speech_valid, streaming, *, chunk_size: int = 15, text_per_chunk: int = 5,
-                        speech_offset: int = 0):
-    """text_valid: (b, T), speech_valid: (b, L) bool; streaming: (b,) bool.
+                        speech_offset: int = 0, packed: Packed | None = None):
+    """text_valid: (b, T), speech_valid: (b, L) bool; streaming: (b,) bool (packed: (b, L / chunk)).
 
     Returns mask (b, n, n) bool and positions (b, n) int32 for `[BOS][text][SOS][speech]`; speech
-    token i (an input, after SOS) is in chunk i // chunk_size.
+    token i (an input, after SOS) is in chunk i // chunk_size (packed: its index within its segment).
     """
     q, k, positions = layout(text_valid, speech_valid, streaming, (CLEAN,), chunk_size, text_per_chunk,
-                             speech_offset)
+                             speech_offset, packed)
     return visibility(q, k, block_diffusion=False), positions
 
 
@@ -73,6 +82,7 @@ class Attrs(NamedTuple):
     slot: jax.Array  # index in the sequence (or the KV cache)
     text_limit: jax.Array  # text positions this query may read
     valid: jax.Array
+    segment: jax.Array  # packed rows: the example it belongs to (0 for BOS, and everywhere in unpacked rows)
 
 
 def visibility(q: Attrs, k: Attrs, *, block_diffusion: bool):
@@ -96,7 +106,8 @@ def draw_streaming(key, batch: int, prob: float):
     return jax.random.bernoulli(key, prob, (batch,))
 
 
-def layout(text_valid, speech_valid, streaming, speech_kinds, block_size, text_per_block, speech_offset: int = 0):
+def layout(text_valid, speech_valid, streaming, speech_kinds, block_size, text_per_block, speech_offset: int = 0,
+           packed: Packed | None = None):
     """Per-position attributes of `[BOS][text][SOS]` + one L-long speech segment per kind, shaped
     as queries (..., n, 1) and keys (..., 1, n), and positions (b, n).
 
@@ -104,6 +115,9 @@ def layout(text_valid, speech_valid, streaming, speech_kinds, block_size, text_p
     speech after it whatever the text length, so a stream that has not seen all text yet puts
     every token where training did.
     """
+    if packed is not None:
+        return packed_layout(text_valid, speech_valid, streaming, speech_kinds, block_size, text_per_block,
+                             speech_offset, packed)
     b, t = text_valid.shape
     s = speech_valid.shape[1]
     copies = len(speech_kinds)
@@ -118,10 +132,47 @@ def layout(text_valid, speech_valid, streaming, speech_kinds, block_size, text_p
     positions = jnp.concatenate([first, *[first[:, 2 + t :]] * (copies - 1)], axis=1).astype(jnp.int32)
     if speech_offset:
         positions = jnp.where(kind >= SOS, speech_offset + np.where(kind == SOS, 0, index + 1), positions)
-    attrs = dict(kind=kind, index=index, block=block, slot=np.arange(kind.size), text_limit=text_limit, valid=valid)
-    as_query = Attrs(**{name: jnp.asarray(x)[..., :, None] for name, x in attrs.items()})
-    as_key = Attrs(**{name: jnp.asarray(x)[..., None, :] for name, x in attrs.items()})
-    return as_query, as_key, positions
+    attrs = dict(kind=kind, index=index, block=block, slot=np.arange(kind.size), text_limit=text_limit, valid=valid,
+                 segment=np.zeros(kind.size, np.int32))
+    return _as_query(attrs), _as_key(attrs), positions
+
+
+def packed_layout(text_valid, speech_valid, streaming, speech_kinds, block_size, text_per_block, speech_offset,
+                  packed: Packed):
+    """`layout` of packed rows: `[BOS][text (T)][SOS (S)]` + the speech per kind, S = L / block_size
+    SOS slots (slot s for segment s + 1); streaming (b, S) per segment."""
+    b, t = text_valid.shape
+    s = speech_valid.shape[1]
+    slots, copies = s // block_size, len(speech_kinds)
+    kind = np.concatenate([[BOS], np.full(t, TEXT), np.full(slots, SOS), *[np.full(s, k) for k in speech_kinds]])
+    zero = jnp.zeros((b, 1), jnp.int32)
+    sos_segment = jnp.broadcast_to(jnp.arange(1, slots + 1, dtype=jnp.int32), (b, slots))
+    segment = jnp.concatenate([zero, packed.text_segments, sos_segment, *[packed.speech_segments] * copies], axis=1)
+    index = jnp.concatenate([zero, packed.text_index, jnp.zeros((b, slots), jnp.int32),
+                             *[packed.speech_index] * copies], axis=1)
+    block = jnp.where(kind >= NOISY, index // block_size, 0)
+    text_len = segment_lengths(packed.text_segments, slots).at[:, 0].set(0)
+    own_text = jnp.take_along_axis(text_len, segment, axis=1)  # (b, n): its segment's text length
+    own_stream = jnp.take_along_axis(jnp.pad(streaming, ((0, 0), (1, 0))), segment, axis=1)
+    chunk_limit = jnp.where(own_stream, (block + 1) * text_per_block, t)
+    text_limit = jnp.where(kind == BOS, 0, jnp.where(kind == TEXT, index + 1, chunk_limit))
+    has_speech = segment_lengths(packed.speech_segments, slots)[:, 1:] > 0
+    valid = jnp.concatenate([jnp.ones((b, 1), bool), text_valid, has_speech, *[speech_valid] * copies], axis=1)
+    positions = jnp.where(kind == TEXT, index + 1, jnp.where(kind == SOS, own_text + 1, own_text + 2 + index))
+    if speech_offset:
+        positions = jnp.where(kind >= SOS, speech_offset + jnp.where(kind == SOS, 0, index + 1), positions)
+    positions = jnp.where(kind == BOS, 0, positions).astype(jnp.int32)
+    attrs = dict(kind=kind, index=index, block=block, slot=np.arange(kind.size), text_limit=text_limit, valid=valid,
+                 segment=segment)
+    return _as_query(attrs), _as_key(attrs), positions
+
+
+def _as_query(attrs: dict) -> Attrs:
+    return Attrs(**{name: jnp.asarray(x)[..., :, None] for name, x in attrs.items()})
+
+
+def _as_key(attrs: dict) -> Attrs:
+    return Attrs(**{name: jnp.asarray(x)[..., None, :] for name, x in attrs.items()})
 
 
 def _sees_prefix(q, k):
@@ -130,5 +181,7 @@ def _sees_prefix(q, k):
 
 
 def _finish(q, k, allowed):
-    """Drop invalid keys and queries, then let every position see itself."""
-    return (allowed & q.valid & k.valid) | (q.slot == k.slot)
+    """Drop invalid keys and queries and other segments' keys (BOS is everyone's), then let every position
+    see itself."""
+    own = (q.segment == k.segment) | (k.kind == BOS)
+    return (allowed & own & q.valid & k.valid) | (q.slot == k.slot)

@@ -63,6 +63,26 @@ def mtp_loss(logits, tokens, valid, *, decay: float = 0.8):
     return loss, metrics
 
 
+def packed_mtp_loss(logits, units, valid, segments, index, *, decay: float = 0.8):
+    """`mtp_loss` over packed rows (`diffusion.packing`).
+
+    logits: sequence of (b, S + L, V) over `[SOS (S slots, slot s for segment s + 1)][units (L)]`,
+    entry k at a segment's SOS predicting its unit k and at its unit j predicting unit j + k + 1;
+    units, valid, segments, index: (b, L). CE_k is the mean over its own targets (units with index >= k).
+    """
+    slots, length = logits[0].shape[1] - units.shape[1], units.shape[1]
+    loss, metrics = 0.0, {}
+    for k, logits_k in enumerate(logits):  # the predictor of unit j: SOS if j == k, else unit j - k - 1
+        source = jnp.where(index == k, segments - 1, slots + jnp.arange(length) - k - 1)
+        picked = jnp.take_along_axis(logits_k, jnp.clip(source, 0, slots + length - 1)[..., None], axis=1)
+        weight = (valid & (index >= k) & (segments > 0)).astype(jnp.float32)
+        correct = (jnp.argmax(picked, axis=-1) == units).astype(jnp.float32)
+        metrics[f"ce_{k}"] = _mean(cross_entropy(picked, units), weight)
+        metrics[f"accuracy_{k}"] = _mean(correct, weight)
+        loss = loss + decay**k * metrics[f"ce_{k}"]
+    return loss, metrics
+
+
 def text_loss(logits, labels, *, ignore_index: int = IGNORE_INDEX):
     """Stage-I text CE. logits: (b, l, V) over the input ids; labels: (b, l) = the input ids, with
     `ignore_index` where no loss is taken. Position i predicts labels[:, i + 1]; mean over the

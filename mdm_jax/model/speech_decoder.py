@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mdm_jax.config.model import SpeechDecoderConfig
+from mdm_jax.diffusion.packing import Packed, packed_causal_mask, segment_lengths
 from mdm_jax.model.layers import Embed, RMSNorm, param
 from mdm_jax.model.llm import layer_kwargs
 from mdm_jax.model.rope import inverse_frequencies
@@ -49,12 +50,15 @@ class Anchors(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, text_hidden, text_valid, length: int):
+    def __call__(self, text_hidden, text_valid, length: int, packed: tuple | None = None):
+        """packed rows: (text segments (b, T), the positions' segments (b, length), their index in it (b, length))."""
         c = self.cfg
         t = text_hidden.shape[1]
         w = param(self, "w", (text_hidden.shape[-1], c.d_model), ("adaptor", "embed"), self.dtype)
         bias = param(self, "b", (c.d_model,), ("embed",), self.dtype, nn.initializers.zeros)
         end = param(self, "end_of_text", (c.d_model,), ("embed",), self.dtype)
+        if packed is not None:
+            return self.packed(text_hidden, packed, w, bias, end)
         block, r = np.divmod(np.arange(length), c.block_size)
         j = block * c.text_per_block + r  # (length,) the text state each position would carry
         anchor = r < c.text_per_block
@@ -62,6 +66,20 @@ class Anchors(nn.Module):
         valid = jnp.asarray(anchor & (j < t)) & jnp.take(text_valid, safe, axis=1)  # (b, length)
         text = jnp.take(text_hidden.astype(self.dtype), safe, axis=1) @ w + bias
         return jnp.where(valid[..., None], text, jnp.where(anchor[:, None], end, 0.0)).astype(self.dtype)
+
+    def packed(self, text_hidden, packed, w, bias, end):
+        """Each position's anchor from its own segment's text: the segment's start + block * Q + r."""
+        c = self.cfg
+        text_segments, segments, index = packed
+        lengths = segment_lengths(text_segments, text_hidden.shape[1]).at[:, 0].set(0)  # (b, T + 1)
+        starts = jnp.cumsum(lengths, axis=1) - lengths  # segments lie in order 1, 2, ...
+        block, r = jnp.divmod(index, c.block_size)
+        j = block * c.text_per_block + r
+        anchor = r < c.text_per_block
+        valid = anchor & (j < jnp.take_along_axis(lengths, segments, axis=1)) & (segments > 0)
+        source = jnp.clip(jnp.take_along_axis(starts, segments, axis=1) + j, 0, text_hidden.shape[1] - 1)
+        text = jnp.take_along_axis(text_hidden.astype(self.dtype), source[..., None], axis=1) @ w + bias
+        return jnp.where(valid[..., None], text, jnp.where(anchor[..., None], end, 0.0)).astype(self.dtype)
 
 
 class MTPModule(nn.Module):
@@ -95,22 +113,23 @@ class SpeechDecoder(nn.Module):
         if not c.text_in_prefix:
             self.anchor = Anchors(c, self.dtype)
 
-    def encode_text(self, text_hidden):
-        """Pre-NN, causal over the text states: (b, t, d) -> (b, t, d)."""
+    def encode_text(self, text_hidden, packed: Packed | None = None):
+        """Pre-NN, causal over the text states (packed rows: within each segment): (b, t, d) -> (b, t, d)."""
         b, t, _ = text_hidden.shape
-        positions = jnp.broadcast_to(jnp.arange(t), (b, t))
-        return self.prenn(text_hidden.astype(self.dtype), positions, causal_mask(b, t))[0]
+        positions = jnp.broadcast_to(jnp.arange(t), (b, t)) if packed is None else packed.text_index
+        mask = causal_mask(b, t) if packed is None else packed_causal_mask(packed.text_segments)
+        return self.prenn(text_hidden.astype(self.dtype), positions, mask)[0]
 
-    def prefix(self, text_hidden):
+    def prefix(self, text_hidden, packed: Packed | None = None):
         """`[BOS][pre-NN(text)]` (vocalnet): (b, t, d) -> (b, 1 + t, d); `[BOS]` (anchor): -> (b, 1, d)."""
         bos = self.embed(jnp.full((text_hidden.shape[0], 1), self.cfg.bos_id))
         if not self.cfg.text_in_prefix:
             return bos
-        return jnp.concatenate([bos, self.encode_text(text_hidden)], axis=1)
+        return jnp.concatenate([bos, self.encode_text(text_hidden, packed)], axis=1)
 
-    def anchors(self, text_hidden, text_valid, length: int):
+    def anchors(self, text_hidden, text_valid, length: int, packed: tuple | None = None):
         """The anchor Talker's text inputs at speech positions 0..length-1: (b, length, d) (see `Anchors`)."""
-        return self.anchor(text_hidden, text_valid, length)
+        return self.anchor(text_hidden, text_valid, length, packed)
 
     def embed_tokens(self, ids):
         return self.embed(ids)
@@ -126,21 +145,24 @@ class SpeechDecoder(nn.Module):
         """MTP module k over states h -> (states, logits, cache)."""
         return self.mtp[k](h, positions, mask, cache, cache_index)
 
-    def __call__(self, text_hidden, tokens, mask=None, positions=None, text_valid=None):
+    def __call__(self, text_hidden, tokens, mask=None, positions=None, text_valid=None, packed: Packed | None = None,
+                 anchor_slots: tuple | None = None):
         """Teacher-forced pass over `[BOS][pre-NN(text)][tokens]` (anchor: `[BOS][tokens + anchors]`).
 
         text_hidden: (b, t, d) LLM states; tokens: (b, l) speech input ids (e.g. `[SOS] units` for
         AR, `[x_t ; x_0]` for MDM); mask: (b, n, n) with n = 1 + t + l (anchor: 1 + l; default
         causal); positions: (b, n) (default 0..n-1); text_valid: (b, t) (default all; anchor talker:
-        anchor i is added to token i, the AR alignment where input i predicts unit i). Returns
+        anchor i is added to token i, the AR alignment where input i predicts unit i); packed rows:
+        `packed` (the pre-NN within segments) and `anchor_slots` = (segments, index) of the tokens. Returns
         (speech logits (b, l, V), mtp logits [(b, l, V)] * modules, states (b, n, d)); the MTP
         modules reuse `mask` (objectives that need shifted masks call `mtp_step`).
         """
         speech = self.embed(tokens)
         if not self.cfg.text_in_prefix:
             valid = jnp.ones(text_hidden.shape[:2], bool) if text_valid is None else text_valid
-            speech = speech + self.anchors(text_hidden, valid, tokens.shape[1])
-        x = jnp.concatenate([self.prefix(text_hidden), speech], axis=1)
+            slots = None if packed is None else (packed.text_segments, *anchor_slots)
+            speech = speech + self.anchors(text_hidden, valid, tokens.shape[1], slots)
+        x = jnp.concatenate([self.prefix(text_hidden, packed), speech], axis=1)
         b, n, _ = x.shape
         mask = causal_mask(b, n) if mask is None else mask
         positions = jnp.broadcast_to(jnp.arange(n), (b, n)) if positions is None else positions

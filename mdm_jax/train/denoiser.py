@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from mdm_jax.config.model import ModelConfig
 from mdm_jax.diffusion.attention_masks import block_diffusion_mask
+from mdm_jax.diffusion.packing import packed_of
 from mdm_jax.model.speech_decoder import SpeechDecoder
 
 
@@ -20,21 +21,27 @@ def denoiser(cfg: ModelConfig, batch):
     """-> f(speech decoder params, x_t (b, L)) -> logits (b, L, V) at the x_t positions, with x_0 =
     batch units (no MTP modules), in `cfg.dtype`.
 
-    batch: text_hidden (b, T, d), text_valid (b, T), streaming (b,), units, speech_valid (b, L).
+    batch: text_hidden (b, T, d), text_valid (b, T), streaming (b,), units, speech_valid (b, L); packed
+    rows (`packing.PACKED_KEYS`): one SOS slot per possible example, streaming (b, L / block).
     """
     sd, units = cfg.speech_decoder, batch["units"]
     b, length = units.shape
+    packed = packed_of(batch)
+    text_slots = sd.prefix_text(batch["text_valid"]).shape[1]
     mask, positions = block_diffusion_mask(sd.prefix_text(batch["text_valid"]), batch["speech_valid"],
                                            batch["streaming"], block_size=sd.block_size,
-                                           text_per_block=sd.text_per_block, speech_offset=sd.speech_position_offset)
-    sos = jnp.full((b, 1), sd.sos_id, units.dtype)
+                                           text_per_block=sd.text_per_block, speech_offset=sd.speech_position_offset,
+                                           packed=None if packed is None else packed.prefix(text_slots))
+    sos = jnp.full((b, 1 if packed is None else length // sd.block_size), sd.sos_id, units.dtype)
 
     def run(module: SpeechDecoder, x_t):
         speech = module.embed_tokens(jnp.concatenate([sos, x_t, units], axis=1))
         if not sd.text_in_prefix:  # x_t and x_0 carry the same anchors, SOS none
-            anchors = module.anchors(batch["text_hidden"], batch["text_valid"], length)
-            speech = speech + jnp.concatenate([jnp.zeros_like(anchors[:, :1]), anchors, anchors], axis=1)
-        h, _ = module.backbone(jnp.concatenate([module.prefix(batch["text_hidden"]), speech], axis=1), positions, mask)
+            slots = None if packed is None else (packed.text_segments, packed.speech_segments, packed.speech_index)
+            anchors = module.anchors(batch["text_hidden"], batch["text_valid"], length, slots)
+            speech = speech + jnp.concatenate([jnp.zeros_like(anchors[:, : sos.shape[1]]), anchors, anchors], axis=1)
+        prefix = module.prefix(batch["text_hidden"], packed)
+        h, _ = module.backbone(jnp.concatenate([prefix, speech], axis=1), positions, mask)
         return module.logits(h[:, -2 * length : -length])
 
     decoder = SpeechDecoder(sd, jnp.dtype(cfg.dtype), cfg.execution)

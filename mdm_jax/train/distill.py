@@ -43,7 +43,7 @@ from mdm_jax.config.model import ModelConfig
 from mdm_jax.decode.sampling import commit, speech_only
 from mdm_jax.diffusion.ema import ema_update
 from mdm_jax.diffusion.losses import mdm_loss
-from mdm_jax.diffusion.masking import corrupt
+from mdm_jax.diffusion.packing import corrupt_examples
 from mdm_jax.diffusion.schedules import step_schedule
 from mdm_jax.train.denoiser import denoiser
 
@@ -104,7 +104,7 @@ def distill_loss(student, teacher, batch, key, *, cfg: ModelConfig, distill: Dis
     units, valid = batch["units"], batch["speech_valid"]
     if schedule:  # the states the student's S-step sampler visits
         mask = dataclasses.replace(mask, schedule=cfg.sampler.schedule, denoise_steps=steps)
-    noisy = corrupt(k_mask, units, valid, mask, block_size=sd.block_size, mask_id=sd.mask_id)
+    noisy = corrupt_examples(k_mask, batch, mask, block_size=sd.block_size, mask_id=sd.mask_id)
     counts = (teacher_counts(k_step, noisy.is_target, valid, sd.block_size, steps, distill.teacher_factor * steps,
                              cfg.sampler.schedule) if schedule
               else even_counts(noisy.is_target, sd.block_size, distill.teacher_steps))

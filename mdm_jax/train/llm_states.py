@@ -76,6 +76,38 @@ def load(path: str, cfg: TrainConfig) -> dict[str, np.ndarray]:
     return states
 
 
+def lay_out(hidden: list[np.ndarray], units: list[np.ndarray], rows: list[list[int]], *, text_len: int,
+            unit_len: int, block_size: int, pad_id: int, packed: bool) -> dict[str, np.ndarray]:
+    """Examples i (answer states hidden[i] (T_i, d), units[i] (U_i,) ending in EOS) -> the speech objective's
+    batch, row r holding the examples rows[r] (one each unless `packed`): text_hidden (R, text_len, d),
+    text_valid (R, text_len), units, speech_valid (R, unit_len); packed adds `packing.PACKED_KEYS`, each
+    answer padded to whole blocks so that no block holds two."""
+    d = hidden[0].shape[1]
+    batch = {"text_hidden": np.zeros((len(rows), text_len, d), np.float32),
+             "text_valid": np.zeros((len(rows), text_len), bool),
+             "units": np.full((len(rows), unit_len), pad_id, np.int32),
+             "speech_valid": np.zeros((len(rows), unit_len), bool)}
+    if packed:
+        batch |= {k: np.zeros((len(rows), n), np.int32) for k, n in (
+            ("text_segments", text_len), ("text_index", text_len), ("speech_segments", unit_len),
+            ("speech_index", unit_len))}
+    for row, ids in enumerate(rows):
+        t0 = u0 = 0
+        for segment, i in enumerate(ids, 1):
+            t, u = len(hidden[i]), len(units[i])
+            blocks = -(-u // block_size) * block_size
+            if t0 + t > text_len or u0 + blocks > unit_len:
+                raise ValueError(f"examples {ids} do not fit a row of {text_len} text / {unit_len} speech slots")
+            batch["text_hidden"][row, t0 : t0 + t], batch["text_valid"][row, t0 : t0 + t] = hidden[i], True
+            batch["units"][row, u0 : u0 + u], batch["speech_valid"][row, u0 : u0 + u] = units[i], True
+            if packed:
+                batch["text_segments"][row, t0 : t0 + t], batch["text_index"][row, t0 : t0 + t] = segment, np.arange(t)
+                batch["speech_segments"][row, u0 : u0 + blocks] = segment
+                batch["speech_index"][row, u0 : u0 + blocks] = np.arange(blocks)
+            t0, u0 = t0 + t, u0 + blocks
+    return batch
+
+
 class StatesSource:
     """Model batches of the speech objective over a states cache; batch i is a pure function of
     (seed, i) (a fresh permutation every epoch), so checkpoints hold just the index.
@@ -132,16 +164,8 @@ class StatesSource:
     def __next__(self) -> dict:
         ids = self._global_batch()
         unit_len = self._whole_blocks(max(len(self.units[i]) for i in ids)) if self.window else self.unit_len
-        b = len(self.rows)
-        batch = {"text_hidden": np.zeros((b, self.text_len, self.hidden[0].shape[1]), np.float32),
-                 "text_valid": np.zeros((b, self.text_len), bool),
-                 "units": np.full((b, unit_len), self.pad_id, np.int32),
-                 "speech_valid": np.zeros((b, unit_len), bool)}
-        for row, r in enumerate(self.rows):
-            i = ids[r]
-            t, u = len(self.hidden[i]), len(self.units[i])
-            batch["text_hidden"][row, :t], batch["text_valid"][row, :t] = self.hidden[i], True
-            batch["units"][row, :u], batch["speech_valid"][row, :u] = self.units[i], True
+        batch = lay_out(self.hidden, self.units, [[ids[r]] for r in self.rows], text_len=self.text_len,
+                        unit_len=unit_len, block_size=self.block_size, pad_id=self.pad_id, packed=False)
         self.index += 1
         return batch
 

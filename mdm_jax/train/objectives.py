@@ -24,6 +24,7 @@ per-head counts (`prepare` records them) so that weighting by its first head's c
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -33,8 +34,9 @@ from mdm_jax.config.train import TrainConfig
 from mdm_jax.decode.sampling import speech_only
 from mdm_jax.diffusion.attention_masks import autoregressive_mask, draw_streaming
 from mdm_jax.diffusion.end_of_speech import fill_after_eos
-from mdm_jax.diffusion.losses import ar_loss, mdm_loss, mtp_loss
-from mdm_jax.diffusion.masking import Corruption, corrupt, mask_least_confident, sampler_state_levels
+from mdm_jax.diffusion.losses import mdm_loss, mtp_loss, packed_mtp_loss
+from mdm_jax.diffusion.masking import Corruption, mask_least_confident, sampler_state_levels
+from mdm_jax.diffusion.packing import corrupt_examples, packed_causal_mask, packed_of, per_example
 from mdm_jax.model import lora as lora_lib
 from mdm_jax.model import vocab_parallel
 from mdm_jax.model.sharding import BATCH, DATA
@@ -86,27 +88,32 @@ def data_mean(x, count):
 
 
 def prepare(batch: dict, key, cfg: TrainConfig) -> dict:
-    """Adds the random inputs of the global batch: `streaming` (b,); for MDM, the corruption; for MTP,
-    the whole batch's counts per head (`MTP_COUNTS`). Block diffusion (MDM, distillation) with
-    `mask.after_eos=eos` also fills the last block with EOS."""
+    """Adds the random inputs of the global batch: `streaming` (b,) (packed rows: (b, U / block), one per
+    example); for MDM, the corruption (packed: each example its own draws); for MTP, the whole batch's
+    counts per head (`MTP_COUNTS`). Block diffusion (MDM, distillation) with `mask.after_eos=eos` also
+    fills the last block with EOS."""
     k_stream, k_mask = jax.random.split(key)
-    batch = dict(batch, streaming=draw_streaming(k_stream, batch["units"].shape[0], cfg.stage.streaming_prob))
-    sd = cfg.model.speech_decoder
-    if cfg.stage.name == "speech" and cfg.stage.objective == "mtp":  # head k predicts unit i + k: valid[:, k:]
-        counts = jnp.stack([batch["speech_valid"][:, k:].sum() for k in range(1 + sd.mtp_modules)])
-        batch[MTP_COUNTS] = jnp.broadcast_to(counts, (batch["units"].shape[0], *counts.shape))
+    sd, b, packed = cfg.model.speech_decoder, batch["text_valid"].shape[0], packed_of(batch)
+    examples = 1 if packed is None else batch["units"].shape[1] // sd.block_size  # per row
+    streaming = draw_streaming(k_stream, b * examples, cfg.stage.streaming_prob)
+    batch = dict(batch, streaming=streaming if packed is None else streaming.reshape(b, examples))
+    if cfg.stage.name == "speech" and cfg.stage.objective == "mtp":  # head k predicts units from index k on
+        index = jnp.arange(batch["units"].shape[1]) if packed is None else packed.speech_index
+        counts = jnp.stack([(batch["speech_valid"] & (index >= k)).sum() for k in range(1 + sd.mtp_modules)])
+        batch[MTP_COUNTS] = jnp.broadcast_to(counts, (b, *counts.shape))
     mdm = cfg.stage.name == "speech" and cfg.stage.objective == "mdm"
     if (mdm or cfg.stage.name == "distill") and cfg.mask.after_eos == "eos":
-        units, valid = fill_after_eos(batch["units"], batch["speech_valid"], block_size=sd.block_size, eos_id=sd.eos_id)
+        fill = functools.partial(fill_after_eos, block_size=sd.block_size, eos_id=sd.eos_id)
+        fill = fill if packed is None else per_example(fill, packed, sd.block_size)
+        units, valid = fill(batch["units"], batch["speech_valid"])
         batch.update(units=units, speech_valid=valid)
     if not mdm:
         return batch
     if cfg.mask.strategy == CONFIDENCE_MASKING:  # the tokens are chosen in the loss, from the decoder's scores
         count, tiebreak = sampler_state_levels(k_mask, batch["speech_valid"], cfg.mask, block_size=sd.block_size)
-        batch.update(noisy_count=count, noisy_tiebreak=tiebreak)  # (b, blocks) int32, (b, U) float32
+        batch.update(noisy_count=count, noisy_tiebreak=tiebreak)  # (b, blocks) int32, (b, U) float32: per block
     else:
-        noisy = corrupt(k_mask, batch["units"], batch["speech_valid"], cfg.mask, block_size=sd.block_size,
-                        mask_id=sd.mask_id)
+        noisy = corrupt_examples(k_mask, batch, cfg.mask, block_size=sd.block_size, mask_id=sd.mask_id)
         batch.update(noisy_tokens=noisy.tokens, noisy_target=noisy.is_target, noisy_weight=noisy.weight)
     return batch
 
@@ -131,7 +138,10 @@ def llm_states(params, batch, cfg: TrainConfig):
         speech = model.apply({"params": params}, batch["encoded"], method=VocalNet.adapt)
     else:
         speech = model.apply({"params": params}, batch["mel"], method=VocalNet.encode_speech)
-    logits, hidden, _ = model.apply({"params": params}, batch["text"], speech, method=VocalNet.llm_forward)
+    packed = {}
+    if "text_segments" in batch:  # packed dialogues: positions and causality within each
+        packed = dict(positions=batch["text_index"], mask=packed_causal_mask(batch["text_segments"]))
+    logits, hidden, _ = model.apply({"params": params}, batch["text"], speech, method=VocalNet.llm_forward, **packed)
     return logits, hidden
 
 
@@ -139,7 +149,10 @@ def text_objective(params, batch, cfg: TrainConfig):
     """Stage I: next-token CE on the answer (vocab-parallel), mean over the global answer tokens."""
     logits, _ = llm_states(params, batch, cfg)
     labels = jnp.maximum(batch["text"][:, 1:], 0)  # placeholders are never targets
-    weight = (batch["text_loss_mask"] & batch["text_valid"])[:, 1:].astype(jnp.float32)
+    weight = (batch["text_loss_mask"] & batch["text_valid"])[:, 1:]
+    if "text_segments" in batch:  # packed: never predict the next dialogue's first token
+        weight = weight & (batch["text_segments"][:, 1:] == batch["text_segments"][:, :-1])
+    weight = weight.astype(jnp.float32)
     ce, correct = vocab_parallel.cross_entropy(logits[:, :-1], labels)
     n = weight.sum()
     mean = lambda x: data_mean((x * weight).sum() / jnp.maximum(1.0, n), n)
@@ -179,27 +192,37 @@ def speech_objective(params, batch, cfg: TrainConfig):
                       "mdm/ce": data_mean(m["ce"], m["num_targets"]), LOSS_TOKENS: data_sum(n),
                       COUNTS: {"mdm/accuracy": targets, "mdm/ce": targets}}
 
-    b = units.shape[0]
-    tokens = jnp.concatenate([jnp.full((b, 1), sd.sos_id, units.dtype), units], axis=1)
-    tokens_valid = jnp.concatenate([jnp.ones((b, 1), bool), valid], axis=1)
+    b, packed = units.shape[0], packed_of(batch)
+    sos = 1 if packed is None else units.shape[1] // sd.block_size  # SOS slots: one per possible example
+    tokens = jnp.concatenate([jnp.full((b, sos), sd.sos_id, units.dtype), units], axis=1)
+    index = jnp.arange(units.shape[1]) if packed is None else packed.speech_index  # each unit's within its example
+    text_slots = sd.prefix_text(batch["text_valid"]).shape[1]
     mask, positions = autoregressive_mask(sd.prefix_text(batch["text_valid"]), valid, batch["streaming"],
                                           chunk_size=sd.block_size, text_per_chunk=sd.text_per_block,
-                                          speech_offset=sd.speech_position_offset)
+                                          speech_offset=sd.speech_position_offset,
+                                          packed=None if packed is None else packed.prefix(text_slots))
     heads = sd.mtp_modules if objective == "mtp" else 0
     decoder = SpeechDecoder(dataclasses.replace(sd, mtp_modules=heads), jnp.dtype(cfg.model.dtype), cfg.model.execution)
+    anchor_slots = None if packed is None else (  # the unit each token predicts: SOS unit 0, unit j unit j + 1
+        jnp.concatenate([jnp.broadcast_to(jnp.arange(1, sos + 1), (b, sos)), packed.speech_segments], axis=1),
+        jnp.concatenate([jnp.zeros((b, sos), jnp.int32), packed.speech_index + 1], axis=1))
     logits, mtp_logits, _ = decoder.apply({"params": params}, batch["text_hidden"], tokens, mask, positions,
-                                          batch["text_valid"])
+                                          batch["text_valid"], packed, anchor_slots)
+    if packed is None:
+        tokens_valid = jnp.concatenate([jnp.ones((b, 1), bool), valid], axis=1)
+        _, m = mtp_loss([logits, *mtp_logits], tokens, tokens_valid, decay=cfg.stage.mtp_decay)
+    else:
+        _, m = packed_mtp_loss([logits, *mtp_logits], units, valid, packed.speech_segments, index,
+                               decay=cfg.stage.mtp_decay)
     if objective == "ar":
-        loss, m = ar_loss(logits, tokens, tokens_valid)
-        n = tokens_valid[:, 1:].sum()
-        loss = data_mean(loss, n)
-        return loss, {"ar/loss": loss, "ar/accuracy": data_mean(m["accuracy"], n), LOSS_TOKENS: data_sum(n)}
-    _, m = mtp_loss([logits, *mtp_logits], tokens, tokens_valid, decay=cfg.stage.mtp_decay)
+        n = valid.sum()
+        loss = data_mean(m["ce_0"], n)
+        return loss, {"ar/loss": loss, "ar/accuracy": data_mean(m["accuracy_0"], n), LOSS_TOKENS: data_sum(n)}
     whole = data_same(batch[MTP_COUNTS][0]).astype(jnp.float32)  # (1 + heads,) every micro-batch and shard
-    first = data_sum(tokens_valid[:, 1:].sum()).astype(jnp.float32)
+    first = data_sum(valid.sum()).astype(jnp.float32)
     metrics, counts, loss = {}, {}, 0.0
     for k in range(1 + heads):  # each head is a mean over its own targets: combine shards per head
-        n = tokens_valid[:, k + 1:].sum()
+        n = (valid & (index >= k)).sum()
         metrics[f"mtp/ce_{k}"] = data_mean(m[f"ce_{k}"], n)
         metrics[f"mtp/accuracy_{k}"] = data_mean(m[f"accuracy_{k}"], n)
         counts[f"mtp/ce_{k}"] = counts[f"mtp/accuracy_{k}"] = n = data_sum(n)
