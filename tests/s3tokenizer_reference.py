@@ -17,7 +17,7 @@ import pytest
 
 
 def _stand_in_torchaudio() -> None:
-    if importlib.util.find_spec("torchaudio") is not None or "torchaudio" in sys.modules:
+    if "torchaudio" in sys.modules or importlib.util.find_spec("torchaudio") is not None:
         return
     stand_in = types.ModuleType("torchaudio")
 
