@@ -15,7 +15,8 @@ import soundfile as sf
 from cosyvoice_reference import one_torch_thread  # noqa: F401 (an autouse fixture)
 from s3tokenizer_reference import reference
 
-from mdm_jax.convert.s3_tokenizer import s3_from_torch
+from mdm_jax.convert.rules import ConversionError
+from mdm_jax.convert.s3_tokenizer import read_s3_state, s3_from_torch
 from mdm_jax.model import s3_tokenizer as s3
 
 TOL = 1e-4
@@ -170,3 +171,114 @@ def test_fsq_ids_are_base_three_digits():
     h = np.array([[-3.0, 0.0, 3.0, 0.0, 0.0, 0.0, 0.0, 0.0], [3.0] * 8, [-3.0] * 8], np.float32)
     np.testing.assert_array_equal(np.asarray(s3.fsq_ids(h)), [0 + 1 * 3 + 2 * 9 + sum(3**i for i in range(3, 8)),
                                                                6560, 0])
+
+
+def released_onnx(state: dict, path, drop=(), extra=None, reshape=None):
+    """`state` (the reference's keys) written as speech_tokenizer_v2.onnx lays it out: convs and the quantizer by
+    their released initializer names, every block tensor read by a node named as in the export (MatMul weights
+    (in, out)). The graph is not runnable: the converter, like the reference's `onnx2torch`, reads names only."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from mdm_jax.convert.s3_tokenizer import ONNX_V2_NAMES
+
+    by_key = {key: name for name, key in ONNX_V2_NAMES.items()}
+    inits, nodes, serial = {}, [], iter(range(2300, 9999))
+
+    def read(node: str, op: str, *keys: str):
+        names = []
+        for key in keys:
+            name = by_key.get(key) or f"onnx::{op}_{next(serial)}"
+            w = state[key].T if op == "MatMul" else state[key]
+            inits[name] = w if reshape is None or key != reshape[0] else w.reshape(reshape[1])
+            names.append(name)
+        nodes.append(helper.make_node(op, ["x", *names], [f"{node}_output_0"], name=node))
+
+    read("/conv1/Conv", "Conv", "encoder.conv1.weight", "encoder.conv1.bias")
+    read("/conv2/Conv", "Conv", "encoder.conv2.weight", "encoder.conv2.bias")
+    layers = len({k.split(".")[2] for k in state if k.startswith("encoder.blocks.")})
+    for i in range(layers):
+        b = f"encoder.blocks.{i}"
+        for ln in ("attn_ln", "mlp_ln"):
+            read(f"/blocks.{i}/{ln}/LayerNormalization", "LayerNormalization", f"{b}.{ln}.weight", f"{b}.{ln}.bias")
+        for proj in ("query", "key", "value", "out"):
+            read(f"/blocks.{i}/attn/{proj}/MatMul", "MatMul", f"{b}.attn.{proj}.weight")
+            if proj != "key":
+                read(f"/blocks.{i}/attn/{proj}/Add", "Add", f"{b}.attn.{proj}.bias")
+        read(f"/blocks.{i}/attn/fsmn_block/Conv", "Conv", f"{b}.attn.fsmn_block.weight")
+        for j in ("0", "2"):
+            read(f"/blocks.{i}/mlp/mlp.{j}/MatMul", "MatMul", f"{b}.mlp.{j}.weight")
+            read(f"/blocks.{i}/mlp/mlp.{j}/Add", "Add", f"{b}.mlp.{j}.bias")
+    read("/quantizer/project_down/MatMul", "MatMul", "quantizer._codebook.project_down.weight")
+    read("/quantizer/project_down/Add", "Add", "quantizer._codebook.project_down.bias")
+    if extra:
+        inits["onnx::MatMul_9999"] = np.zeros((4, 4), np.float32)
+        nodes.append(helper.make_node("MatMul", ["x", "onnx::MatMul_9999"], ["y"], name=extra))
+    kept = {name: w for name, w in inits.items() if name not in drop}
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, None)
+    tensors = [numpy_helper.from_array(np.ascontiguousarray(w), name) for name, w in kept.items()]
+    graph = helper.make_graph(nodes, "speech_tokenizer_v2", [x], [], tensors)
+    onnx.save(helper.make_model(graph), str(path))
+
+
+@pytest.fixture(scope="module")
+def onnx_file(reduced_v2, tmp_path_factory):
+    cfg, model = reduced_v2
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    path = tmp_path_factory.mktemp("s3") / "speech_tokenizer_v2.onnx"
+    released_onnx(state, path)
+    return path, state
+
+
+def test_onnx_layout_is_what_the_reference_reads(onnx_file):
+    """The reference's own ONNX -> torch renaming reads our stand-in file back to the model's state dict."""
+    path, state = onnx_file
+    ref = reference().onnx2torch(str(path), None, False)
+    assert sorted(ref) == sorted(state)
+    for k, v in ref.items():
+        np.testing.assert_array_equal(v.numpy(), state[k], err_msg=k)
+
+
+def test_onnx_and_state_dict_convert_alike(onnx_file, reduced_v2, speech, tmp_path):
+    from mdm_jax import cli
+
+    path, state = onnx_file
+    cfg, model = reduced_v2
+    from_state = s3_from_torch(state, cfg)
+    jax.tree.map(np.testing.assert_array_equal, s3_from_torch(read_s3_state(path), cfg), from_state)
+    sizes = [f"{k}={v}" for k, v in REDUCED.items()]
+    assert cli.main(["convert", "s3tokenizer", "--src", str(path), "--out", str(tmp_path / "tok"), *sizes]) == 0
+    tok = s3.S3Tokenizer.load(tmp_path / "tok")
+    _, _, ref_ids, lengths = reference_run(model, speech[:2])
+    for got, want, n in zip(tok(speech[:2]), ref_ids, lengths):
+        np.testing.assert_array_equal(got, want[:n])
+    torch = pytest.importorskip("torch")
+    torch.save(model.state_dict(), tmp_path / "s3.pt")
+    assert cli.main(["convert", "s3tokenizer", "--src", str(tmp_path / "s3.pt"), "--out", str(tmp_path / "pt"),
+                     *sizes]) == 0
+    jax.tree.map(np.testing.assert_array_equal, s3.S3Tokenizer.load(tmp_path / "pt").params, from_state)
+
+
+@pytest.mark.parametrize("fault, message", [
+    (dict(drop=("onnx::Conv_2218",)), "missing key 'encoder.conv2.weight'"),
+    (dict(extra="/blocks.0/attn/gate/MatMul"), "initializer 'onnx::MatMul_9999' \\(read by /blocks.0/attn/gate/MatMul"),
+    (dict(reshape=("encoder.blocks.1.attn.fsmn_block.weight", (64, 2, 31))),
+     "'encoder.blocks.1.attn.fsmn_block.weight' has shape \\(64, 2, 31\\), expected \\(128, 1, 31\\)"),
+])
+def test_onnx_faults_are_named(onnx_file, reduced_v2, tmp_path, fault, message):
+    _, state = onnx_file
+    path = tmp_path / "bad.onnx"
+    released_onnx(state, path, **fault)
+    with pytest.raises(ConversionError, match=message):
+        s3_from_torch(read_s3_state(path), reduced_v2[0])
+
+
+def test_state_dict_faults_are_named(onnx_file, reduced_v2):
+    _, state = onnx_file
+    cfg = reduced_v2[0]
+    with pytest.raises(ConversionError, match="missing key 'encoder.blocks.1.mlp.2.bias'"):
+        s3_from_torch({k: v for k, v in state.items() if k != "encoder.blocks.1.mlp.2.bias"}, cfg)
+    with pytest.raises(ConversionError, match="unexpected key 'encoder.blocks.2.attn.key.weight'"):
+        s3_from_torch({**state, "encoder.blocks.2.attn.key.weight": state["encoder.blocks.1.attn.key.weight"]}, cfg)
+    with pytest.raises(ConversionError, match="'encoder.blocks.0.attn.query.weight' has shape \\(128, 64\\)"):
+        s3_from_torch({**state, "encoder.blocks.0.attn.query.weight": np.zeros((128, 64), np.float32)}, cfg)
