@@ -22,7 +22,7 @@ def _stand_in_torchaudio() -> None:
     stand_in = types.ModuleType("torchaudio")
 
     def unavailable(name):
-        raise RuntimeError(f"torchaudio.{name} used by the s3tokenizer reference: not installed here")
+        raise AttributeError(f"torchaudio.{name}: the s3tokenizer reference used torchaudio, not installed here")
 
     stand_in.__getattr__ = unavailable
     sys.modules["torchaudio"] = stand_in
