@@ -9,7 +9,9 @@ even-second buckets (one compiled program per bucket); with several devices each
 'data' axis under `jax.shard_map`. Resumable: a record whose .npy exists and holds valid ids of the
 right count is skipped (one that fails the check is redone); each .npy is written whole or not at all.
 Bad audio (missing, corrupt, truncated, empty, longer than 30 s, ...) is skipped and counted as the data
-pipeline does; --out receives `tokenize.json` (the counts) and `bad_records.jsonl`.
+pipeline does; --out receives `tokenize.json` (the counts) and `bad_records.jsonl`. `--manifest-out FILE`
+also writes the records whose units are now on disk as our JSONL manifest (what `data.manifest` of the
+trainer reads), e.g. from VocalNet's JSON.
 """
 
 from __future__ import annotations
@@ -160,6 +162,21 @@ def tokenize_records(records: Sequence[Record], tok: S3Tokenizer, bad: BadRecord
     return counts
 
 
+def write_manifest(path: str, records: Sequence[Record], bad: BadRecords) -> int:
+    """Our JSONL manifest of the records not skipped, paths relative to `path`'s folder -> lines written."""
+    folder = os.path.dirname(os.path.abspath(path))
+    rel = lambda p: os.path.relpath(os.path.abspath(p), folder)  # noqa: E731
+    kept = [r for r in records if r.id not in bad.skipped and isinstance(r.assistant_units, str)]
+    os.makedirs(folder, exist_ok=True)
+    with open(path, "w") as f:
+        for r in kept:
+            entry = {"id": r.id, "user_audio": rel(r.user_audio), "user_text": r.user_text,
+                     "assistant_text": r.assistant_text, "assistant_units": rel(r.assistant_units),
+                     "assistant_audio": rel(r.assistant_audio), "speaker": r.speaker, "duration": r.duration}
+            f.write(json.dumps(entry) + "\n")
+    return len(kept)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_pipelines.tokenize_speech", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -167,6 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tokenizer", required=True, help="a converted S3 tokenizer (convert s3tokenizer)")
     parser.add_argument("--out", required=True, help="folder for tokenize.json and bad_records.jsonl")
     parser.add_argument("--root", help="data root the manifest's paths may also lead into")
+    parser.add_argument("--manifest-out", help="also write the tokenized records as our JSONL manifest (for training)")
     parser.add_argument("--batch", type=int, default=16, help="rows per batch (rounded up to the device count)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--strict", action="store_true", help="stop at the first bad record")
@@ -182,6 +200,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BadRecordError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.manifest_out:
+        counts_out = write_manifest(args.manifest_out, records, bad)
+        log.info("wrote %s (%d records)", args.manifest_out, counts_out)
     os.makedirs(args.out, exist_ok=True)
     bad.write(os.path.join(args.out, "bad_records.jsonl"))
     report = {**dataclasses.asdict(counts), "bad_reasons": bad.counts(), "devices": jax.device_count(),

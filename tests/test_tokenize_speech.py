@@ -16,6 +16,8 @@ from processes import run_together
 from s3tokenizer_reference import reference
 
 from data_pipelines import tokenize_speech
+from data_pipelines.manifest import load_units, read_manifest
+from data_pipelines.validation import BadRecords
 from mdm_jax.model import s3_tokenizer as s3
 
 CFG = s3.S3TokenizerConfig(d_model=128, num_heads=2, num_layers=2)
@@ -94,8 +96,12 @@ def test_vocalnet_json_and_strict(tokenizer, waves, tmp_path):
     entry = {"id": "v1", "speech": "wav/q.wav", "units": "units/v1.npy", "assistant_audio": "wav/a.wav",
              "conversations": [{"from": "human", "value": "<speech>"}, {"from": "gpt", "value": "hi"}]}
     (tmp_path / "v.json").write_text(json.dumps([entry, {**entry, "id": "v2", "assistant_audio": "wav/none.wav"}]))
-    assert run(str(tmp_path / "v.json"), tok_dir, tmp_path / "out")["written"] == 1
+    report = run(str(tmp_path / "v.json"), tok_dir, tmp_path / "out", "--manifest-out", str(tmp_path / "t.jsonl"))
+    assert report["written"] == 1 and report["bad_reasons"] == {"missing_file": 1}
     np.testing.assert_array_equal(np.load(tmp_path / "units" / "v1.npy"), tok([waves["b"]])[0])
+    (record,) = read_manifest(str(tmp_path / "t.jsonl"), BadRecords(strict=True))  # what the trainer reads
+    assert (record.id, record.assistant_text, record.user_audio) == ("v1", "hi", str(tmp_path / "wav" / "q.wav"))
+    np.testing.assert_array_equal(load_units(record, CFG.codebook_size), tok([waves["b"]])[0])
     (tmp_path / "units" / "v1.npy").unlink()
     assert tokenize_speech.main(["--manifest", str(tmp_path / "v.json"), "--tokenizer", str(tok_dir), "--out",
                                  str(tmp_path / "o"), "--strict", "--no-progress"]) == 2  # names v2's missing file
@@ -108,6 +114,8 @@ import sys
 import jax
 jax.config.update("jax_num_cpu_devices", 2)
 from data_pipelines import tokenize_speech
+from data_pipelines.manifest import load_units, read_manifest
+from data_pipelines.validation import BadRecords
 assert jax.device_count() == 2
 sys.exit(tokenize_speech.main(["--manifest", sys.argv[1], "--tokenizer", sys.argv[2], "--out", sys.argv[3],
                                "--batch", "3", "--no-progress"]))
