@@ -16,9 +16,16 @@ import types
 import pytest
 
 
-def _stand_in_torchaudio() -> None:
-    if "torchaudio" in sys.modules or importlib.util.find_spec("torchaudio") is not None:
-        return
+def reference():
+    """The `s3tokenizer` package, or skip saying what is missing. The torchaudio stand-in is in `sys.modules`
+    only while the package imports (its modules keep their reference), so other libraries asking for torchaudio
+    later (transformers does) still find none."""
+    for name in ("torch", "s3tokenizer", "onnx", "einops"):
+        if importlib.util.find_spec(name) is None:
+            pytest.skip(f"parity reference needs {name!r}: run `make setup` (installs s3tokenizer --no-deps and "
+                        f"the parity extra)")
+    if "s3tokenizer" in sys.modules or importlib.util.find_spec("torchaudio") is not None:
+        return importlib.import_module("s3tokenizer")
     stand_in = types.ModuleType("torchaudio")
 
     def unavailable(name):
@@ -26,13 +33,7 @@ def _stand_in_torchaudio() -> None:
 
     stand_in.__getattr__ = unavailable
     sys.modules["torchaudio"] = stand_in
-
-
-def reference():
-    """The `s3tokenizer` package, or skip saying what is missing."""
-    for name in ("torch", "s3tokenizer", "onnx", "einops"):
-        if importlib.util.find_spec(name) is None:
-            pytest.skip(f"parity reference needs {name!r}: run `make setup` (installs s3tokenizer --no-deps and "
-                        f"the parity extra)")
-    _stand_in_torchaudio()
-    return importlib.import_module("s3tokenizer")
+    try:
+        return importlib.import_module("s3tokenizer")
+    finally:
+        del sys.modules["torchaudio"]

@@ -282,3 +282,13 @@ def test_state_dict_faults_are_named(onnx_file, reduced_v2):
         s3_from_torch({**state, "encoder.blocks.2.attn.key.weight": state["encoder.blocks.1.attn.key.weight"]}, cfg)
     with pytest.raises(ConversionError, match="'encoder.blocks.0.attn.query.weight' has shape \\(128, 64\\)"):
         s3_from_torch({**state, "encoder.blocks.0.attn.query.weight": np.zeros((128, 64), np.float32)}, cfg)
+
+
+def test_bench_smoke_writes_its_json(tmp_path):
+    """`experiments.bench_s3_tokenizer` (the README's throughput table) end to end at reduced size."""
+    from experiments import bench_s3_tokenizer
+
+    result = bench_s3_tokenizer.main(["--small", "--batches", "2", "--seconds", "1", "--repeats", "1",
+                                      "--out", str(tmp_path / "s3.json")])
+    assert [(r["batch"], r["seconds"]) for r in result["rows"]] == [(2, 1.0)] and result["rows"][0]["call_s"] > 0
+    assert (tmp_path / "s3.json").is_file()
