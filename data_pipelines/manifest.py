@@ -11,6 +11,9 @@ Our manifest, one dialogue per line (paths relative to the manifest's folder):
     [{"id": "q1", "speech": "wav/q1.wav", "units": "units/q1.npy",
       "conversations": [{"from": "human", "value": "<speech>\\n..."}, {"from": "gpt", "value": "four"}]}]
 
+An optional `assistant_audio` (the spoken answer) may sit beside `units` in either format: it is what
+`data_pipelines.tokenize_speech` turns into the units.
+
 A manifest is often someone else's data: its paths must resolve (symlinks followed) inside the
 manifest's folder or the data root the user names (`root`); a record whose path leads elsewhere
 (`../..`, an absolute path, a symlink out) is skipped with reason `path_outside_root` (an error in
@@ -126,6 +129,7 @@ def _parse_vocalnet(entry: dict, name: str, locate: Locate) -> Record:
         _field(entry, "speech", str, name),
         answers[0],
         _field(entry, "units", (str, list), name),
+        assistant_audio=_optional_path(entry, "assistant_audio", name, locate),
     )
 
 

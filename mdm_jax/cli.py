@@ -22,6 +22,7 @@ from mdm_jax.convert import llm_config_from_hf, llm_config_to_hf, llm_from_hf, l
 from mdm_jax.convert.cosyvoice2 import convert_cosyvoice2
 from mdm_jax.convert.hf_files import load_hf_folder, save_hf_folder
 from mdm_jax.convert.params_io import load_params, save_params
+from mdm_jax.convert.s3_tokenizer import convert_s3_tokenizer
 from mdm_jax.convert.vocalnet_release import vocalnet_from_release
 from mdm_jax.decode.streaming import spoken_question, stream_batch
 from mdm_jax.model.vocalnet import count_params, random_params
@@ -39,6 +40,12 @@ def _convert(args):
     if args.kind == "cosyvoice2":
         t2w = convert_cosyvoice2(args.src, args.out, args.overrides, args.speaker)
         print(f"wrote {args.out} (CosyVoice2 token2wav: flow + HiFT, {t2w.sample_rate} Hz)")
+        return
+    if args.kind == "s3tokenizer":
+        preset = "v2" if args.config == "vocalnet-1b" else args.config  # --config left at its default: v2
+        tok = convert_s3_tokenizer(args.src, args.out, preset, args.overrides)
+        print(f"wrote {args.out} (S3 tokenizer {preset}: {tok.config.num_layers} layers, "
+              f"{tok.config.codebook_size} codes at 25 Hz)")
         return
     hf_config, state = load_hf_folder(args.src)
     if args.kind == "hf-llm":
@@ -140,16 +147,20 @@ def main(argv=None):
     info.set_defaults(run=_info)
 
     conv = sub.add_parser("convert", help="convert a Hugging Face / VocalNet / CosyVoice2 folder for mdm_jax")
-    conv.add_argument("kind", choices=["hf-llm", "vocalnet", "cosyvoice2"],
+    conv.add_argument("kind", choices=["hf-llm", "vocalnet", "cosyvoice2", "s3tokenizer"],
                       help="hf-llm: LLaMA 3.x / Qwen2 text model; vocalnet: a whole VocalNet release; "
-                           "cosyvoice2: CosyVoice2's flow.pt + hift.pt as a token2wav (--token2wav of generate)")
+                           "cosyvoice2: CosyVoice2's flow.pt + hift.pt as a token2wav (--token2wav of generate); "
+                           "s3tokenizer: CosyVoice2's speech_tokenizer_v2.onnx (or a v2 / v3 state dict .pt) for "
+                           "data_pipelines.tokenize_speech")
     conv.add_argument("--src", required=True, help="folder with config.json and *.safetensors (cosyvoice2: flow.pt "
-                                                   "and hift.pt, or .safetensors)")
+                                                   "and hift.pt, or .safetensors; s3tokenizer: the .onnx / .pt file)")
     conv.add_argument("--out", required=True)
-    conv.add_argument("--config", default="vocalnet-1b", help="preset of the VocalNet release (kind vocalnet)")
+    conv.add_argument("--config", default="vocalnet-1b", help="preset of the VocalNet release (kind vocalnet); "
+                                                              "s3tokenizer: v2 (default) or v3")
     conv.add_argument("--speaker", help="cosyvoice2: a .npy speaker x-vector (192,) for the voice (default zeros)")
     conv.add_argument("overrides", nargs="*", metavar="key=value",
-                      help="config overrides; cosyvoice2: flow.KEY=VALUE / hift.KEY=VALUE sizes")
+                      help="config overrides; cosyvoice2: flow.KEY=VALUE / hift.KEY=VALUE sizes; s3tokenizer: "
+                           "KEY=VALUE sizes (d_model=128)")
     conv.set_defaults(run=_convert)
 
     exp = sub.add_parser("export-hf", help="write the LLM of a checkpoint as a Hugging Face folder (safetensors)")
