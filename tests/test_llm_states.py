@@ -118,3 +118,36 @@ def test_bad_caches_are_named(setup, tmp_path):
     with pytest.raises(ConfigError, match="cannot train stage.name=text"):
         get_train_config("tiny", [f"data.llm_states={path}", "stage.name=text"])
 
+
+
+def test_packed_batches_fill_rows_whole_blocks_per_answer_and_resume(setup):
+    cfg, _, states, path, _ = setup
+    cfg = get_train_config("tiny", small_overrides(batch=2) + [
+        f"data.llm_states={path}", "stage.name=speech", "data.batching=pack", "data.pack_units=16",
+        "data.pack_text=16", "model.speech_decoder.block_size=4"])
+    source = llm_states.StatesSource(cfg)
+    batches = [next(source) for _ in range(8)]
+    assert {b["units"].shape for b in batches} == {(2, 16)} and {b["text_hidden"].shape[1] for b in batches} == {16}
+    epoch = []
+    for b in batches[:3]:  # 100 speech slots of answers in rows of 16: at least 7 rows, 3 batches, per epoch
+        for row in range(2):
+            seg, index, units = b["speech_segments"][row], b["speech_index"][row], b["units"][row]
+            for s in range(1, seg.max() + 1):
+                own = np.flatnonzero(seg == s)
+                assert len(own) % 4 == 0 and (index[own] == np.arange(len(own))).all()  # whole blocks, from 0
+                valid = b["speech_valid"][row, own]
+                assert valid[: valid.sum()].all() and units[own][valid.sum() - 1] == cfg.model.speech_decoder.eos_id
+                assert (b["text_segments"][row] == s).sum() >= 1
+                epoch.append(int(units[own[0]]))
+    assert len(epoch) == len(set(epoch)) >= 7  # no record twice in an epoch, rows hold several
+    slots = sum(b["speech_segments"].size for b in batches)
+    assert sum(int(b["speech_valid"].sum()) for b in batches) / slots > 0.6  # vs 0.47 one answer per 16-slot row
+    again = llm_states.StatesSource(cfg)
+    again.set_state({"index": 5})
+    for k, v in next(again).items():
+        np.testing.assert_array_equal(v, batches[5][k])
+    with pytest.raises(ConfigError, match="cannot hold the longest"):
+        llm_states.StatesSource(get_train_config("tiny", small_overrides(batch=2) + [
+            f"data.llm_states={path}", "stage.name=speech", "data.batching=pack", "data.pack_units=8"]))
+    with pytest.raises(ConfigError, match="needs data.cache_encoder=true"):
+        get_train_config("tiny", ["stage.name=text", "data.batching=pack"])

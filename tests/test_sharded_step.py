@@ -4,7 +4,8 @@ data, tensor and FSDP parallel, alone and together.
 Stage I (vocab-parallel text CE through the tensor-parallel LLM, LoRA + adaptor grads): loss and
 every gradient leaf. Stage II MDM (speech decoder, heads and FFN split over 'model'): the loss and
 the params after 3 AdamW steps, also with two accumulated micro-batches per step on mesh (2, 2, 2),
-as MTP (two extra heads, each a mean over its own ragged count) does too.
+as MTP (two extra heads, each a mean over its own ragged count) does too, and MDM and MTP on packed
+rows (several answers a row, `diffusion.packing`).
 Each run blocks on its outputs (fake CPU devices deadlock when collectives queue up).
 """
 
@@ -100,13 +101,36 @@ SCRIPT = textwrap.dedent("""
         cfg, opt, state, specs, batches = setup("stage.objective=mtp")
         accumulated("stage.objective=mtp", *reference(cfg, opt, state, batches))
 
-    {"text": stage_one, "mdm": stage_two, "mtp": mtp}[sys.argv[2]]()
+    def packed():  # packed rows of cached LLM states (several answers a row), MDM and MTP, accumulated on (2, 2, 2)
+        from mdm_jax.train.llm_states import lay_out
+        rng = np.random.default_rng(0)
+        for objective in ("mdm", "mtp"):
+            cfg, opt, state, specs, _ = setup(f"stage.objective={objective}")
+            sd = cfg.model.speech_decoder
+            rows = [[3 * r, 3 * r + 1, 3 * r + 2][: 1 + r % 3] for r in range(8)]  # 1-3 answers a row
+            hidden = [rng.standard_normal((int(rng.integers(2, 6)), 64)).astype(np.float32) for _ in range(24)]
+            units = [np.r_[rng.integers(0, 64, int(rng.integers(1, 9))), sd.eos_id].astype(np.int32) for _ in range(24)]
+            batches = [lay_out(hidden, units, rows, text_len=16, unit_len=30, block_size=sd.block_size,
+                               pad_id=sd.pad_id, packed=True)] * 2
+            ref, ref_losses = reference(cfg, opt, state, batches)
+            cfg2 = get_train_config("tiny", SMALL + MTP + [f"stage.objective={objective}", "optimizer.accum_steps=2"])
+            mesh = make_mesh(MeshConfig(2, 2, 2))
+            st, step = jax.device_put(state, shardings(mesh, specs)), make_train_step(cfg2, opt, mesh, specs)
+            for b, ref_loss in zip(batches, ref_losses):
+                st, m = step(st, jax.device_put(b, batch_sharding(mesh)))
+                close(jax.block_until_ready(m["loss"]), ref_loss, 1e-5)
+            jax.tree.map(lambda a, b: close(a, b, 2e-6), st.params, ref.params)
+            print("packed ok", objective, time.time() - t0, flush=True)
+
+    {"text": stage_one, "mdm": stage_two, "mtp": mtp, "packed": packed}[sys.argv[2]]()
 """)
 
 
 def test_sharded_step_equals_unsharded_on_every_mesh():
     """The stages run side by side, one process each: their compiles are single-threaded."""
-    stage_one, stage_two, mtp = run_together([[SCRIPT, " ".join(SMALL), s] for s in ("text", "mdm", "mtp")], 600)
+    stage_one, stage_two, mtp, packed = run_together([[SCRIPT, " ".join(SMALL), s]
+                                                      for s in ("text", "mdm", "mtp", "packed")], 600)
     assert stage_one.count("grads ok") == 3 and stage_two.count("steps ok") == 3, stage_one + stage_two
     assert "accumulated ok stage.objective=mdm" in stage_two, stage_two
     assert "accumulated ok stage.objective=mtp" in mtp, mtp
+    assert "packed ok mdm" in packed and "packed ok mtp" in packed, packed

@@ -82,6 +82,10 @@ class DataSourceConfig:
     pad_multiple: int = 32  # bucketed lengths round up to this: fewer shapes, fewer compilations
     cache_encoder: bool = False  # stage I: the frozen encoder once per record, its frames kept in host memory
     bucket_window: int = 0  # llm_states: batches of similar answer length, sorted in windows of this many (0: off)
+    batching: str = "bucket"  # "pack": several examples per row (stage I cache_encoder, stage II llm_states)
+    pack_seconds: float = 0.0  # packed stage I rows: audio per row (0: max_seconds)
+    pack_text: int = 0  # packed rows: text tokens (stage I) or answer states (stage II) per row (0: the longest)
+    pack_units: int = 0  # packed rows: speech units per row, rounded up to whole blocks (0: the longest)
     seed: int = 0
 
 
@@ -136,6 +140,13 @@ class TrainConfig:
         check(self.data.bucket_window >= 0, f"data.bucket_window={self.data.bucket_window} must be >= 0")
         check(not self.data.cache_encoder or self.stage.name == "text",
               "data.cache_encoder caches stage I's encoder frames: stage II reads data.llm_states instead")
+        check(self.data.batching in ("bucket", "pack"),
+              f"data.batching={self.data.batching!r}; expected bucket or pack")
+        check(self.data.batching != "pack" or self.data.cache_encoder or self.data.llm_states,
+              "data.batching=pack needs data.cache_encoder=true (stage I) or data.llm_states (stage II): the Whisper "
+              "encoder inside the step runs on bucketed rows")
+        check(self.data.batching != "pack" or not self.data.bucket_window,
+              "data.batching=pack and data.bucket_window: choose one")
         check(self.stage.objective != "mtp" or self.model.speech_decoder.mtp_modules > 0,
               "stage.objective=mtp needs model.speech_decoder.mtp_modules > 0")
         distilling, strategy = self.stage.name == "distill", self.mask.strategy

@@ -64,6 +64,8 @@ class SyntheticSource:
         return {
             "mel": mel,
             "mel_segment_ids": (np.arange(self.frames) < frames).astype(np.int32),
+            "mel_positions": np.where(np.arange(self.frames) < frames, np.arange(self.frames), 0).astype(np.int32),
+            "text_positions": _pad(np.arange(len(text), dtype=np.int32), d.max_text),
             "text": _pad(text, d.max_text),
             "text_loss_mask": _pad(np.r_[np.zeros(len(prompt)), np.ones(n + 1)].astype(np.int32), d.max_text),
             "text_segment_ids": _pad(np.ones(len(text), np.int32), d.max_text),
@@ -72,14 +74,21 @@ class SyntheticSource:
         }
 
 
-def model_batch(raw: dict, cfg: ModelConfig, speech_id: int) -> dict:
-    """Pipeline batch (one example per row) -> the model batch of `objectives` (numpy).
+def model_batch(raw: dict, cfg: ModelConfig, speech_id: int, packed: bool = False) -> dict:
+    """Pipeline batch -> the model batch of `objectives` (numpy).
 
     The tokenizer's speech placeholder becomes SPEECH_PLACEHOLDER; EOS is appended to the units,
-    which are padded with PAD to whole blocks.
+    which are padded with PAD to whole blocks. `packed` (several dialogues per row, stage I): the text
+    with its segments and per-dialogue index (`text_segments`, `text_index`) and the mel's
+    (`mel_segments`, for `EncoderCache.packed`); no units (stage II packs cached LLM states instead).
     """
+    text = np.where(raw["text"] == speech_id, SPEECH_PLACEHOLDER, raw["text"]).astype(np.int32)
+    if packed:
+        return {"mel": raw["mel"].astype(np.float32), "mel_segments": raw["mel_segment_ids"], "text": text,
+                "text_valid": raw["text_segment_ids"] > 0, "text_loss_mask": raw["text_loss_mask"] > 0,
+                "text_segments": raw["text_segment_ids"], "text_index": raw["text_positions"]}
     if raw["text_segment_ids"].max() > 1:
-        raise ValueError("packed rows (several examples per row) are not supported by the trainer: use bucketing")
+        raise ValueError("packed rows (several examples per row) in a bucketed run: set data.batching=pack")
     sd = cfg.speech_decoder
     n_units = (raw["units_segment_ids"] > 0).sum(1)
     b, u = raw["units"].shape
@@ -89,7 +98,7 @@ def model_batch(raw: dict, cfg: ModelConfig, speech_id: int) -> dict:
     units[np.arange(b), n_units] = sd.eos_id
     return {
         "mel": raw["mel"].astype(np.float32),
-        "text": np.where(raw["text"] == speech_id, SPEECH_PLACEHOLDER, raw["text"]).astype(np.int32),
+        "text": text,
         "text_valid": raw["text_segment_ids"] > 0,
         "text_loss_mask": raw["text_loss_mask"] > 0,
         "units": units,
@@ -99,8 +108,9 @@ def model_batch(raw: dict, cfg: ModelConfig, speech_id: int) -> dict:
 
 def batch_stats(batch: dict) -> dict:
     """Real tokens (text + speech) in a model batch and the padded fraction of its token slots."""
-    real = int(batch["text_valid"].sum() + batch["speech_valid"].sum())
-    slots = batch["text_valid"].size + batch["speech_valid"].size
+    speech = batch.get("speech_valid", np.zeros(0, bool))  # packed stage I rows carry no speech
+    real = int(batch["text_valid"].sum() + speech.sum())
+    slots = batch["text_valid"].size + speech.size
     return {"tokens": real, "padding": 1.0 - real / slots}
 
 

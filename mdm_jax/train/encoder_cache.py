@@ -16,6 +16,7 @@ import hashlib
 import jax
 import numpy as np
 
+from data_pipelines.tokenizer import num_speech_frames
 from mdm_jax.config.model import ModelConfig
 from mdm_jax.model.vocalnet import VocalNet
 
@@ -35,15 +36,38 @@ class EncoderCache:
     def __call__(self, batch: dict, mel_frames: np.ndarray) -> dict:
         """Model batch with mel (b, n_mels, T) and each row's frames (b,) -> the batch with `encoded`
         (b, T' , d_enc) instead (rows zero-padded to the longest)."""
-        rows = []
-        for mel, n in zip(batch["mel"], mel_frames):
-            n = min(-(-max(int(n), 1) // self.pad_multiple) * self.pad_multiple, mel.shape[-1])
-            key = hashlib.blake2b(np.ascontiguousarray(mel[:, :n]).tobytes(), digest_size=16).digest()
-            if key not in self.frames:
-                self.frames[key] = np.asarray(_encode(self.params, mel[None, :, :n], cfg=self.cfg))[0]
-                self.computed += 1
-            rows.append(self.frames[key])
+        rows = [self.frames_of(mel[:, : min(self._rounded(n), mel.shape[-1])]) for mel, n in zip(batch["mel"],
+                                                                                                mel_frames)]
         encoded = np.zeros((len(rows), max(len(r) for r in rows), rows[0].shape[-1]), np.float32)
         for i, r in enumerate(rows):
             encoded[i, : len(r)] = r
         return {k: v for k, v in batch.items() if k != "mel"} | {"encoded": encoded}
+
+    def packed(self, batch: dict) -> dict:
+        """Packed model batch (`model_batch(packed=True)`: mel (b, n_mels, T) with `mel_segments`) -> the
+        batch with `encoded` (b, L · k, d_enc) instead: each dialogue's frames encoded alone (as in an
+        unpacked row), the k frames of each of its speech placeholders, in the order of the text's."""
+        k = self.cfg.adaptor.downsample
+        width = batch["text"].shape[1] * k  # room for every text slot being a placeholder: one shape
+        encoded = np.zeros((len(batch["mel"]), width, self.cfg.encoder.d_model), np.float32)
+        for row, (mel, segments) in enumerate(zip(batch["mel"], batch["mel_segments"])):
+            start = 0
+            for segment in range(1, segments.max(initial=0) + 1):
+                own = mel[:, segments == segment]
+                alone = np.zeros((mel.shape[0], self._rounded(own.shape[1])), np.float32)
+                alone[:, : own.shape[1]] = own  # zero-padded as a bucketed row would be
+                frames = self.frames_of(alone)[: num_speech_frames(own.shape[1], k) * k]
+                encoded[row, start : start + len(frames)] = frames
+                start += len(frames)
+        return {key: v for key, v in batch.items() if key not in ("mel", "mel_segments")} | {"encoded": encoded}
+
+    def _rounded(self, frames: int) -> int:
+        return -(-max(int(frames), 1) // self.pad_multiple) * self.pad_multiple
+
+    def frames_of(self, mel: np.ndarray) -> np.ndarray:
+        """One row's mel (n_mels, frames) -> its encoder frames, computed once per distinct mel."""
+        key = hashlib.blake2b(np.ascontiguousarray(mel).tobytes(), digest_size=16).digest()
+        if key not in self.frames:
+            self.frames[key] = np.asarray(_encode(self.params, mel[None], cfg=self.cfg))[0]
+            self.computed += 1
+        return self.frames[key]

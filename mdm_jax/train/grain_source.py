@@ -28,8 +28,13 @@ def grain_source(cfg: TrainConfig, bad, process_index: int = 0, process_count: i
     tokenizer, template = load_tokenizer(tokenizer_path), TEMPLATES[d.template]
     if tokenizer.get_vocab_size() > m.llm.vocab_size:
         raise ConfigError(f"tokenizer has {tokenizer.get_vocab_size()} ids > model.llm.vocab_size={m.llm.vocab_size}")
+    rows = len(local_rows(d.batch_size, process_index, process_count))
+    packing = dict(pack_mel=int(100 * (d.pack_seconds or d.max_seconds)), pack_text=d.pack_text or d.max_text,
+                   pack_units=d.pack_units or d.max_units)
+    if d.batching == "pack":  # Grain packs every feature: mel frames start at adaptor-group boundaries
+        packing["pack_mel"] = -(-packing["pack_mel"] // (2 * m.adaptor.downsample)) * 2 * m.adaptor.downsample
     data_cfg = DataConfig(
-        batch_size=len(local_rows(d.batch_size, process_index, process_count)), batching="bucket",
+        batch_size=rows, batching=d.batching, **packing,
         n_mels=m.encoder.num_mel_bins, adaptor_k=m.adaptor.downsample, unit_vocab=m.speech_decoder.num_units,
         max_seconds=d.max_seconds, max_text=d.max_text, max_units=d.max_units, pad_multiple=d.pad_multiple,
         seed=d.seed, num_epochs=epochs,

@@ -108,6 +108,29 @@ def lay_out(hidden: list[np.ndarray], units: list[np.ndarray], rows: list[list[i
     return batch
 
 
+def pack_rows(order, text: np.ndarray, speech: np.ndarray, *, text_len: int, unit_len: int,
+              bins: int) -> list[list[int]]:
+    """Examples (ids in `order`; text and speech slots each) best-fit into rows of text_len / unit_len slots:
+    each goes to the open row it leaves the least speech room in; with `bins` rows open and none fitting,
+    the fullest is closed. -> the rows' example ids, in the order they were closed."""
+    closed, rows, room = [], [], []
+    for i in order:
+        fits = [r for r in range(len(rows)) if room[r][0] >= text[i] and room[r][1] >= speech[i]]
+        if not fits:
+            if len(rows) == bins:
+                r = min(range(len(rows)), key=lambda r: room[r][1])
+                closed.append(rows.pop(r))
+                room.pop(r)
+            rows.append([])
+            room.append([text_len, unit_len])
+            fits = [len(rows) - 1]
+        r = min(fits, key=lambda r: room[r][1])
+        rows[r].append(int(i))
+        room[r][0] -= text[i]
+        room[r][1] -= speech[i]
+    return closed + rows
+
+
 class StatesSource:
     """Model batches of the speech objective over a states cache; batch i is a pure function of
     (seed, i) (a fresh permutation every epoch), so checkpoints hold just the index.
@@ -117,7 +140,10 @@ class StatesSource:
     the whole run. With `data.bucket_window` = w > 0, each epoch's permutation is cut into windows of
     w batches, each window sorted by answer length and cut into batches shuffled within it (as the
     Grain pipeline buckets), U the batch's own longest answer: less padding, a few shapes; the
-    epoch's last incomplete batch is dropped.
+    epoch's last incomplete batch is dropped. With `data.batching=pack`, each epoch's permutation is
+    best-fit into rows of `data.pack_text` states and `data.pack_units` speech slots (`pack_rows`,
+    4 · batch rows open), each answer padded to whole blocks, b rows a batch (`lay_out(packed=True)`):
+    one shape, little padding; the epoch's last incomplete batch is dropped.
     """
 
     def __init__(self, cfg: TrainConfig, process_index: int = 0, process_count: int = 1):
@@ -130,10 +156,19 @@ class StatesSource:
         self.text_len = int(states["text_lengths"].max())
         self.unit_len = self._whole_blocks(int(states["unit_lengths"].max()))
         self.pad_id, self.index = cfg.model.speech_decoder.pad_id, 0
-        self._epoch = (None, None)  # (epoch, its batches of example ids) when bucketing
+        self._epoch = (None, None)  # (epoch, its batches of example ids) when bucketing or packing
         if self.window and len(self) < self.batch_size:
             raise ConfigError(f"data.bucket_window={self.window}: {len(self)} cached records cannot fill a batch of "
                               f"{self.batch_size}")
+        self.packed = cfg.data.batching == "pack"
+        if self.packed:
+            longest = (self.text_len, self.unit_len)
+            self.text_len = cfg.data.pack_text or self.text_len
+            self.unit_len = self._whole_blocks(cfg.data.pack_units) or self.unit_len
+            if self.text_len < longest[0] or self.unit_len < longest[1]:
+                raise ConfigError(f"data.pack_text={self.text_len} / data.pack_units={self.unit_len} cannot hold the "
+                                  f"longest cached answer ({longest[0]} states, {longest[1]} speech slots)")
+            self._per_epoch = []  # packed batches of epochs 0, 1, ...: each epoch packs into its own count
 
     def __len__(self) -> int:
         return len(self.hidden)
@@ -143,6 +178,25 @@ class StatesSource:
 
     def _whole_blocks(self, n: int) -> int:
         return -(-n // self.block_size) * self.block_size
+
+    def _epoch_rows(self, epoch: int) -> list[list[int]]:
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self))
+        speech = [self._whole_blocks(len(u)) for u in self.units]
+        return pack_rows(order, [len(h) for h in self.hidden], speech, text_len=self.text_len,
+                         unit_len=self.unit_len, bins=4 * self.batch_size)
+
+    def _packed_batch(self) -> list[list[int]]:
+        """The rows (example ids each) of global batch `self.index`."""
+        k, epoch = self.index, 0
+        while True:
+            while len(self._per_epoch) <= epoch:
+                self._per_epoch.append(len(self._epoch_rows(len(self._per_epoch))) // self.batch_size)
+            if k < self._per_epoch[epoch]:
+                break
+            k, epoch = k - self._per_epoch[epoch], epoch + 1
+        if self._epoch[0] != epoch:
+            self._epoch = (epoch, self._epoch_rows(epoch))
+        return self._epoch[1][k * self.batch_size : (k + 1) * self.batch_size]
 
     def _global_batch(self) -> list[int]:
         """The example ids of global batch `self.index`."""
@@ -162,6 +216,11 @@ class StatesSource:
         return self._epoch[1][k]
 
     def __next__(self) -> dict:
+        if self.packed:
+            rows = self._packed_batch()
+            self.index += 1
+            return lay_out(self.hidden, self.units, [rows[r] for r in self.rows], text_len=self.text_len,
+                           unit_len=self.unit_len, block_size=self.block_size, pad_id=self.pad_id, packed=True)
         ids = self._global_batch()
         unit_len = self._whole_blocks(max(len(self.units[i]) for i in ids)) if self.window else self.unit_len
         batch = lay_out(self.hidden, self.units, [[ids[r]] for r in self.rows], text_len=self.text_len,

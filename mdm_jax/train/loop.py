@@ -108,10 +108,11 @@ def train(cfg: TrainConfig, workdir: str, source=None, log=print) -> dict:
             step_fn = steps_fns[steps]
 
             raw = next(source)
-            host = raw if "text_hidden" in raw else model_batch(raw, cfg.model, speech_id)
+            packed = cfg.data.batching == "pack"
+            host = raw if "text_hidden" in raw else model_batch(raw, cfg.model, speech_id, packed)
             stats = batch_stats(host)
             if cache is not None:
-                host = cache(host, (raw["mel_segment_ids"] > 0).sum(1))
+                host = cache.packed(host) if packed else cache(host, (raw["mel_segment_ids"] > 0).sum(1))
             batch = jax.tree.map(lambda x: jax.make_array_from_process_local_data(batch_sharding(mesh), x), host)
             if flops is None and peak_flops(cfg):  # MFU needs both; CPUs have no peak to divide by
                 flops = step_flops(cfg, optimizer, batch, steps)
