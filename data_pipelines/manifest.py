@@ -12,7 +12,7 @@ Our manifest, one dialogue per line (paths relative to the manifest's folder):
       "conversations": [{"from": "human", "value": "<speech>\\n..."}, {"from": "gpt", "value": "four"}]}]
 
 An optional `assistant_audio` (the spoken answer) may sit beside `units` in either format: it is what
-`data_pipelines.tokenize_speech` turns into the units.
+`mdm_jax.tokenize_speech` turns into the units.
 
 A manifest is often someone else's data: its paths must resolve (symlinks followed) inside the
 manifest's folder or the data root the user names (`root`); a record whose path leads elsewhere

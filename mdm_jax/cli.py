@@ -151,7 +151,7 @@ def main(argv=None):
                       help="hf-llm: LLaMA 3.x / Qwen2 text model; vocalnet: a whole VocalNet release; "
                            "cosyvoice2: CosyVoice2's flow.pt + hift.pt as a token2wav (--token2wav of generate); "
                            "s3tokenizer: CosyVoice2's speech_tokenizer_v2.onnx (or a v2 / v3 state dict .pt) for "
-                           "data_pipelines.tokenize_speech")
+                           "mdm_jax.tokenize_speech")
     conv.add_argument("--src", required=True, help="folder with config.json and *.safetensors (cosyvoice2: flow.pt "
                                                    "and hift.pt, or .safetensors; s3tokenizer: the .onnx / .pt file)")
     conv.add_argument("--out", required=True)

@@ -74,3 +74,18 @@ def test_compile_ratios_pair_the_layouts_and_bound_timeouts():
     assert bench_compile.ratios(rows) == [
         {"config": "c", "program": "train_text", "unrolled_over_scanned": 3.0, "lower_bound": False},
         {"config": "c", "program": "train_speech", "unrolled_over_scanned": 30.0, "lower_bound": True}]
+
+
+def test_bench_packing_writes_padding_and_throughput_for_both_stages(tmp_path):
+    out = tmp_path / "packing.json"
+    done = subprocess.run([sys.executable, "-m", "experiments.bench_packing", "--examples", "12", "--batch", "4",
+                           "--corpus", str(tmp_path / "none"), "--out", str(out)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    for stage in ("stage I", "stage II"):
+        r = result["long-tailed"][stage]
+        for mode in ("bucket", "pack"):
+            assert 0 <= r[mode]["row_padding"] <= r[mode]["padding"] < 1 and r[mode]["useful_tokens_per_s"] > 0
+        assert r["pack"]["row_padding"] < r["bucket"]["row_padding"]  # packing fills rows the tail leaves empty
+    assert "| long-tailed | stage II | pack |" in done.stdout

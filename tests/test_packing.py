@@ -2,7 +2,8 @@
 examples one per row, for stage I (LLM over cached encoder frames) and every stage II objective (MDM,
 AR, MTP, distillation) with both Talkers, ragged segments, streaming per example and an answer
 ending exactly at a block boundary; and attention never crosses a segment (perturb one, the others'
-logits stay). The unpacked path these compare with is the one every other test checks."""
+logits stay). The unpacked path these compare with is the one every other test checks. Each Talker
+runs MDM, AR and the isolation check; MTP and distillation (the same layouts) run on the anchor one."""
 
 import jax
 import jax.numpy as jnp
@@ -74,8 +75,8 @@ def _assert_same(one, packed):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-6), grads_p, grads_1)
 
 
-@pytest.mark.parametrize("talker", ["anchor", "vocalnet"])
-@pytest.mark.parametrize("objective", ["mdm", "ar", "mtp"])
+@pytest.mark.parametrize("talker, objective", [("anchor", "mdm"), ("vocalnet", "mdm"), ("anchor", "ar"),
+                                               ("vocalnet", "ar"), ("anchor", "mtp")])
 def test_packed_speech_objectives_equal_one_example_per_row(talker, objective):
     cfg = _cfg(talker, objective)
     params = random_params(cfg.model)["speech_decoder"]
@@ -99,7 +100,7 @@ def test_packed_speech_objectives_equal_one_example_per_row(talker, objective):
             np.testing.assert_allclose(mp[k], m1[k], rtol=2e-5, err_msg=k)
 
 
-@pytest.mark.parametrize("talker", ["anchor", "vocalnet"])
+@pytest.mark.parametrize("talker", ["anchor"])
 def test_packed_distillation_equals_one_example_per_row(talker):
     """Fully masked blocks (γ_g = 1) make the noise the same draw in both layouts; the teacher is greedy."""
     cfg = _cfg(talker, "distill", "mask.bernoulli_min=1.0", "mask.bernoulli_max=1.0", "distill.teacher_steps=2")

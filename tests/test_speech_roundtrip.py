@@ -1,6 +1,6 @@
 """Audio -> S3 tokens -> CosyVoice2 token2wav -> audio, end to end with random reduced weights: a released-layout
 speech_tokenizer_v2.onnx and CosyVoice2's flow.pt + hift.pt converted by the CLI, a manifest's answer
-tokenized by `data_pipelines.tokenize_speech`, the units loaded as training reads them (num_units 6561,
+tokenized by `mdm_jax.tokenize_speech`, the units loaded as training reads them (num_units 6561,
 the real presets'), spoken by the converted token2wav; every stage against its PyTorch reference on the
 same input (the s3tokenizer package's ids, CosyVoice2's flow mel and HiFT audio)."""
 
@@ -13,10 +13,9 @@ from test_cosyvoice2 import FLOW, _reference_hift, converted  # noqa: F401 (a fi
 from test_cosyvoice_flow import reference_mel
 from test_s3_tokenizer import REDUCED, reference_model, reference_run, released_onnx
 
-from data_pipelines import tokenize_speech
 from data_pipelines.manifest import load_units, read_manifest
 from data_pipelines.validation import BadRecords
-from mdm_jax import cli
+from mdm_jax import cli, tokenize_speech
 from mdm_jax.config.model import get_config
 from mdm_jax.model import s3_tokenizer as s3
 

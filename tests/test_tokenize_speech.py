@@ -1,4 +1,4 @@
-"""`python -m data_pipelines.tokenize_speech`: every good record's .npy holds the ids the tokenizer gives its
+"""`python -m mdm_jax.tokenize_speech`: every good record's .npy holds the ids the tokenizer gives its
 audio alone (ragged batches, a resampled file), bad audio is skipped and counted by reason, a rerun skips
 what is done and redoes a damaged .npy, VocalNet's JSON works the same, and on 2 fake CPU devices
 (shard_map over 'data') the files are identical."""
@@ -15,9 +15,9 @@ import soxr
 from processes import run_together
 from s3tokenizer_reference import reference
 
-from data_pipelines import tokenize_speech
 from data_pipelines.manifest import load_units, read_manifest
 from data_pipelines.validation import BadRecords
+from mdm_jax import tokenize_speech
 from mdm_jax.model import s3_tokenizer as s3
 
 CFG = s3.S3TokenizerConfig(d_model=128, num_heads=2, num_layers=2)
@@ -113,7 +113,7 @@ SHARDED = """
 import sys
 import jax
 jax.config.update("jax_num_cpu_devices", 2)
-from data_pipelines import tokenize_speech
+from mdm_jax import tokenize_speech
 from data_pipelines.manifest import load_units, read_manifest
 from data_pipelines.validation import BadRecords
 assert jax.device_count() == 2

@@ -1,7 +1,7 @@
 """Tokenize the spoken answers of a manifest with CosyVoice2's S3 tokenizer: each record's 25 Hz speech
 tokens (6561 codes) written as a (U,) int32 .npy where the manifest expects its units.
 
-    python -m data_pipelines.tokenize_speech --manifest data/train.jsonl --tokenizer s3_v2_jax --out runs/tok
+    python -m mdm_jax.tokenize_speech --manifest data/train.jsonl --tokenizer s3_v2_jax --out runs/tok
 
 The answer's audio is the record's `assistant_audio` (our manifest; in VocalNet's JSON the same field
 beside `units`), its units path `assistant_units`. Records are sorted by length and batched in whole- /
@@ -178,7 +178,7 @@ def write_manifest(path: str, records: Sequence[Record], bad: BadRecords) -> int
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m data_pipelines.tokenize_speech", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m mdm_jax.tokenize_speech", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--manifest", required=True, help="our JSONL manifest, or VocalNet's JSON list (.json)")
     parser.add_argument("--tokenizer", required=True, help="a converted S3 tokenizer (convert s3tokenizer)")
