@@ -151,3 +151,17 @@ def test_packed_batches_fill_rows_whole_blocks_per_answer_and_resume(setup):
             f"data.llm_states={path}", "stage.name=speech", "data.batching=pack", "data.pack_units=8"]))
     with pytest.raises(ConfigError, match="needs data.cache_encoder=true"):
         get_train_config("tiny", ["stage.name=text", "data.batching=pack"])
+
+
+@pytest.mark.parametrize("stage", ["stage.objective=mtp", "stage.name=distill"])
+def test_the_trainer_trains_on_packed_rows(setup, tmp_path, stage):
+    """The loop end to end on the packed source (MDM and MTP steps on packed rows: test_sharded_step; every
+    objective's packed loss: test_packing)."""
+    from mdm_jax.train.loop import train
+
+    _, _, _, path, _ = setup
+    cfg = get_train_config("tiny", small_overrides(batch=2, steps=2) + [
+        f"data.llm_states={path}", "stage.name=speech", stage, "model.speech_decoder.mtp_modules=1",
+        "data.batching=pack", "data.pack_units=40", "data.pack_text=16", "distill.teacher_steps=2"])
+    summary = train(cfg, str(tmp_path), log=lambda *_: None)
+    assert summary["step"] == 2 and np.isfinite(summary["loss"])
