@@ -93,7 +93,8 @@ def prepare(batch: dict, key, cfg: TrainConfig) -> dict:
     counts per head (`MTP_COUNTS`). Block diffusion (MDM, distillation) with `mask.after_eos=eos` also
     fills the last block with EOS."""
     k_stream, k_mask = jax.random.split(key)
-    sd, b, packed = cfg.model.speech_decoder, batch["text_valid"].shape[0], packed_of(batch)
+    sd, packed = cfg.model.speech_decoder, packed_of(batch)
+    b = batch["units" if "units" in batch else "text"].shape[0]
     examples = 1 if packed is None else batch["units"].shape[1] // sd.block_size  # per row
     streaming = draw_streaming(k_stream, b * examples, cfg.stage.streaming_prob)
     batch = dict(batch, streaming=streaming if packed is None else streaming.reshape(b, examples))
