@@ -35,6 +35,19 @@ def pytest_unconfigure(config):
         log.close()
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop each test file's compiled programs after it: late in the full suite (hundreds of programs in one
+    process) XLA's CPU compiler has segfaulted on programs that compile fine in a fresh process."""
+    yield
+    import gc
+
+    import jax
+
+    jax.clear_caches()
+    gc.collect()
+
+
 @pytest.fixture(scope="session")
 def demo_run(pytestconfig) -> Path:
     """The one quick demo (`experiments.demo --quick`: corpus, every stage, evaluation, model.json), run by
