@@ -72,8 +72,10 @@ SCRIPT = textwrap.dedent("""
             losses.append(float(m["loss"]))
         return ref, losses
 
-    def accumulated(stage, ref, ref_losses):  # two micro-batches per step, sharded, as the whole batches unsharded
-        cfg, opt, state, specs, batches = setup(stage)
+    def accumulated(stage, ref, ref_losses, batches=None, label="accumulated ok"):
+        # two micro-batches per step, sharded, as the whole batches unsharded (default: setup's batches)
+        cfg, opt, state, specs, synthetic = setup(stage)
+        batches = synthetic if batches is None else batches
         cfg2 = get_train_config("tiny", SMALL + MTP + [stage, "optimizer.accum_steps=2"])
         mesh = make_mesh(MeshConfig(2, 2, 2))
         st, step = jax.device_put(state, shardings(mesh, specs)), make_train_step(cfg2, opt, mesh, specs)
@@ -81,7 +83,7 @@ SCRIPT = textwrap.dedent("""
             st, m = step(st, jax.device_put(b, batch_sharding(mesh)))
             close(jax.block_until_ready(m["loss"]), ref_loss, 1e-5)
         jax.tree.map(lambda a, b: close(a, b, 2e-6), st.params, ref.params)
-        print("accumulated ok", stage, time.time() - t0, flush=True)
+        print(label, stage, time.time() - t0, flush=True)
 
     def stage_two():  # MDM: loss of step 1 and params after 3 AdamW steps
         cfg, opt, state, specs, batches = setup("stage.objective=mdm")
@@ -105,22 +107,14 @@ SCRIPT = textwrap.dedent("""
         from mdm_jax.train.llm_states import lay_out
         rng = np.random.default_rng(0)
         for objective in ("mdm", "mtp"):
-            cfg, opt, state, specs, _ = setup(f"stage.objective={objective}")
+            cfg, opt, state, _, _ = setup(f"stage.objective={objective}")
             sd = cfg.model.speech_decoder
             rows = [[3 * r, 3 * r + 1, 3 * r + 2][: 1 + r % 3] for r in range(8)]  # 1-3 answers a row
             hidden = [rng.standard_normal((int(rng.integers(2, 6)), 64)).astype(np.float32) for _ in range(24)]
             units = [np.r_[rng.integers(0, 64, int(rng.integers(1, 9))), sd.eos_id].astype(np.int32) for _ in range(24)]
             batches = [lay_out(hidden, units, rows, text_len=16, unit_len=30, block_size=sd.block_size,
                                pad_id=sd.pad_id, packed=True)] * 2
-            ref, ref_losses = reference(cfg, opt, state, batches)
-            cfg2 = get_train_config("tiny", SMALL + MTP + [f"stage.objective={objective}", "optimizer.accum_steps=2"])
-            mesh = make_mesh(MeshConfig(2, 2, 2))
-            st, step = jax.device_put(state, shardings(mesh, specs)), make_train_step(cfg2, opt, mesh, specs)
-            for b, ref_loss in zip(batches, ref_losses):
-                st, m = step(st, jax.device_put(b, batch_sharding(mesh)))
-                close(jax.block_until_ready(m["loss"]), ref_loss, 1e-5)
-            jax.tree.map(lambda a, b: close(a, b, 2e-6), st.params, ref.params)
-            print("packed ok", objective, time.time() - t0, flush=True)
+            accumulated(f"stage.objective={objective}", *reference(cfg, opt, state, batches), batches, "packed ok")
 
     {"text": stage_one, "mdm": stage_two, "mtp": mtp, "packed": packed}[sys.argv[2]]()
 """)
@@ -133,4 +127,4 @@ def test_sharded_step_equals_unsharded_on_every_mesh():
     assert stage_one.count("grads ok") == 3 and stage_two.count("steps ok") == 3, stage_one + stage_two
     assert "accumulated ok stage.objective=mdm" in stage_two, stage_two
     assert "accumulated ok stage.objective=mtp" in mtp, mtp
-    assert "packed ok mdm" in packed and "packed ok mtp" in packed, packed
+    assert "packed ok stage.objective=mdm" in packed and "packed ok stage.objective=mtp" in packed, packed
