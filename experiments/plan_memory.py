@@ -1,17 +1,17 @@
-"""Ahead-of-time memory plan of a train step on a mesh of fake devices: no weights are allocated.
+"""Ahead-of-time memory plan of a train step, compiled for a TPU slice this host does not have: no weights are
+allocated.
 
-    python -m experiments.plan_memory --config vocalnet-8b --mesh data=1,fsdp=16,model=4 --batch 64 \\
-        --stage speech --device v5e --out runs/plan/vocalnet-8b-speech-v5e.json [model.remat=true ...]
+    python -m experiments.plan_memory --config vocalnet-8b --target tpu:v5e:8x8 --mesh data=1,fsdp=16,model=4 \\
+        --batch 64 --stage speech --out runs/plan/vocalnet-8b-speech-v5e.json [model.remat=true ...]
 
 The state and batch exist as shapes with their shardings (`jax.eval_shape`), the sharded train step
-is lowered and compiled for `data x fsdp x model` CPU devices standing in for the accelerators, and
-XLA's memory analysis of the compiled per-device program gives its arguments (params, optimizer
-state, batch shard), outputs, temporaries (activations, gradients, collectives' buffers) and, with
-outputs aliasing the donated arguments, the peak = arguments + outputs - aliased + temporaries,
-against the device's memory. FLOPs of the step (`train.flops`) with `--flops`; `--find-batch`
-doubles the batch from `--batch` while it fits, then bisects: the largest batch that fits. The CPU compiler's
-buffer assignment stands in for the TPU's or GPU's: the plan is an estimate of what must fit, not a
-measurement on the device.
+is lowered and compiled by libtpu's compiler for the slice's chips (`mdm_jax.train.aot`), and the
+memory analysis of the compiled per-chip program gives its arguments (params, optimizer state, batch
+shard), outputs, temporaries (activations, gradients, collectives' buffers) and, with outputs aliasing
+the donated arguments, the peak = arguments + outputs - aliased + temporaries, against the chip's HBM.
+`--target cpu --device h100` compiles for `data x fsdp x model` fake CPU devices instead (the CPU
+compiler's buffers standing in for a GPU's: an estimate). FLOPs of the step (`train.flops`) with `--flops`;
+`--find-batch` doubles the batch from `--batch` while it fits, then bisects: the largest batch that fits.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ import jax
 
 from experiments.json_out import write_json
 from mdm_jax.config.train import get_train_config
-from mdm_jax.model.sharding import batch_sharding, make_mesh, shardings
+from mdm_jax.model.vocalnet import abstract_params
+from mdm_jax.train import aot
 from mdm_jax.train.data import SYNTHETIC_SPEECH_ID, SyntheticSource, model_batch
 from mdm_jax.train.flops import step_flops
 from mdm_jax.train.optimizer import make_optimizer
-from mdm_jax.train.step import init_state, make_train_step, state_specs
 
 DEVICES = {"v5e": 16, "v5p": 95, "v6e": 32, "h100": 80, "h200": 141}  # GiB of HBM per chip
 GIB = 2.0**30
@@ -45,30 +45,35 @@ def parse_mesh(text: str) -> dict[str, int]:
     return sizes
 
 
-def plan(config: str, stage: str, mesh_sizes: dict, batch: int, device: str, overrides, flops: bool = False) -> dict:
+def device_of(target: str, device: str) -> str:
+    """The chip a TPU target names (its HBM is the budget), else `device`."""
+    return target.split(":")[1] if target.startswith("tpu:") else device
+
+
+def plan(config: str, stage: str, mesh_sizes: dict, batch: int, device: str, overrides, flops: bool = False,
+         target: str = "cpu") -> dict:
     """The memory plan of one train step (see the module's docstring)."""
     mesh_overrides = [f"mesh.{name}={size}" for name, size in mesh_sizes.items()]
     cfg = get_train_config(config, [f"stage.name={stage}", f"data.batch_size={batch}", *mesh_overrides, *overrides])
-    mesh, optimizer = make_mesh(cfg.mesh), make_optimizer(cfg)
-    abstract = jax.eval_shape(lambda: init_state(cfg, optimizer, jax.random.key(0)))
-    specs = state_specs(cfg, abstract)
-    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
-                         shardings(mesh, specs))
-    rows = model_batch(next(SyntheticSource(cfg)), cfg.model, SYNTHETIC_SPEECH_ID)
-    sharded_rows = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sharding(mesh)), rows)
+    devices = aot.target_devices(target)[: math.prod(mesh_sizes.values())]
+    device = device_of(target, device)
     start = time.perf_counter()
-    compiled = make_train_step(cfg, optimizer, mesh, specs).lower(state, sharded_rows).compile()
+    compiled = aot.compile_train_step(cfg, devices)
     compile_s = time.perf_counter() - start
     memory = compiled.memory_analysis()
     parts = {"arguments": memory.argument_size_in_bytes, "outputs": memory.output_size_in_bytes,
              "aliased": memory.alias_size_in_bytes, "temporaries": memory.temp_size_in_bytes}
     peak = (parts["arguments"] + parts["outputs"] - parts["aliased"] + parts["temporaries"]) / GIB
-    result = {"config": config, "stage": stage, "mesh": mesh_sizes, "batch": batch, "device": device,
+    result = {"config": config, "stage": stage, "target": target, "attention": cfg.model.attention,
+              "mesh": mesh_sizes, "batch": batch, "device": device,
               "device_gib": DEVICES[device], "overrides": list(overrides), "remat": cfg.model.execution.remat,
-              "params": sum(math.prod(x.shape) for x in jax.tree.leaves(abstract.params)), "compile_s": compile_s,
+              "params": sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_params(cfg.model))),
+              "compile_s": compile_s,
               **{f"{k}_gib": v / GIB for k, v in parts.items()}, "peak_gib": peak, "fits": peak <= DEVICES[device],
-              "flops_per_step": step_flops(cfg, optimizer, rows) if flops else None}
-    print(f"{config} stage {stage}, mesh {mesh_sizes}, batch {batch}, remat {result['remat']}: per device "
+              "flops_per_step": step_flops(cfg, make_optimizer(cfg), model_batch(
+                  next(SyntheticSource(cfg)), cfg.model, SYNTHETIC_SPEECH_ID)) if flops else None}
+    print(f"{config} stage {stage} on {target}, attention {cfg.model.attention}, mesh {mesh_sizes}, batch {batch}, "
+          f"remat {result['remat']}: per device "
           f"arguments {result['arguments_gib']:.2f} GiB, outputs {result['outputs_gib']:.2f} "
           f"(aliased {result['aliased_gib']:.2f}), temporaries {result['temporaries_gib']:.2f}, peak {peak:.2f} GiB "
           f"of {device}'s {DEVICES[device]} GiB: "
@@ -103,16 +108,18 @@ def main(argv=None):
     parser.add_argument("--mesh", default="data=1,fsdp=2,model=2")
     parser.add_argument("--batch", type=int, default=8, help="global batch (rows)")
     parser.add_argument("--find-batch", action="store_true", help="the largest batch that fits, from --batch up")
-    parser.add_argument("--stage", default="speech", choices=("text", "speech"))
-    parser.add_argument("--device", default="v5e", choices=sorted(DEVICES))
+    parser.add_argument("--stage", default="speech", choices=("text", "speech", "distill"))
+    parser.add_argument("--target", default="cpu", help="tpu:<generation>:<topology> (e.g. tpu:v5e:8x8) or cpu")
+    parser.add_argument("--device", default="v5e", choices=sorted(DEVICES), help="the chip of a cpu target")
     parser.add_argument("--flops", action="store_true", help="also count the step's FLOPs (an unrolled lowering)")
     parser.add_argument("--out", default="")
     parser.add_argument("overrides", nargs="*", help="train config overrides, e.g. model.remat=true")
     args = parser.parse_args(argv)
     mesh_sizes = parse_mesh(args.mesh)
-    jax.config.update("jax_num_cpu_devices", math.prod(mesh_sizes.values()))  # before JAX starts its backend
+    if args.target == "cpu":
+        jax.config.update("jax_num_cpu_devices", math.prod(mesh_sizes.values()))  # before JAX starts its backend
     plan_at = lambda batch: plan(args.config, args.stage, mesh_sizes, batch, args.device, args.overrides,  # noqa: E731
-                                 args.flops)
+                                 args.flops, args.target)
     result = (largest_batch(plan_at, args.batch, mesh_sizes["data"] * mesh_sizes["fsdp"]) if args.find_batch
               else plan_at(args.batch))
     if result is None:

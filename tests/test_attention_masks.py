@@ -75,7 +75,7 @@ def build(diffusion, text_len, speech_len, t, n_speech, streaming, block, tpb):
         )
     else:
         mask, pos = _ar_mask(text_valid, speech_valid, np.asarray(streaming), chunk_size=block, text_per_chunk=tpb)
-    return np.asarray(mask), np.asarray(pos)
+    return np.asarray(mask.dense()), np.asarray(pos)
 
 
 @pytest.mark.parametrize("diffusion", [True, False])

@@ -7,20 +7,24 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from experiments.plan_memory import largest_batch
 
 ROOT = Path(__file__).parents[1]
 
 
-def test_plan_of_an_fsdp_and_tensor_parallel_step(tmp_path):
+@pytest.mark.parametrize("target", ["tpu:v5e:2x2", "cpu"])
+def test_plan_of_an_fsdp_and_tensor_parallel_step(tmp_path, target):
+    """On a TPU slice (libtpu's compiler, splash attention) and on fake CPU devices."""
     out = tmp_path / "plan.json"
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     done = subprocess.run([sys.executable, "-m", "experiments.plan_memory", "--config", "tiny", "--stage", "speech",
-                           "--mesh", "data=1,fsdp=2,model=2", "--batch", "4", "--out", str(out)],
+                           "--target", target, "--mesh", "data=1,fsdp=2,model=2", "--batch", "4", "--out", str(out)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     plan = json.loads(out.read_text())
-    assert plan["mesh"] == {"data": 1, "fsdp": 2, "model": 2} and plan["fits"]
+    assert plan["mesh"] == {"data": 1, "fsdp": 2, "model": 2} and plan["fits"] and plan["target"] == target
     assert 0 < plan["temporaries_gib"] and plan["peak_gib"] >= plan["arguments_gib"] > 0
     # params, Adam moments and the batch are split four ways: the arguments hold well under one f32 copy
     assert plan["arguments_gib"] * 2**30 < 0.6 * 4 * plan["params"]

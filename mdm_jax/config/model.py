@@ -170,7 +170,9 @@ class SpeechDecoderConfig:
 
 
 REMAT_POLICIES = ("full", "dots", "dots_and_attention")  # model/transformer.py maps each to a jax policy
-ATTENTION = ("einsum", "cudnn")  # model/attention.py: grouped einsums, or cuDNN's fused kernel (GPU, bf16/fp16)
+# model/attention.py: grouped einsums, cuDNN's fused kernel (GPU, bf16/fp16), the TPU splash kernel (skips masked
+# tiles), or auto: splash on a TPU, einsum elsewhere
+ATTENTION = ("einsum", "cudnn", "splash", "auto")
 
 
 @dataclass(frozen=True)
@@ -203,7 +205,7 @@ class ModelConfig:
     remat: bool = False  # jax.checkpoint around every transformer layer, under `remat_policy`
     remat_policy: str = "full"  # what the backward pass keeps: full (nothing), dots, dots_and_attention
     unroll_layers: bool = False  # per-layer params, layers unrolled (decoding sets it; longer compiles)
-    attention: str = "einsum"  # einsum, or cudnn (fused flash attention on NVIDIA GPUs in bf16)
+    attention: str = "auto"  # einsum, cudnn (fused flash attention on NVIDIA GPUs in bf16), splash (TPU), auto
 
     @property
     def execution(self) -> Execution:

@@ -12,6 +12,11 @@ all valid text, or when `streaming`, text positions < (c + 1)·text_per_block fo
 seen; a padded query sees only itself, so its softmax row stays finite.
 Positions count valid positions only, so a padded batch has the positions of its unpadded rows.
 
+Every builder returns a `Mask`: what the mask is made of (per-position attributes, segment ids, and the
+layout's sizes), which `model.attention` turns into a dense (b, t, s) array (`Mask.dense`: einsum, cudnn) or
+into splash attention's tile masks (`Mask.tiles`, numpy, one per streaming variant) and segment ids
+(`Mask.segment_ids`), so that tiles a mask hides are never computed.
+
 Packed rows (`packing.Packed`: several examples per row, each speech segment whole blocks): text and speech
 each hold the segments one after another, and one SOS slot per possible segment follows the text,
 `[BOS][text (T)][SOS (L / block)][speech (L)]...`. Every position carries its segment; a query sees
@@ -21,14 +26,16 @@ itself), with the positions, blocks and text limits it would have alone.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 from jax import lax
 
-from mdm_jax.diffusion.packing import Packed, segment_lengths
+from mdm_jax.diffusion.packing import Packed, packed_causal_mask, segment_lengths
 
 BOS, TEXT, SOS, NOISY, CLEAN = range(5)  # segment kinds; AR speech uses CLEAN
 
@@ -37,24 +44,26 @@ def block_diffusion_mask(text_valid, speech_valid, streaming, *, block_size: int
                          speech_offset: int = 0, packed: Packed | None = None):
     """text_valid: (b, T), speech_valid: (b, L) bool; streaming: (b,) bool (packed: (b, L / block), per segment).
 
-    Returns mask (b, n, n) bool and positions (b, n) int32 for `[BOS][text][SOS][x_t][x_0]` (packed:
+    Returns a `Mask` (n x n) and positions (b, n) int32 for `[BOS][text][SOS][x_t][x_0]` (packed:
     one SOS slot per possible segment).
     """
     q, k, positions = layout(text_valid, speech_valid, streaming, (NOISY, CLEAN), block_size, text_per_block,
                              speech_offset, packed)
-    return visibility(q, k, block_diffusion=True), positions
+    return Mask.of_layout(q, k, streaming, "block_diffusion", text_valid.shape[1], speech_valid.shape[1],
+                          block_size, text_per_block, packed), positions
 
 
 def autoregressive_mask(text_valid, speech_valid, streaming, *, chunk_size: int = 15, text_per_chunk: int = 5,
                         speech_offset: int = 0, packed: Packed | None = None):
     """text_valid: (b, T), speech_valid: (b, L) bool; streaming: (b,) bool (packed: (b, L / chunk)).
 
-    Returns mask (b, n, n) bool and positions (b, n) int32 for `[BOS][text][SOS][speech]`; speech
+    Returns a `Mask` (n x n) and positions (b, n) int32 for `[BOS][text][SOS][speech]`; speech
     token i (an input, after SOS) is in chunk i // chunk_size (packed: its index within its segment).
     """
     q, k, positions = layout(text_valid, speech_valid, streaming, (CLEAN,), chunk_size, text_per_chunk,
                              speech_offset, packed)
-    return visibility(q, k, block_diffusion=False), positions
+    return Mask.of_layout(q, k, streaming, "autoregressive", text_valid.shape[1], speech_valid.shape[1],
+                          chunk_size, text_per_chunk, packed), positions
 
 
 def cached_rows(text_valid, streaming, num_speech: int, start, rows: int, *, block_diffusion: bool,
@@ -185,3 +194,116 @@ def _finish(q, k, allowed):
     see itself."""
     own = (q.segment == k.segment) | (k.kind == BOS)
     return (allowed & own & q.valid & k.valid) | (q.slot == k.slot)
+
+
+class Layout(NamedTuple):
+    """The static shape of a speech-decoder layout: what its tile masks depend on."""
+
+    rule: str  # block_diffusion | autoregressive
+    text: int  # T text slots
+    speech: int  # L slots per speech copy
+    block_size: int
+    text_per_block: int
+    packed: bool  # one SOS slot per possible segment, and BOS shared by every segment
+
+
+class Mask(struct.PyTreeNode):
+    """What an attention mask is made of (see the module's docstring). rule: "full" (keys `segments` != 0
+    or all), "causal" (within `segments`: packed ids, 0 on padding), or a speech-decoder `layout` (its
+    query / key attributes and per-row `streaming`)."""
+
+    query: Attrs | None = None
+    key: Attrs | None = None
+    segments: jax.Array | None = None
+    streaming: jax.Array | None = None
+    rule: str = struct.field(pytree_node=False, default="full")
+    layout: Layout | None = struct.field(pytree_node=False, default=None)
+
+    @classmethod
+    def full(cls, key_valid=None) -> Mask:
+        """Bidirectional; key_valid (b, s) bool, or None for every key."""
+        return cls(segments=None if key_valid is None else key_valid.astype(jnp.int32), rule="full")
+
+    @classmethod
+    def causal(cls, batch: int, length: int, segments=None) -> Mask:
+        """Causal over `length` positions, within packed `segments` (b, length) when given."""
+        segments = jnp.ones((batch, length), jnp.int32) if segments is None else segments
+        return cls(segments=segments, rule="causal")
+
+    @classmethod
+    def of_layout(cls, q, k, streaming, rule, text, speech, block_size, text_per_block, packed) -> Mask:
+        return cls(query=q, key=k, streaming=streaming, rule="layout",
+                   layout=Layout(rule, text, speech, block_size, text_per_block, packed is not None))
+
+    def dense(self):
+        """The mask as a (b, t, s) bool array (full without validity: None)."""
+        if self.rule == "full":
+            return None if self.segments is None else self.segments[:, None, :] > 0
+        if self.rule == "causal":
+            return packed_causal_mask(self.segments)
+        return visibility(self.query, self.key, block_diffusion=self.layout.rule == "block_diffusion")
+
+    @property
+    def splashable(self) -> bool:
+        """False where tiles cannot say it: packed rows' streaming text limits move with each example."""
+        return self.rule != "layout" or not (self.layout.packed and self.layout.text)
+
+    def variant(self):
+        """(b,) int32: which of `tiles` each row uses."""
+        if self.rule != "layout" or not self.layout.text:
+            return None
+        return self.streaming.astype(jnp.int32)
+
+    def segment_ids(self):
+        """(q (b, t), kv (b, s)) int32 ids: a query sees a key only where they agree (and the tile allows);
+        in packed layouts kv gets one copy of BOS per possible segment in front (`shared_keys`)."""
+        if self.rule == "full":
+            return None if self.segments is None else (jnp.ones_like(self.segments), self.segments)
+        if self.rule == "causal":
+            return self.segments, self.segments
+        ids = lambda a: jnp.where(a.valid, a.segment + 1, 0).astype(jnp.int32)  # noqa: E731 (0: padding)
+        q, k = ids(self.query)[..., 0], ids(self.key)[..., 0, :]
+        if self.shared_keys:
+            b = q.shape[0]
+            k = jnp.concatenate([jnp.broadcast_to(jnp.arange(2, 2 + self.shared_keys, dtype=jnp.int32),
+                                                  (b, self.shared_keys)), k], axis=1)
+        return q, k
+
+    @property
+    def shared_keys(self) -> int:
+        """Copies of BOS (slot 0) to put in front of the keys: one per possible segment of packed layouts."""
+        if self.rule != "layout" or not self.layout.packed:
+            return 0
+        return self.layout.speech // self.layout.block_size
+
+
+def tiles(rule: str, layout: Layout | None, length: int) -> tuple[np.ndarray, ...]:
+    """A `Mask`'s static masks (queries x keys, numpy), one per variant (`Mask.variant`): what segment ids
+    cannot say. Layouts: without, then with the streaming text limit (one when there is no text)."""
+    if rule == "full":
+        return (np.ones((length, length), bool),)
+    if rule == "causal":
+        return (np.tril(np.ones((length, length), bool)),)
+    return tuple(layout_tiles(layout, streaming) for streaming in (False, True)[: 1 + bool(layout.text)])
+
+
+@functools.lru_cache(maxsize=64)
+def layout_tiles(layout: Layout, streaming: bool) -> np.ndarray:
+    """`visibility` over the layout's static attributes (every position valid, one segment; packed: each
+    SOS slot its own), with BOS copies in front of the keys for packed layouts -> (n, shared + n) bool.
+    Within a segment this is the rule itself: packed segments start on block boundaries, so block and
+    index comparisons agree with the row's own, and segment ids do the rest."""
+    t, s, bs = layout.text, layout.speech, layout.block_size
+    slots = s // bs if layout.packed else 1
+    kinds = (NOISY, CLEAN) if layout.rule == "block_diffusion" else (CLEAN,)
+    kind = np.concatenate([[BOS], np.full(t, TEXT), np.full(slots, SOS), *[np.full(s, k) for k in kinds]])
+    index = np.concatenate([[0], np.arange(t), np.zeros(slots, int), *[np.arange(s)] * len(kinds)])
+    block = np.where(kind >= NOISY, index // bs, 0)
+    chunk_limit = (block + 1) * layout.text_per_block if streaming else np.full_like(block, t)
+    text_limit = np.where(kind == BOS, 0, np.where(kind == TEXT, index + 1, chunk_limit))
+    attrs = dict(kind=kind, index=index, block=block, slot=np.arange(kind.size), text_limit=text_limit,
+                 valid=np.ones(kind.size, bool), segment=np.zeros_like(kind))
+    q = Attrs(**{name: x[:, None] for name, x in attrs.items()})
+    k = Attrs(**{name: x[None, :] for name, x in attrs.items()})
+    tiles = np.asarray(visibility(q, k, block_diffusion=layout.rule == "block_diffusion"))
+    return np.concatenate([np.repeat(tiles[:, :1], slots if layout.packed else 0, axis=1), tiles], axis=1)

@@ -1,4 +1,5 @@
-"""Grouped-query attention with RoPE, an explicit boolean mask and an optional fixed-size KV cache."""
+"""Grouped-query attention with RoPE, a mask given by what it is made of (`Mask`) or as a dense boolean
+array, and an optional fixed-size KV cache."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import jax.numpy as jnp
 from einops import rearrange
 from jax import lax
 
+from mdm_jax.diffusion.attention_masks import Mask
 from mdm_jax.model.layers import RMSNorm, param
 from mdm_jax.model.rope import apply_rope
 from mdm_jax.model.sharding import local, psum_model
+from mdm_jax.model.splash import on_tpu, splash_attention
 
 KVCache = dict  # {'k': (b, s, kv, d), 'v': (b, s, kv, d)}, or (L, b, s, kv, d) for a stack of L layers
 
@@ -24,15 +27,25 @@ def init_cache(batch: int, length: int, num_kv_heads: int, head_dim: int, dtype=
     return {"k": zeros, "v": zeros}
 
 
-def dot_product_attention(q, k, v, mask=None, implementation: str = "einsum"):
-    """q: (b, t, h, d); k, v: (b, s, kv, d) with h a multiple of kv (grouped queries); mask: (b, t, s)
-    bool, True = may attend, or None for full attention -> (b, t, h, d).
+def dot_product_attention(q, k, v, mask: Mask | jax.Array | None = None, implementation: str = "einsum"):
+    """q: (b, t, h, d); k, v: (b, s, kv, d) with h a multiple of kv (grouped queries); mask: a `Mask`, a
+    dense (b, t, s) bool array (True = may attend: decoding against a KV cache), or None for full
+    attention -> (b, t, h, d).
 
     `implementation` (`config.model.ATTENTION`): "einsum", grouped einsums with logits and softmax
     in float32 (a fully masked row gives a uniform average instead of NaN; on a CPU 5-10 % faster
-    per decoding step than `jax.nn.dot_product_attention`'s XLA path, measured), or "cudnn",
-    `jax.nn.dot_product_attention`'s fused cuDNN kernel (NVIDIA GPUs, bf16/fp16).
+    per decoding step than `jax.nn.dot_product_attention`'s XLA path, measured); "cudnn",
+    `jax.nn.dot_product_attention`'s fused cuDNN kernel (NVIDIA GPUs, bf16/fp16); "splash", the TPU
+    kernel that skips the tiles a `Mask` hides (`model.splash`; a dense mask, as in cached decoding,
+    and packed rows of the text-prefix Talker, whose text limits move per example, go to einsum);
+    "auto": splash on a TPU, einsum elsewhere.
     """
+    if implementation == "auto":
+        implementation = "splash" if on_tpu() else "einsum"
+    if isinstance(mask, Mask):
+        if implementation == "splash" and mask.splashable:
+            return splash_attention(q, k, v, mask)
+        mask = mask.dense()
     if implementation == "cudnn":
         return jax.nn.dot_product_attention(q, k, v, mask=None if mask is None else mask[:, None],
                                             implementation="cudnn")

@@ -15,15 +15,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from mdm_jax.config.model import SpeechDecoderConfig
-from mdm_jax.diffusion.packing import Packed, packed_causal_mask, segment_lengths
+from mdm_jax.diffusion.attention_masks import Mask
+from mdm_jax.diffusion.packing import Packed, segment_lengths
 from mdm_jax.model.layers import Embed, RMSNorm, param
 from mdm_jax.model.llm import layer_kwargs
 from mdm_jax.model.rope import inverse_frequencies
 from mdm_jax.model.transformer import DecoderLayer, DecoderStack, Execution
 
 
-def causal_mask(batch: int, length: int):
-    return jnp.broadcast_to(jnp.tril(jnp.ones((length, length), bool)), (batch, length, length))
+def causal_mask(batch: int, length: int) -> Mask:
+    return Mask.causal(batch, length)
 
 
 class Head(nn.Module):
@@ -117,7 +118,7 @@ class SpeechDecoder(nn.Module):
         """Pre-NN, causal over the text states (packed rows: within each segment): (b, t, d) -> (b, t, d)."""
         b, t, _ = text_hidden.shape
         positions = jnp.broadcast_to(jnp.arange(t), (b, t)) if packed is None else packed.text_index
-        mask = causal_mask(b, t) if packed is None else packed_causal_mask(packed.text_segments)
+        mask = Mask.causal(b, t, None if packed is None else packed.text_segments)
         return self.prenn(text_hidden.astype(self.dtype), positions, mask)[0]
 
     def prefix(self, text_hidden, packed: Packed | None = None):
@@ -150,7 +151,7 @@ class SpeechDecoder(nn.Module):
         """Teacher-forced pass over `[BOS][pre-NN(text)][tokens]` (anchor: `[BOS][tokens + anchors]`).
 
         text_hidden: (b, t, d) LLM states; tokens: (b, l) speech input ids (e.g. `[SOS] units` for
-        AR, `[x_t ; x_0]` for MDM); mask: (b, n, n) with n = 1 + t + l (anchor: 1 + l; default
+        AR, `[x_t ; x_0]` for MDM); mask: a `Mask` over n = 1 + t + l (anchor: 1 + l; default
         causal); positions: (b, n) (default 0..n-1); text_valid: (b, t) (default all; anchor talker:
         anchor i is added to token i, the AR alignment where input i predicts unit i); packed rows:
         `packed` (the pre-NN within segments) and `anchor_slots` = (segments, index) of the tokens. Returns

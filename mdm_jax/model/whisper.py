@@ -8,6 +8,7 @@ import numpy as np
 from einops import rearrange
 
 from mdm_jax.config.model import EncoderConfig
+from mdm_jax.diffusion.attention_masks import Mask
 from mdm_jax.model.attention import dot_product_attention
 from mdm_jax.model.layers import param
 from mdm_jax.model.sharding import local, psum_model
@@ -31,7 +32,8 @@ class WhisperAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x, mask=None):
-        """x: (b, t, d); mask: (b, t or 1, t) bool (True = may attend) or None -> (b, t, d)."""
+        """x: (b, t, d); mask: a `Mask` (`Mask.full` over the valid keys), a dense (b, t, t) bool array, or
+        None -> (b, t, d)."""
         d = x.shape[-1]
         h, hd = local(self.num_heads, "encoder.num_heads"), d // self.num_heads
         heads = ("embed", "heads", "head_dim")
@@ -70,7 +72,7 @@ class WhisperLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x, mask):
-        """x (b, t, d); mask (b, 1, t) or None -> (x, None): the scan's (carry, output) form."""
+        """x (b, t, d); mask: `Mask.full` of the valid keys, or None -> (x, None): the scan's (carry, output) form."""
         c = self.cfg
         x = x + WhisperAttention(c.num_heads, self.dtype, self.attention, name="attn")(
             layer_norm(c.layer_norm_eps, self.dtype, "attn_norm")(x), mask)
@@ -95,10 +97,10 @@ class WhisperEncoder(nn.Module):
             bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)))
         x = rearrange(mel, "b c t -> b t c").astype(self.dtype)
         x = nn.gelu(conv("conv1", 1)(x), approximate=False)
-        mask = None
+        mask = Mask.full()
         if frames is not None:
             x = jnp.where(jnp.arange(x.shape[1])[None, :, None] < frames[:, None, None], x, 0)  # conv2's zero edge
-            mask = (jnp.arange(-(-x.shape[1] // 2))[None] < -(-frames[:, None] // 2))[:, None]  # (b, 1, t) keys
+            mask = Mask.full(jnp.arange(-(-x.shape[1] // 2))[None] < -(-frames[:, None] // 2))  # (b, t) keys
         x = nn.gelu(conv("conv2", 2)(x), approximate=False)
         if x.shape[1] > c.max_source_positions:
             raise ValueError(f"{mel.shape[-1]} mel frames give {x.shape[1]} encoder positions, more than "

@@ -32,11 +32,11 @@ from jax import lax
 
 from mdm_jax.config.train import TrainConfig
 from mdm_jax.decode.sampling import speech_only
-from mdm_jax.diffusion.attention_masks import autoregressive_mask, draw_streaming
+from mdm_jax.diffusion.attention_masks import Mask, autoregressive_mask, draw_streaming
 from mdm_jax.diffusion.end_of_speech import fill_after_eos
 from mdm_jax.diffusion.losses import mdm_loss, mtp_loss, packed_mtp_loss
 from mdm_jax.diffusion.masking import Corruption, mask_least_confident, sampler_state_levels
-from mdm_jax.diffusion.packing import corrupt_examples, packed_causal_mask, packed_of, per_example
+from mdm_jax.diffusion.packing import corrupt_examples, packed_of, per_example
 from mdm_jax.model import lora as lora_lib
 from mdm_jax.model import vocab_parallel
 from mdm_jax.model.sharding import BATCH, DATA
@@ -141,7 +141,8 @@ def llm_states(params, batch, cfg: TrainConfig):
         speech = model.apply({"params": params}, batch["mel"], method=VocalNet.encode_speech)
     packed = {}
     if "text_segments" in batch:  # packed dialogues: positions and causality within each
-        packed = dict(positions=batch["text_index"], mask=packed_causal_mask(batch["text_segments"]))
+        segments = batch["text_segments"]
+        packed = dict(positions=batch["text_index"], mask=Mask.causal(*segments.shape, segments))
     logits, hidden, _ = model.apply({"params": params}, batch["text"], speech, method=VocalNet.llm_forward, **packed)
     return logits, hidden
 

@@ -1,0 +1,46 @@
+"""Every train and decode step of `tiny` compiles for a TPU slice (v5e 2x2) from this CPU host, with libtpu's own
+compiler: stage I (LoRA), stage II (MDM, AR on the text-prefix Talker, MTP) and distillation, each on a mesh
+that splits data, FSDP and model, with `model.attention=auto` (splash on a TPU) and the Pallas kernel in the
+program; and the decode steps (LLM prefill and step, block diffusion begin / text / first / next block, AR, MTP)."""
+
+import pytest
+
+from mdm_jax.config.train import get_train_config
+from mdm_jax.train import aot
+
+STEPS = [  # (preset, stage, objective, mesh data x fsdp x model)
+    ("tiny", "text", "mdm", (2, 2, 1)),
+    ("tiny", "speech", "mdm", (1, 2, 2)),
+    ("tiny-vocalnet", "speech", "ar", (2, 1, 2)),
+    ("tiny", "speech", "mtp", (1, 4, 1)),
+    ("tiny", "distill", "mdm", (1, 2, 2)),
+]
+
+
+@pytest.fixture(scope="module")
+def slice_devices():
+    return aot.target_devices("tpu:v5e:2x2")
+
+
+@pytest.mark.parametrize("preset, stage, objective, mesh", STEPS)
+def test_train_step_compiles_for_a_tpu_slice(slice_devices, preset, stage, objective, mesh):
+    data, fsdp, model = mesh
+    cfg = get_train_config(preset, [f"stage.name={stage}", f"stage.objective={objective}", f"mesh.data={data}",
+                                    f"mesh.fsdp={fsdp}", f"mesh.model={model}", "data.batch_size=4"])
+    compiled = aot.compile_train_step(cfg, slice_devices)
+    assert "tpu_custom_call" in compiled.as_text(), "no splash kernel in the TPU program"
+    memory = compiled.memory_analysis()
+    assert 0 < memory.argument_size_in_bytes < 2**30
+
+
+def test_decode_steps_compile_for_a_tpu_chip(slice_devices):
+    compiled = aot.compile_decode_steps(get_train_config("tiny"), slice_devices[0])
+    assert set(compiled) == {"llm_prefill", "llm_step", "mdm_begin", "mdm_add_text", "mdm_first_block",
+                             "mdm_next_block", "ar_generate", "mtp_generate"}
+
+
+def test_unknown_targets_are_named():
+    with pytest.raises(Exception, match="tpu:v9x"):
+        aot.target_devices("tpu:v9x:2x2")
+    with pytest.raises(Exception, match="gpu:8"):
+        aot.target_devices("gpu:8")
