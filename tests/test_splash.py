@@ -13,6 +13,7 @@ import pytest
 from small_train import small_overrides
 from test_packing import _batches, _cfg, _examples
 
+from experiments.bench_splash import main as bench_splash
 from mdm_jax.config.train import get_train_config
 from mdm_jax.diffusion.attention_masks import Layout, Mask, autoregressive_mask, block_diffusion_mask
 from mdm_jax.diffusion.packing import Packed
@@ -146,3 +147,13 @@ def test_tiles_skip_what_the_masks_hide():
     assert done / total == (8 * 9 / 2) / 64
     done, total = computed_tiles("full", None, 1024)
     assert done == total
+
+
+def test_bench_splash_table(tmp_path, capsys):
+    """The README's splash table: the MDM objective at 2048 units computes <= 35 % of the dense tiles, the
+    causal LLM at 1024 tokens <= 60 %; packed rows are reported against one example per row."""
+    rows = {(r["case"], r["length"]): r for r in bench_splash(["--out", str(tmp_path / "splash.json")])["rows"]}
+    assert rows[("MDM [x_t ; x_0], anchor Talker", 2 + 2 * 2048)]["fraction"] <= 0.35
+    assert rows[("causal LLM", 1024)]["fraction"] <= 0.60
+    assert all(r["packed_over_one_per_row"] > 1 for r in rows.values() if "packed_over_one_per_row" in r)
+    assert "packed / one per row" in capsys.readouterr().out and (tmp_path / "splash.json").is_file()
