@@ -5,7 +5,8 @@ Stage I (vocab-parallel text CE through the tensor-parallel LLM, LoRA + adaptor 
 every gradient leaf. Stage II MDM (speech decoder, heads and FFN split over 'model'): the loss and
 the params after 3 AdamW steps, also with two accumulated micro-batches per step on mesh (2, 2, 2),
 as MTP (two extra heads, each a mean over its own ragged count) does too, and MDM and MTP on packed
-rows (several answers a row, `diffusion.packing`).
+rows (several answers a row, `diffusion.packing`); and splash attention (interpreted) inside the sharded
+step gives the stage I and MDM loss and gradients of einsum attention unsharded.
 Each run blocks on its outputs (fake CPU devices deadlock when collectives queue up).
 """
 
@@ -116,15 +117,33 @@ SCRIPT = textwrap.dedent("""
                                pad_id=sd.pad_id, packed=True)] * 2
             accumulated(f"stage.objective={objective}", *reference(cfg, opt, state, batches), batches, "packed ok")
 
-    {"text": stage_one, "mdm": stage_two, "mtp": mtp, "packed": packed}[sys.argv[2]]()
+    def splash():  # splash attention (interpreted) inside shard_map: the loss and grads of einsum, unsharded
+        import dataclasses
+        for stage in ("stage.name=text", "stage.objective=mdm"):
+            cfg, opt, state, specs, batches = setup(stage)
+            batch = jax.jit(lambda b: prepare(b, jax.random.key(1), cfg))(batches[0])
+            (ref_loss, _), ref_grads = jax.jit(make_grad_fn(cfg))(state.trainable, state.teacher, batch,
+                                                                  jax.random.key(2))
+            cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, attention="splash"))
+            mesh = make_mesh(MeshConfig(2, 2, 2))
+            st = jax.device_put(state, shardings(mesh, specs))
+            fn = jax.jit(make_grad_fn(cfg, mesh, specs))
+            (loss, _), grads = jax.block_until_ready(fn(st.trainable, st.teacher, jax.device_put(
+                batch, batch_sharding(mesh)), jax.random.key(2)))
+            close(loss, ref_loss, 1e-5)
+            jax.tree.map(lambda a, b: close(a, b, 1e-5), grads, ref_grads)
+            print("splash ok", stage, time.time() - t0, flush=True)
+
+    {"text": stage_one, "mdm": stage_two, "mtp": mtp, "packed": packed, "splash": splash}[sys.argv[2]]()
 """)
 
 
 def test_sharded_step_equals_unsharded_on_every_mesh():
     """The stages run side by side, one process each: their compiles are single-threaded."""
-    stage_one, stage_two, mtp, packed = run_together([[SCRIPT, " ".join(SMALL), s]
-                                                      for s in ("text", "mdm", "mtp", "packed")], 600)
+    stage_one, stage_two, mtp, packed, splash = run_together([[SCRIPT, " ".join(SMALL), s]
+                                                              for s in ("text", "mdm", "mtp", "packed", "splash")], 600)
     assert stage_one.count("grads ok") == 3 and stage_two.count("steps ok") == 3, stage_one + stage_two
     assert "accumulated ok stage.objective=mdm" in stage_two, stage_two
     assert "accumulated ok stage.objective=mtp" in mtp, mtp
     assert "packed ok stage.objective=mdm" in packed and "packed ok stage.objective=mtp" in packed, packed
+    assert "splash ok stage.name=text" in splash and "splash ok stage.objective=mdm" in splash, splash
