@@ -94,6 +94,7 @@ class CheckpointConfig:
     every: int = 100  # steps between saves (and always at the end and on SIGTERM)
     max_to_keep: int = 3
     async_save: bool = True
+    start_over: bool = False  # when every checkpoint in the workdir is damaged: start from step 0, not stop
 
 
 @dataclass(frozen=True)

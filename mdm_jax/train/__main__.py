@@ -11,6 +11,7 @@ import sys
 
 from mdm_jax.config.overrides import ConfigError
 from mdm_jax.config.train import get_train_config, train_keys
+from mdm_jax.train.checkpointing import SaveFailed
 from mdm_jax.train.loop import TrainingDiverged, export, initialize_distributed, train
 
 
@@ -37,7 +38,7 @@ def main(argv=None):
         print(json.dumps(train(cfg, args.workdir)))
     except ConfigError as e:  # bad input (config, data paths, init_from checkpoint): exit 2, as a bad argument
         parser.exit(2, f"error: {e}\n")
-    except TrainingDiverged as e:
+    except (TrainingDiverged, SaveFailed) as e:
         parser.exit(1, f"error: {e}\n")
 
 

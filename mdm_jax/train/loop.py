@@ -2,8 +2,9 @@
 
     summary = train(get_train_config("tiny", overrides), "runs/x")
 
-Resumes from the latest checkpoint in `workdir/checkpoints` (train state, input position,
-distillation round), so a killed run restarted with the same command continues exactly. SIGTERM
+Resumes from the latest intact checkpoint in `workdir/checkpoints` (train state, input position,
+distillation round), so a killed run restarted with the same command continues exactly; damaged steps
+are named and set aside (`checkpointing`). SIGTERM
 saves a checkpoint and returns normally. A non-finite loss or gradient skips the update (counted);
 `max_bad_steps` in a row stop the run with `TrainingDiverged`. Metrics go to
 `workdir/metrics.jsonl` and TensorBoard (`workdir/tb`), progress to a tqdm bar.
@@ -76,7 +77,7 @@ def train(cfg: TrainConfig, workdir: str, source=None, log=print) -> dict:
     abstract = jax.eval_shape(make)
     specs = state_specs(cfg, abstract)
     state_shardings = shardings(mesh, specs)
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), cfg.checkpoint)
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), cfg.checkpoint, log)
     restored = ckpt.restore(jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                          abstract, state_shardings), cfg)
     if restored is None:
