@@ -40,12 +40,9 @@ def dot_product_attention(q, k, v, mask: Mask | jax.Array | None = None, impleme
     and packed rows of the text-prefix Talker, whose text limits move per example, go to einsum);
     "auto": splash on a TPU, einsum elsewhere.
     """
-    if implementation == "auto":
-        implementation = "splash" if on_tpu() else "einsum"
+    mask = as_used(mask, implementation)
     if isinstance(mask, Mask):
-        if implementation == "splash" and mask.splashable:
-            return splash_attention(q, k, v, mask)
-        mask = mask.dense()
+        return splash_attention(q, k, v, mask)
     if implementation == "cudnn":
         return jax.nn.dot_product_attention(q, k, v, mask=None if mask is None else mask[:, None],
                                             implementation="cudnn")
@@ -56,6 +53,16 @@ def dot_product_attention(q, k, v, mask: Mask | jax.Array | None = None, impleme
         scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
     probs = nn.softmax(scores, axis=-1).astype(v.dtype)
     return rearrange(jnp.einsum("bkgts,bskd->bkgtd", probs, v), "b kv g t d -> b t (kv g) d")
+
+
+def as_used(mask, implementation: str):
+    """The mask as `implementation` reads it: a `Mask` for splash (where it can say it), else dense. Layer
+    stacks call it once, so every layer shares one dense mask."""
+    if implementation == "auto":
+        implementation = "splash" if on_tpu() else "einsum"
+    if isinstance(mask, Mask) and not (implementation == "splash" and mask.splashable):
+        return mask.dense()
+    return mask
 
 
 def write_and_read(cache: KVCache, k, v, index, layer, dtype):

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mdm_jax.config.model import Execution
-from mdm_jax.model.attention import Attention, KVCache
+from mdm_jax.model.attention import Attention, KVCache, as_used
 from mdm_jax.model.layers import MLP, RMSNorm
 from mdm_jax.model.sharding import vary_like
 
@@ -89,6 +89,7 @@ class DecoderStack(nn.Module):
     def __call__(self, x, positions, mask, caches: KVCache | None = None, cache_index=None):
         if self.num_layers == 0:
             return x, caches
+        mask = as_used(mask, self.execution.attention)
         if self.execution.unroll:  # one module per layer, `layers_i`: no weight slicing inside a decoding loop
             layer = rematerialised(DecoderLayer, self.execution)
             for i in range(self.num_layers):

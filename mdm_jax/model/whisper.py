@@ -9,7 +9,7 @@ from einops import rearrange
 
 from mdm_jax.config.model import EncoderConfig
 from mdm_jax.diffusion.attention_masks import Mask
-from mdm_jax.model.attention import dot_product_attention
+from mdm_jax.model.attention import as_used, dot_product_attention
 from mdm_jax.model.layers import param
 from mdm_jax.model.sharding import local, psum_model
 from mdm_jax.model.transformer import STACKED, Execution, rematerialised, scan_layers
@@ -101,6 +101,7 @@ class WhisperEncoder(nn.Module):
         if frames is not None:
             x = jnp.where(jnp.arange(x.shape[1])[None, :, None] < frames[:, None, None], x, 0)  # conv2's zero edge
             mask = Mask.full(jnp.arange(-(-x.shape[1] // 2))[None] < -(-frames[:, None] // 2))  # (b, t) keys
+        mask = as_used(mask, self.execution.attention)  # one dense mask for every layer, or splash's
         x = nn.gelu(conv("conv2", 2)(x), approximate=False)
         if x.shape[1] > c.max_source_positions:
             raise ValueError(f"{mel.shape[-1]} mel frames give {x.shape[1]} encoder positions, more than "
