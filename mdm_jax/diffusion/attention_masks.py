@@ -14,7 +14,7 @@ Positions count valid positions only, so a padded batch has the positions of its
 
 Every builder returns a `Mask`: what the mask is made of (per-position attributes, segment ids, and the
 layout's sizes), which `model.attention` turns into a dense (b, t, s) array (`Mask.dense`: einsum, cudnn) or
-into splash attention's tile masks (`Mask.tiles`, numpy, one per streaming variant) and segment ids
+into splash attention's static tile masks (`tiles`, numpy, one per streaming variant) and segment ids
 (`Mask.segment_ids`), so that tiles a mask hides are never computed.
 
 Packed rows (`packing.Packed`: several examples per row, each speech segment whole blocks): text and speech
@@ -261,7 +261,7 @@ class Mask(struct.PyTreeNode):
             return None if self.segments is None else (jnp.ones_like(self.segments), self.segments)
         if self.rule == "causal":
             return self.segments, self.segments
-        ids = lambda a: jnp.where(a.valid, a.segment + 1, 0).astype(jnp.int32)  # noqa: E731 (0: padding)
+        ids = lambda a: jnp.where(a.valid, a.segment + 1, 0).astype(jnp.int32)  # 0: padding
         q, k = ids(self.query)[..., 0], ids(self.key)[..., 0, :]
         if self.shared_keys:
             b = q.shape[0]

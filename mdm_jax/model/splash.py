@@ -117,8 +117,8 @@ def splash_attention(q, k, v, mask: Mask):
     def attend(q, k, v, ids, variant):
         if variant is None:
             return jax.vmap(kernels[0])(q, k, v, ids)
-        row = lambda args: lax.switch(args[0], [lambda *a, f=f: f(*a) for f in kernels], *args[1:])  # noqa: E731
-        return lax.map(row, (variant, q, k, v, ids))  # one row at a time, through its own variant's kernel only
+        # one row at a time, through its own variant's kernel only
+        return lax.map(lambda row: lax.switch(row[0], kernels, *row[1:]), (variant, q, k, v, ids))
 
     q, k, v = vary_like((q, k, v), q, k, v)  # one type for the kernel's outputs to take (`_TypedPallas`)
     return rearrange(attend(q, k, v, ids, variant), "b h t d -> b t h d")[:, q_places, :, :d]

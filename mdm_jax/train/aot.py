@@ -106,7 +106,7 @@ def compile_decode_steps(cfg: TrainConfig, device, batch: int = 2, text: int = 1
     dtype = jnp.dtype(model.dtype)  # decoding runs on params in the compute dtype
     params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, dtype, sharding=one), abstract_params(model))
     sd, key = params["speech_decoder"], abstract(jax.random.key(0), one)
-    s = lambda shape, dtype=jnp.int32: jax.ShapeDtypeStruct(shape, dtype, sharding=one)  # noqa: E731
+    s = lambda shape, dtype=jnp.int32: jax.ShapeDtypeStruct(shape, dtype, sharding=one)
     hidden, valid, flags = s((batch, text, model.llm.d_model), dtype), s((batch, text), bool), \
         s((batch,), bool)
     capacity, speech = 2 * text, s((batch, text // 2, model.llm.d_model), dtype)
