@@ -24,6 +24,7 @@ from mdm_jax.convert.hf_files import load_hf_folder, save_hf_folder
 from mdm_jax.convert.params_io import load_params, save_params
 from mdm_jax.convert.s3_tokenizer import convert_s3_tokenizer
 from mdm_jax.convert.vocalnet_release import vocalnet_from_release
+from mdm_jax.decode.autoregressive import mtp_heads
 from mdm_jax.decode.streaming import spoken_question, stream_batch
 from mdm_jax.model.vocalnet import count_params, random_params
 from mdm_jax.vocoder.load import load_token2wav
@@ -71,7 +72,7 @@ def load_model(ckpt: str, overrides) -> tuple[dict, ModelConfig]:
     `random:PRESET` gives random params of a preset (a smoke run of the machinery, no trained weights)."""
     if ckpt.startswith("random:"):
         cfg = get_config(ckpt.split(":", 1)[1], overrides)
-        return random_params(cfg), cfg
+        return random_params(cfg), runnable(cfg, ckpt)
     params, saved = load_params(ckpt)
     if not isinstance(saved, ModelConfig):
         raise ConfigError(f"{ckpt} holds a text LLM alone ({type(saved).__name__}), not a VocalNet")
@@ -80,7 +81,17 @@ def load_model(ckpt: str, overrides) -> tuple[dict, ModelConfig]:
     if changed:
         raise ConfigError(f"overrides of {', '.join(changed)} would change the params of {ckpt}; only how it runs "
                           "may change (sampler.*, dtype, remat, speech_decoder block layout)")
-    return params, cfg
+    return params, runnable(cfg, ckpt)
+
+
+def runnable(cfg: ModelConfig, ckpt: str) -> ModelConfig:
+    """`cfg`, if its Talker can decode by `cfg.sampler.method` (MTP needs MTP modules), else a ConfigError."""
+    if cfg.sampler.method != "mdm":
+        try:
+            mtp_heads(cfg)
+        except ValueError as error:
+            raise ConfigError(f"{ckpt}: {error}") from None
+    return cfg
 
 
 def _generate(args):

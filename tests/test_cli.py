@@ -25,6 +25,16 @@ def test_convert_from_a_folder_that_is_not_a_model(tmp_path, capsys):
     assert "config.json" in capsys.readouterr().err
 
 
+def test_generate_refuses_a_method_the_talker_cannot_run(tmp_path, capsys):
+    wav = tmp_path / "q.wav"
+    sf.write(wav, [0.0] * 16_000, 16_000)
+    assert cli.main(["generate", "--ckpt", "random:tiny", "--audio", str(wav), "--out", str(tmp_path / "a.json"),
+                     "speech_decoder.mtp_modules=0", "sampler.method=mtp"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("error: random:tiny: sampler.method=mtp but the speech decoder has no MTP modules: "
+                   "use sampler.method=ar\n"), err
+
+
 def test_help_lists_config_keys(capsys):
     with pytest.raises(SystemExit):
         cli.main(["info", "--help"])

@@ -1,5 +1,6 @@
 """Streaming: speech blocks decoded while the text still arrives equal the blocks decoded after it."""
 
+import dataclasses
 import functools
 
 import jax
@@ -12,7 +13,7 @@ from data_pipelines.buckets import bucket
 from data_pipelines.tokenizer import SPEECH_PLACEHOLDER, num_speech_frames
 from mdm_jax.config.model import ModelConfig, SpeechDecoderConfig, get_config
 from mdm_jax.config.sampler import SamplerConfig
-from mdm_jax.decode import block_diffusion, streaming
+from mdm_jax.decode import autoregressive, block_diffusion, speech, streaming
 from mdm_jax.decode.streaming import audio_bucket, batch_text_tokens, stream, stream_batch
 from mdm_jax.model.init import random_init
 from mdm_jax.model.speech_decoder import SpeechDecoder
@@ -21,29 +22,30 @@ from mdm_jax.model.vocalnet import VocalNet, random_params
 SAMPLER = SamplerConfig(denoise_steps=2)
 
 
-def _decoder(offset, talker="vocalnet"):
+def _decoder(offset, talker="vocalnet", mtp_modules=0):
     sd = SpeechDecoderConfig(talker=talker, num_units=40, d_model=64, num_heads=4, num_kv_heads=2, ffn_dim=96,
-                             prenn_layers=int(talker == "vocalnet"), num_layers=2, mtp_modules=0, block_size=5,
-                             text_per_block=2, speech_position_offset=offset)
+                             prenn_layers=int(talker == "vocalnet"), num_layers=2, mtp_modules=mtp_modules,
+                             block_size=5, text_per_block=2, speech_position_offset=offset)
     text = jnp.asarray(np.random.default_rng(0).standard_normal((2, 6, 64)).astype(np.float32))
     params = random_init(SpeechDecoder(sd).init, text, jnp.zeros((2, 4), jnp.int32))
     return ModelConfig(speech_decoder=sd, sampler=SAMPLER), per_layer_map(lambda p: p * 3.0 if p.ndim == 2 else p,
                                                                         params), text
 
 
-def _chunked(cfg, params, text, blocks):
+def _chunked(cfg, params, text, blocks, talker=block_diffusion):
     """Text revealed 2 states per block (zeros until then), one block decoded after each reveal."""
     b, t, _ = text.shape
-    state = block_diffusion.begin(params, jnp.ones((b,), bool), jax.random.key(0), cfg=cfg, num_blocks=blocks,
-                                  text_capacity=t, record_logits=True)
+    extra = dict(record_logits=True) if talker is block_diffusion else {}
+    state = talker.begin(params, jnp.ones((b,), bool), jax.random.key(0), cfg=cfg, num_blocks=blocks,
+                         text_capacity=t, **extra)
     tpb = cfg.speech_decoder.text_per_block
     for c in range(blocks):
         known = min(t, (c + 1) * tpb)
         seen = jnp.arange(t)[None, :, None] < known
         if c * tpb < t:
-            state = block_diffusion.add_text(params, state, jnp.where(seen, text, 0.0), seen[..., 0].repeat(b, 0),
-                                             start=c * tpb, count=tpb, cfg=cfg)
-        step = block_diffusion.first_block if c == 0 else block_diffusion.next_block
+            state = talker.add_text(params, state, jnp.where(seen, text, 0.0), seen[..., 0].repeat(b, 0),
+                                    start=c * tpb, count=tpb, cfg=cfg)
+        step = talker.first_block if c == 0 else talker.next_block
         state = step(params, state, cfg=cfg)
     return state
 
@@ -64,11 +66,35 @@ def test_streamed_blocks_equal_offline_blocks_only_with_a_fixed_speech_offset(of
         assert gap > 1e-2
 
 
-@pytest.mark.parametrize("talker", ["vocalnet", "anchor"])
-def test_speech_to_speech_stream_matches_offline_decoding(talker):
+@pytest.mark.parametrize("method, talker", [("ar", "vocalnet"), ("ar", "anchor"), ("mtp", "vocalnet"),
+                                            ("mtp", "anchor")])
+def test_autoregressive_blocks_streamed_equal_offline(method, talker):
+    """AR and MTP (1 + 2 tokens a forward, so forwards straddle blocks) decoded block by block as the text
+    arrives: token for token what `autoregressive.generate` decodes with all text known, both Talkers."""
+    cfg, params, text = _decoder(64, talker, mtp_modules=2)
+    cfg = dataclasses.replace(cfg, sampler=SamplerConfig(method=method))
+    offline = autoregressive.generate(params, text, jnp.ones((2, 6), bool), jnp.ones((2,), bool),
+                                      jax.random.key(0), cfg=cfg, max_tokens=4 * 5)
+    streamed = _chunked(cfg, params, text, 4, autoregressive)
+    np.testing.assert_array_equal(streamed.tokens[:, :20], offline.tokens)
+    assert int(offline.lengths.min()) > 5, "vacuous: speech ends in the first block"
+
+
+def test_a_method_the_talker_cannot_run_is_refused_in_words():
+    cfg, params, text = _decoder(64, "anchor")  # no MTP modules
+    cfg = dataclasses.replace(cfg, sampler=SamplerConfig(method="mtp"))
+    with pytest.raises(ValueError, match="sampler.method=mtp but the speech decoder has no MTP modules"):
+        autoregressive.begin(params, jnp.ones((2,), bool), jax.random.key(0), cfg=cfg, num_blocks=2, text_capacity=6)
+
+
+@pytest.mark.parametrize("talker, method", [("vocalnet", "mdm"), ("anchor", "mdm"), ("anchor", "ar"),
+                                            ("vocalnet", "mtp")])
+def test_speech_to_speech_stream_matches_offline_decoding(talker, method):
+    """`stream` decodes by the config's method (a checkpoint's own): block diffusion, AR or MTP."""
     cfg = get_config("tiny" if talker == "anchor" else "tiny-vocalnet", [
-        "llm.num_layers=2", "encoder.num_layers=1", "speech_decoder.num_layers=1", "speech_decoder.mtp_modules=0",
-        "speech_decoder.block_size=5", "speech_decoder.text_per_block=2", "sampler.denoise_steps=2"])
+        "llm.num_layers=2", "encoder.num_layers=1", "speech_decoder.num_layers=1", "speech_decoder.mtp_modules=2",
+        "speech_decoder.block_size=5", "speech_decoder.text_per_block=2", "sampler.denoise_steps=2",
+        f"sampler.method={method}"])
     params = random_params(cfg)
     mel = np.random.default_rng(0).standard_normal((cfg.encoder.num_mel_bins, 100)).astype(np.float32)
     prompt = [1, 3] + [SPEECH_PLACEHOLDER] * 10 + [4]
@@ -92,13 +118,13 @@ def test_speech_to_speech_stream_matches_offline_decoding(talker):
     def apply(method):  # one compiled program each, not op-by-op dispatch
         return jax.jit(functools.partial(VocalNet(cfg).apply, method=method))
 
-    speech = apply(VocalNet.encode_speech)({"params": params}, jnp.asarray(mel)[None])
+    speech_in = apply(VocalNet.encode_speech)({"params": params}, jnp.asarray(mel)[None])
     ids = jnp.asarray([prompt + text_ids])
-    logits, hidden, _ = apply(VocalNet.llm_forward)({"params": params}, ids, speech)
+    logits, hidden, _ = apply(VocalNet.llm_forward)({"params": params}, ids, speech_in)
     assert text_ids[1:] == np.asarray(jnp.argmax(logits[0, len(prompt):-1], -1)).tolist()  # greedy text
     answer = hidden[:, len(prompt):]
-    offline = block_diffusion.generate(params["speech_decoder"], answer, jnp.ones(answer.shape[:2], bool),
-                                       jnp.ones((1,), bool), jax.random.key(0), cfg=cfg, num_blocks=4)
+    offline = speech.generate(params["speech_decoder"], answer, jnp.ones(answer.shape[:2], bool),
+                              jnp.ones((1,), bool), jax.random.key(0), cfg=cfg, num_blocks=4)
     streamed = np.concatenate([c.speech for c in chunks])
     np.testing.assert_array_equal(streamed, np.asarray(offline.tokens[0, :offline.lengths[0]]))
 

@@ -8,7 +8,8 @@ token2wav is given.
         ...                                                 # the chunks of the rows still speaking
 
 Block c of the speech decoder reads the first (c + 1)·text_per_block text states under the
-streaming mask, so each block is decoded the moment its text exists; with a fixed
+streaming mask, so each block is decoded the moment its text exists, by block diffusion, AR or MTP
+(`cfg.sampler.method`: the two samplers share one block interface); with a fixed
 `speech_position_offset` the result equals decoding after the whole text (tested).
 """
 
@@ -27,7 +28,7 @@ from data_pipelines.buckets import bucket
 from data_pipelines.features import log_mel
 from data_pipelines.tokenizer import SPEECH_PLACEHOLDER, TEMPLATES, encode_prompt, num_speech_frames
 from mdm_jax.config.model import ModelConfig
-from mdm_jax.decode import block_diffusion
+from mdm_jax.decode import autoregressive, block_diffusion
 from mdm_jax.decode.layout import for_decoding
 from mdm_jax.model.attention import init_cache
 from mdm_jax.model.vocalnet import VocalNet
@@ -149,7 +150,8 @@ def stream_batch(params, cfg: ModelConfig, mels: Sequence[np.ndarray], prompts: 
                  buckets: Sequence[int] | None = None) -> Iterator[list[StreamChunk]]:
     """Several questions at once (ragged lengths): mels[i] (n_mels, frames_i), prompts[i] with
     SPEECH_PLACEHOLDER once per adaptor frame. Greedy text in lockstep, each row ending at its own
-    end-of-text; speech by block diffusion as `cfg.sampler` says, in `cfg.dtype`. Yields, per speech
+    end-of-text; speech by the method `cfg.sampler` names (block diffusion, AR or MTP: the checkpoint's own
+    unless overridden), one block of `speech_decoder.block_size` units at a time, in `cfg.dtype`. Yields, per speech
     block, the StreamChunk of every row still speaking (`row` says whose); with `token2wav` each carries
     the audio that became final with it (`vocoder.base.block_stream`), a row's last one the rest."""
     start = time.perf_counter()
@@ -161,8 +163,9 @@ def stream_batch(params, cfg: ModelConfig, mels: Sequence[np.ndarray], prompts: 
     encoder_s = time.perf_counter() - start
     text = batch_text_tokens(params, cfg, mels, prompts, max_text_tokens=max_text_tokens, buckets=buckets,
                              speech=speech_in)
-    state = block_diffusion.begin(dec_params, jnp.ones((b,), bool), key, cfg=cfg, num_blocks=max_blocks,
-                                  text_capacity=max_text_tokens)
+    talker = block_diffusion if cfg.sampler.method == "mdm" else autoregressive  # one block interface
+    state = talker.begin(dec_params, jnp.ones((b,), bool), key, cfg=cfg, num_blocks=max_blocks,
+                         text_capacity=max_text_tokens)
     audio = [None if token2wav is None else block_stream(token2wav, sd.block_size) for _ in range(b)]
     texts: list[list[int]] = [[] for _ in range(b)]
     ended = np.zeros(b, bool)
@@ -182,10 +185,10 @@ def stream_batch(params, cfg: ModelConfig, mels: Sequence[np.ndarray], prompts: 
         if written < generated:
             valid = jnp.asarray(np.arange(max_text_tokens)[None] < np.array([len(t) for t in texts])[:, None])
             count = min(tpb * -(-(generated - written) // tpb), max_text_tokens - written)
-            state = block_diffusion.add_text(dec_params, state, jnp.asarray(hidden), valid, start=written,
-                                             count=count, cfg=cfg)
+            state = talker.add_text(dec_params, state, jnp.asarray(hidden), valid, start=written, count=count,
+                                    cfg=cfg)
             written = generated
-        step = block_diffusion.first_block if block == 0 else block_diffusion.next_block
+        step = talker.first_block if block == 0 else talker.next_block
         state = step(dec_params, state, cfg=cfg)
         units = np.asarray(state.tokens[:, block * sd.block_size:(block + 1) * sd.block_size])
         done = np.asarray(state.done)

@@ -99,21 +99,19 @@ def compile_train_step(cfg: TrainConfig, devices):
 
 def compile_decode_steps(cfg: TrainConfig, device, batch: int = 2, text: int = 16, num_blocks: int = 2) -> dict:
     """The decoding programs of cfg's model on one `device`, from shapes alone -> {name: Compiled}: the LLM's
-    prefill and step (the streaming path), the block-diffusion sampler's begin / text / first and next block,
-    and the AR and (with MTP modules) MTP samplers. `batch` requests, `text` prompt and answer slots."""
+    prefill and step (the streaming path), and for block diffusion, AR and (with MTP modules) MTP the block
+    interface streaming drives (begin, add_text, first_block, next_block) and the whole-answer `generate`
+    evaluation runs. `batch` requests, `text` prompt and answer slots."""
     model = cfg.model
     one = SingleDeviceSharding(device)
     dtype = jnp.dtype(model.dtype)  # decoding runs on params in the compute dtype
     params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, dtype, sharding=one), abstract_params(model))
     sd, key = params["speech_decoder"], abstract(jax.random.key(0), one)
     s = lambda shape, dtype=jnp.int32: jax.ShapeDtypeStruct(shape, dtype, sharding=one)
-    hidden, valid, flags = s((batch, text, model.llm.d_model), dtype), s((batch, text), bool), \
-        s((batch,), bool)
+    hidden, valid, flags = s((batch, text, model.llm.d_model), dtype), s((batch, text), bool), s((batch,), bool)
     capacity, speech = 2 * text, s((batch, text // 2, model.llm.d_model), dtype)
     prefill = functools.partial(streaming._prefill, cfg=model, capacity=capacity)
-    mdm = dataclasses.replace(model, sampler=SamplerConfig(method="mdm", denoise_steps=2))
-    begin = functools.partial(block_diffusion.begin, cfg=mdm, num_blocks=num_blocks, text_capacity=text)
-    add = functools.partial(block_diffusion.add_text, start=0, count=text, cfg=mdm)
+    methods = ("mdm", "ar", "mtp") if model.speech_decoder.mtp_modules else ("mdm", "ar")
     compiled = {}
     with on([device]):
         compiled["llm_prefill"] = prefill.func.lower(params, speech, s((batch, text)), s((batch,)),
@@ -121,14 +119,19 @@ def compile_decode_steps(cfg: TrainConfig, device, batch: int = 2, text: int = 1
         caches = abstract(jax.eval_shape(prefill, params, speech, s((batch, text)), s((batch,)))[1], one)
         compiled["llm_step"] = streaming._llm_step.lower(params, s((batch,)), s(()), s((batch,)), caches,
                                                          cfg=model).compile()
-        compiled["mdm_begin"] = begin.func.lower(sd, flags, key, **begin.keywords).compile()
-        state = abstract(jax.eval_shape(begin, sd, flags, key), one)
-        compiled["mdm_add_text"] = add.func.lower(sd, state, hidden, valid, **add.keywords).compile()
-        state = abstract(jax.eval_shape(add, sd, state, hidden, valid), one)
-        compiled["mdm_first_block"] = block_diffusion.first_block.lower(sd, state, cfg=mdm).compile()
-        compiled["mdm_next_block"] = block_diffusion.next_block.lower(sd, state, cfg=mdm).compile()
-        for method in ("ar", "mtp") if model.speech_decoder.mtp_modules else ("ar",):
-            run = dataclasses.replace(model, sampler=SamplerConfig(method=method))
-            compiled[f"{method}_generate"] = autoregressive.generate.lower(
-                sd, hidden, valid, flags, key, cfg=run, max_tokens=num_blocks * 4).compile()
+        for method in methods:
+            run = dataclasses.replace(model, sampler=SamplerConfig(method=method, denoise_steps=2))
+            talker = block_diffusion if method == "mdm" else autoregressive
+            begin = functools.partial(talker.begin, cfg=run, num_blocks=num_blocks, text_capacity=text)
+            add = functools.partial(talker.add_text, start=0, count=text, cfg=run)
+            compiled[f"{method}_begin"] = begin.func.lower(sd, flags, key, **begin.keywords).compile()
+            state = abstract(jax.eval_shape(begin, sd, flags, key), one)
+            compiled[f"{method}_add_text"] = add.func.lower(sd, state, hidden, valid, **add.keywords).compile()
+            state = abstract(jax.eval_shape(add, sd, state, hidden, valid), one)
+            compiled[f"{method}_first_block"] = talker.first_block.lower(sd, state, cfg=run).compile()
+            compiled[f"{method}_next_block"] = talker.next_block.lower(sd, state, cfg=run).compile()
+            length = dict(num_blocks=num_blocks) if method == "mdm" else dict(
+                max_tokens=num_blocks * model.speech_decoder.block_size)
+            compiled[f"{method}_generate"] = talker.generate.lower(sd, hidden, valid, flags, key, cfg=run,
+                                                                   **length).compile()
     return compiled
