@@ -7,7 +7,8 @@ drives and the whole-answer `generate`)."""
 
 import pytest
 
-from mdm_jax.config.train import get_train_config
+from mdm_jax.config.train import MeshConfig, get_train_config
+from mdm_jax.model.sharding import make_mesh
 from mdm_jax.train import aot
 
 STEPS = [  # (preset, stage, objective, mesh data x fsdp x model); MDM on 1 x 2 x 2: tests/test_plan_memory.py
@@ -39,6 +40,12 @@ def test_decode_steps_compile_for_a_tpu_chip(slice_devices):
     assert set(compiled) == {"llm_prefill", "llm_step"} | {
         f"{method}_{program}" for method in ("mdm", "ar", "mtp")
         for program in ("begin", "add_text", "first_block", "next_block", "generate")}
+
+
+def test_meshes_that_split_a_physical_axis():
+    """fsdp 16 x model 4 on a v6e 8x8 torus splits one of its axes of 8."""
+    mesh = make_mesh(MeshConfig(data=1, fsdp=16, model=4), aot.target_devices("tpu:v6e:8x8"))
+    assert dict(mesh.shape) == {"data": 1, "fsdp": 16, "model": 4} and mesh.devices.size == 64
 
 
 def test_unknown_targets_are_named():

@@ -15,6 +15,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 from jax import lax
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from mdm_jax.config.overrides import ConfigError
@@ -138,8 +139,12 @@ def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
     if data * cfg.fsdp * cfg.model != len(devices) or data < 1:
         raise ConfigError(f"mesh.data={cfg.data} x mesh.fsdp={cfg.fsdp} x mesh.model={cfg.model} does not match "
                           f"{len(devices)} devices")
-    return jax.make_mesh((data, cfg.fsdp, cfg.model), (DATA, FSDP, MODEL), axis_types=(AxisType.Auto,) * 3,
-                         devices=devices)
+    shape, names, types = (data, cfg.fsdp, cfg.model), (DATA, FSDP, MODEL), (AxisType.Auto,) * 3
+    try:
+        return jax.make_mesh(shape, names, axis_types=types, devices=devices)
+    except NotImplementedError:  # a physical axis must be split (e.g. fsdp 16 x model 4 on a v6e 8x8 torus)
+        return Mesh(mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True), names,
+                    axis_types=types)
 
 
 def shardings(mesh: Mesh, specs):
