@@ -20,7 +20,7 @@ import os
 import jax
 import jax.numpy as jnp
 from jax.experimental import topologies
-from jax.sharding import NamedSharding, SingleDeviceSharding
+from jax.sharding import SingleDeviceSharding
 
 from mdm_jax.config.overrides import ConfigError
 from mdm_jax.config.sampler import SamplerConfig
@@ -71,12 +71,11 @@ def on(devices) -> contextlib.AbstractContextManager:
     return jax.default_device(devices[0])
 
 
-def abstract(tree, sharding=None):
-    """Arrays -> ShapeDtypeStructs (with `sharding`, a sharding or a tree of them)."""
-    if sharding is None or not isinstance(sharding, (NamedSharding, SingleDeviceSharding)):
-        shard = sharding if sharding is not None else jax.tree.map(lambda _: None, tree)
-        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shard)
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+def abstract(tree, sharding):
+    """Arrays -> ShapeDtypeStructs with `sharding` (one sharding, or a tree of them matching `tree`)."""
+    if isinstance(sharding, jax.sharding.Sharding):
+        sharding = jax.tree.map(lambda _: sharding, tree)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, sharding)
 
 
 def train_inputs(cfg: TrainConfig, devices):

@@ -159,24 +159,16 @@ class Checkpointer:
             self.manager.wait_until_finished()
         self.manager.close()
 
+    @contextlib.contextmanager
     def _saving(self, step):
-        return _SaveErrors(self.directory, step)
-
-
-class _SaveErrors:
-    """Errors of a save (raised now, or by its asynchronous write when waited for) as one `SaveFailed` line."""
-
-    def __init__(self, directory: str, step):
-        self.directory, self.step = directory, step
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, error, traceback):
-        if error is None or isinstance(error, (FloatingPointError, KeyboardInterrupt)):
-            return False
-        raise SaveFailed(f"saving checkpoint step {self.step} in {self.directory} failed: {one_line(error)}; "
-                         f"the steps saved before it are intact") from None
+        """Errors of a save (raised now, or by its asynchronous write when waited for) as one `SaveFailed` line."""
+        try:
+            yield
+        except FloatingPointError:
+            raise
+        except Exception as error:  # noqa: BLE001 (disk full, permission denied, the folder gone, ...)
+            raise SaveFailed(f"saving checkpoint step {step} in {self.directory} failed: {one_line(error)}; "
+                             f"the steps saved before it are intact") from None
 
 
 def shape_mismatch(stored, abstract_state) -> str:
