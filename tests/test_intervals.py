@@ -47,3 +47,21 @@ def test_pooled_seeds_move_together_and_shapes_must_agree():
         difference(pooled, a)
     with pytest.raises(ValueError, match="seeds, dialogues"):
         Counts(np.zeros(3), np.ones(3))
+
+
+def test_with_seeds_the_interval_covers_the_run_to_run_spread():
+    """Each seed's training moves its score (a run effect): resampling the seeds as well as the dialogues
+    covers the true mean about as often as asked; dialogues alone (the seeds moving together) would not."""
+    rng = np.random.default_rng(2)
+    p, hits, narrow = 0.6, 0, 0
+    for trial in range(200):  # 5 seeds, each shifted by its run, x 60 dialogues of 10 units
+        runs = np.clip(p + rng.normal(0, 0.08, (5, 1)), 0, 1)
+        units = rng.binomial(10, np.broadcast_to(runs, (5, 60)))
+        counts = Counts(units.astype(float), np.full(units.shape, 10.0))
+        f = interval(counts, seed=trial)
+        hits += f["lo"] <= p <= f["hi"]
+        one_run = Counts(units.sum(0, keepdims=True).astype(float), np.full((1, 60), 50.0))  # seeds together
+        g = interval(one_run, seed=trial)
+        narrow += g["lo"] <= p <= g["hi"]
+    assert hits / 200 >= 0.8 and narrow / 200 <= 0.6
+

@@ -1,11 +1,13 @@
-"""`python -m experiments.sweep`: the grids' plans of Talkers and rows, and a 2-point version of the
-paper's ablations (a stage 2 Talker and its distillation) that starts from the shared quick demo
-run's stage I and LLM states."""
+"""`python -m experiments.sweep`: the grids' plans of Talkers, rows and claims, and a 2-point version of
+the paper's ablations (a stage 2 Talker and its distillation, two seeds, one claim) that starts from
+the shared quick demo run's stage I and LLM states."""
 
 import csv
+import json
 import math
 import shutil
 
+import numpy as np
 import pytest
 
 from experiments import sweep
@@ -17,6 +19,8 @@ DENOISE_STEPS = (1,)
 BLOCK_SIZE = (16,)
 DISTILL = (("hierarchical", 0.7),)
 AR_REFERENCE = False
+_DISTILLED = "mdm-bernoulli-b16-distill-hierarchical-a0.7"
+CLAIMS = (("distillation helps one step", (_DISTILLED, 1), ("mdm-bernoulli-b16", 1), "above"),)
 """
 
 
@@ -39,6 +43,9 @@ def test_paper_ablations_grid_plan():
         "mdm-bernoulli-b16-distill-bernoulli-a0.7", "mdm-hierarchical-b16"]
     assert all(d.teacher.name == "mdm-bernoulli-b16" for d in todo if d.distillation)
     assert len(sweep.evaluated(grid, todo)) == 1 + 6 * 5
+    assert len(grid.claims) == 10 and {name for name, _ in grid.paper} == {d.name for d in todo}
+    claim1 = sweep.load_grid("experiments/grids/mdm_vs_ar.py")  # its Talkers are the ablations' (same workdirs)
+    assert {d.name for d in sweep.decoders(claim1, 16)} < {d.name for d in todo} and len(claim1.claims) == 13
 
 
 def test_grid_typos_fail_before_training(tmp_path):
@@ -48,23 +55,42 @@ def test_grid_typos_fail_before_training(tmp_path):
     (tmp_path / "bad.py").write_text(GRID_2.replace('"hierarchical"', '"hierarchichal"'))
     with pytest.raises(ConfigError, match="hierarchichal"):
         sweep.load_grid(str(tmp_path / "bad.py"))
+    (tmp_path / "bad.py").write_text(GRID_2.replace('("mdm-bernoulli-b16", 1)', '("mdm-bernoulli-b16", 4)'))
+    with pytest.raises(ConfigError, match="not rows of this grid"):  # S=4 is not evaluated by this grid
+        sweep.load_grid(str(tmp_path / "bad.py"))
 
 
-def test_quick_sweep_writes_results_and_plots(demo_run, tmp_path):
+def test_quick_sweep_pools_seeds_judges_claims_and_writes_results(demo_run, tmp_path):
     (tmp_path / "grid.py").write_text(GRID_2)
     out = tmp_path / "sweep"
     out.mkdir()
     shutil.copy(demo_run / "token2wav.msgpack", out)  # the sweep reuses a trained token2wav in OUT
     sweep.main(["--grid", str(tmp_path / "grid.py"), "--out", str(out), "--quick", "--corpus", str(demo_run / "corpus"),
-                "--stage1", str(demo_run / "stage1" / "params"), "--llm-states", str(demo_run / "llm_states.npz")])
-    rows = list(csv.DictReader((out / "results.csv").open()))
-    assert [(r["masking"], r["distillation"], r["denoise_steps"], r["block_size"]) for r in rows] == [
-        ("bernoulli", "", "1", "16"), ("bernoulli", "distill-hierarchical-a0.7", "1", "16")]
+                "--seeds", "2", "--stage1", str(demo_run / "stage1" / "params"),
+                "--llm-states", str(demo_run / "llm_states.npz")])
+    report = out / "grid"  # named for the grid file
+    rows = list(csv.DictReader((report / "results.csv").open()))
+    assert [(r["masking"], r["distillation"], r["denoise_steps"], r["block_size"], r["seeds"]) for r in rows] == [
+        ("bernoulli", "", "1", "16", "2"), ("bernoulli", "distill-hierarchical-a0.7", "1", "16", "2")]
     for r in rows:
         assert 0 <= float(r["unit_accuracy"]) <= 1 and float(r["length_ratio"]) >= 0 and float(r["wer"]) >= 0
         assert float(r["tokens_per_s"]) > 0 and float(r["first_chunk_s"]) > 0
         assert all(math.isfinite(float(r[k])) for k in ("unit_accuracy", "length_ratio", "wer", "tokens_per_s"))
         assert r["speedup_vs_ar"] == ""  # no AR reference in this grid
-    assert (out / "results.md").read_text().count("\n| mdm |") == 2
-    for name in ("quality_vs_steps.png", "speed_vs_quality.png"):
-        assert (out / name).stat().st_size > 10_000
+    for r, decoder in zip(rows, ("mdm-bernoulli-b16", "mdm-bernoulli-b16-distill-hierarchical-a0.7")):
+        per_seed = [json.loads((out / f"seed{k}" / decoder / "eval_rows.jsonl").read_text()) for k in (0, 1)]
+        num = sum(np.sum(s["counts"]["unit_accuracy"]["num"]) for s in per_seed)
+        den = sum(np.sum(s["counts"]["unit_accuracy"]["den"]) for s in per_seed)
+        assert float(r["unit_accuracy"]) == pytest.approx(num / den)  # pooled over both seeds' dialogues
+    assert (out / "seed1" / "mdm-bernoulli-b16" / "params").is_dir()  # each seed trains its own Talkers
+    result = json.loads((report / "results.json").read_text())
+    (claim,) = result["claims"]
+    assert claim["a"] == ["mdm-bernoulli-b16-distill-hierarchical-a0.7", 1] and claim["verdict"] in (
+        "holds", "reversed", "not separable at our scale")
+    d = claim["unit_accuracy"]
+    assert d["lo"] <= d["value"] <= d["hi"] and d["value"] == pytest.approx(
+        float(rows[1]["unit_accuracy"]) - float(rows[0]["unit_accuracy"]))
+    md = (report / "results.md").read_text()
+    assert md.count("\n| mdm |") == 2 and "seeds: 2" in md and claim["verdict"] in md
+    for name in ("quality_vs_steps.png", "speed_vs_quality.png", "claims.png"):
+        assert (report / name).stat().st_size > 10_000

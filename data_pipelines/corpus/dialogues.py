@@ -113,7 +113,7 @@ def held_out_values(seed: int) -> dict[str, frozenset[str]]:
     return out
 
 
-def make_splits(seed: int = 0, valid_fraction: float = 0.08, test_fraction: float = 0.2,
+def make_splits(seed: int = 0, valid_fraction: float = 0.08, test_fraction: float = 0.32,
                 novel_template_fraction: float = 0.25) -> dict[str, list[Dialogue]]:
     """All dialogues, split. test: for a `test_fraction` sample of the trainable values, one of the
     value's trained templates held out (the value keeps the others, the template keeps other values).

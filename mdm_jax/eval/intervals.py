@@ -3,9 +3,12 @@
 Every quality figure is a ratio of sums over dialogues (exact answers / answers, matching units /
 reference units, word errors / reference words), so one dialogue contributes a (numerator,
 denominator) pair. Resampling the dialogues with replacement and recomputing the ratio gives the
-interval; with several seeds a dialogue's pairs of every seed move together, so the interval covers
-both the test sample and the seeds. A difference of two decoders resamples both with the same
-dialogues (paired), and is called only when its interval excludes zero.
+interval. With several seeds (independent training runs) the bootstrap has two levels: each draw
+resamples the seeds and the dialogues, so the interval covers what changes between runs as well as
+the test sample (a run of one seed covers only the dialogues: its verdict may flip in a rerun). With
+few seeds the percentile bootstrap still understates the run-to-run spread ((S - 1) / S of its
+variance). A difference of two decoders resamples both with the same seeds and dialogues (paired),
+and is called only when its interval excludes zero.
 """
 
 from __future__ import annotations
@@ -44,9 +47,11 @@ class Counts:
     def value(self) -> float:
         return float(self.num.sum() / max(self.den.sum(), 1e-12))
 
-    def resampled(self, draws: np.ndarray) -> np.ndarray:
-        """draws (n, dialogues) indices -> the ratio under each resample (n,)."""
-        return self.num[:, draws].sum((0, 2)) / np.maximum(self.den[:, draws].sum((0, 2)), 1e-12)
+    def resampled(self, draws: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        """(seeds (n, S), dialogues (n, D)) indices -> the ratio under each resample (n,)."""
+        seeds, dialogues = draws
+        at = (seeds[:, :, None], dialogues[:, None, :])
+        return self.num[at].sum((1, 2)) / np.maximum(self.den[at].sum((1, 2)), 1e-12)
 
     def to_json(self) -> dict:
         return {"num": self.num.tolist(), "den": self.den.tolist()}
@@ -56,8 +61,11 @@ class Counts:
         return cls(np.asarray(d["num"], float), np.asarray(d["den"], float))
 
 
-def _draws(dialogues: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, dialogues, (DRAWS, dialogues))
+def _draws(counts: Counts, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Resampling indices of the seeds and of the dialogues, one row per draw."""
+    rng = np.random.default_rng(seed)
+    seeds, dialogues = counts.num.shape
+    return rng.integers(0, seeds, (DRAWS, seeds)), rng.integers(0, dialogues, (DRAWS, dialogues))
 
 
 def _summary(value: float, samples: np.ndarray) -> dict:
@@ -67,14 +75,14 @@ def _summary(value: float, samples: np.ndarray) -> dict:
 
 def interval(counts: Counts, seed: int = 0) -> dict:
     """-> {'value', 'lo', 'hi'}: the figure and its 95 % percentile-bootstrap interval."""
-    return _summary(counts.value, counts.resampled(_draws(counts.num.shape[1], seed)))
+    return _summary(counts.value, counts.resampled(_draws(counts, seed)))
 
 
 def difference(a: Counts, b: Counts, seed: int = 0) -> dict:
     """a - b over the same dialogues, resampled together -> {'value', 'lo', 'hi'}."""
     if a.num.shape != b.num.shape:
         raise ValueError(f"a paired difference needs the same dialogues and seeds: {a.num.shape} vs {b.num.shape}")
-    draws = _draws(a.num.shape[1], seed)
+    draws = _draws(a, seed)
     return _summary(a.value - b.value, a.resampled(draws) - b.resampled(draws))
 
 
