@@ -34,10 +34,10 @@ import optax
 from mdm_jax.config.mask import MaskConfig
 from mdm_jax.config.model import ModelConfig, SpeechDecoderConfig, get_config
 from mdm_jax.diffusion.attention_masks import autoregressive_mask
-from mdm_jax.diffusion.losses import ar_loss, mdm_loss, mtp_loss
+from mdm_jax.diffusion.losses import mdm_loss, mtp_loss
 from mdm_jax.diffusion.masking import sampler_states_mask
+from mdm_jax.model.denoiser import denoiser
 from mdm_jax.model.speech_decoder import SpeechDecoder
-from mdm_jax.train.denoiser import denoiser
 
 SHAPES = {  # preset, speech-decoder overrides, batch, text states, speech blocks
     "tiny": ("tiny", [], 4, 40, 8),
@@ -81,9 +81,7 @@ def loss_fn(objective: str, cfg: SpeechDecoderConfig):
         logits, mtp_logits, _ = SpeechDecoder(cfg).apply({"params": params}, batch["text_hidden"], tokens, mask,
                                                          positions, batch["text_valid"])
         valid = jnp.concatenate([jnp.ones((b, 1), bool), batch["speech_valid"]], axis=1)
-        if objective == "ar":
-            return ar_loss(logits, tokens, valid)
-        return mtp_loss([logits, *mtp_logits], tokens, valid)
+        return mtp_loss([logits] if objective == "ar" else [logits, *mtp_logits], tokens, valid)  # AR: the main head
     return causal
 
 

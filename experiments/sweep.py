@@ -23,12 +23,12 @@ instead of its own greedy answer: the speech decoder alone, even under a weak st
 Writes, in OUT/<the grid file's name> (grids share OUT's Talkers where their names agree),
 results.csv, results.json (rows and claims), results.md (the tables), quality_vs_steps.png (unit
 accuracy and WER vs steps per strategy), speed_vs_quality.png (tokens/s vs unit accuracy, the
-frontier) and, for a grid with claims, claims.png (each claim's paired difference). Metrics as in the demo: unit accuracy and length ratio against the reference
-answer's units, WER of the resynthesised speech (the demo's flow-matching token2wav, trained once
-into OUT/token2wav.msgpack unless one is there, + the Whisper tiny.en judge) against the reference
-answer for AR and for MDM at the budget's `wer_steps` (the judge is the cost), tokens/s of the
-speech decoder alone (batch 1, after warm-up), speed-up vs the AR decoder. Speeds are means over
-seeds.
+frontier) and, for a grid with claims, claims.png (each claim's paired difference). Metrics as in
+the demo: unit accuracy and length ratio against the reference answer's units, WER of the
+resynthesised speech (the demo's flow-matching token2wav, trained once into OUT/token2wav.msgpack
+unless one is there, + the Whisper tiny.en judge) against the reference answer for AR and for MDM
+at the budget's `wer_steps` (the judge is the cost), tokens/s of the speech decoder alone (batch 1,
+after warm-up), speed-up vs the AR decoder. Speeds are means over seeds.
 """
 
 from __future__ import annotations

@@ -15,11 +15,11 @@ from small_train import small_overrides
 from mdm_jax.config.model import ModelConfig, SpeechDecoderConfig
 from mdm_jax.config.train import get_train_config
 from mdm_jax.diffusion.attention_masks import autoregressive_mask
+from mdm_jax.model.denoiser import denoiser
 from mdm_jax.model.init import random_init
 from mdm_jax.model.speech_decoder import SpeechDecoder
 from mdm_jax.model.vocalnet import random_params
 from mdm_jax.train import objectives
-from mdm_jax.train.denoiser import denoiser
 
 SD = SpeechDecoderConfig(talker="anchor", num_units=40, d_model=48, num_heads=4, num_kv_heads=2, ffn_dim=96,
                          prenn_layers=0, num_layers=2, mtp_modules=1, block_size=6, text_per_block=2)

@@ -14,9 +14,9 @@ from mdm_jax.config.model import ModelConfig, SpeechDecoderConfig
 from mdm_jax.config.sampler import SamplerConfig, TokenSampling
 from mdm_jax.decode.block_diffusion import generate
 from mdm_jax.diffusion.schedules import step_schedule
+from mdm_jax.model.denoiser import denoiser
 from mdm_jax.model.init import random_init
 from mdm_jax.model.speech_decoder import SpeechDecoder
-from mdm_jax.train.denoiser import denoiser
 
 CFG = SpeechDecoderConfig(talker="vocalnet",
                           num_units=40, d_model=64, num_heads=4, num_kv_heads=2, ffn_dim=96, prenn_layers=1,

@@ -23,9 +23,9 @@ from mdm_jax.diffusion.ema import ema_update
 from mdm_jax.diffusion.losses import mdm_loss
 from mdm_jax.diffusion.masking import sampler_states_mask
 from mdm_jax.diffusion.schedules import step_schedule
+from mdm_jax.model.denoiser import denoiser
 from mdm_jax.model.speech_decoder import SpeechDecoder
 from mdm_jax.model.transformer import stack_layers, unstack_layers
-from mdm_jax.train.denoiser import denoiser
 from mdm_jax.train.distill import (
     distill_loss,
     even_counts,

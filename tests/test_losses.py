@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mdm_jax.diffusion.losses import IGNORE_INDEX, ar_loss, mdm_loss, mtp_loss, text_loss
+from mdm_jax.diffusion.losses import mdm_loss, mtp_loss
 from mdm_jax.diffusion.masking import Corruption
 
 
@@ -67,17 +67,17 @@ def test_mdm_loss_without_targets_is_zero_not_nan():
         assert float(loss) == 0.0 and np.isfinite(metrics["accuracy"])
 
 
-def test_ar_loss_ignores_padding():
+def test_ar_loss_the_main_head_alone_ignores_padding():
     _, logits, tokens, valid = random_batch(2)
-    loss, metrics = ar_loss(logits, tokens, valid)
+    loss, metrics = mtp_loss([logits], tokens, valid)
     ref_loss, ref_acc = np_shifted_mean(logits, tokens, valid, 1)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
-    np.testing.assert_allclose(metrics["accuracy"], ref_acc, rtol=1e-6)
+    np.testing.assert_allclose(metrics["accuracy_0"], ref_acc, rtol=1e-6)
     predicts_nothing = np.ones_like(valid)  # the last position, and positions whose target is padding
     predicts_nothing[:, :-1] = ~valid[:, 1:]
     garbage = np.where(predicts_nothing[..., None], 1e4, logits)
     other_ids = np.where(valid, tokens, 6)
-    np.testing.assert_allclose(ar_loss(garbage, other_ids, valid)[0], loss, rtol=1e-6)
+    np.testing.assert_allclose(mtp_loss([garbage], other_ids, valid)[0], loss, rtol=1e-6)
 
 
 def test_mtp_loss_is_decayed_sum_of_shifted_ces():
@@ -90,22 +90,13 @@ def test_mtp_loss_is_decayed_sum_of_shifted_ces():
         np.testing.assert_allclose(metrics[f"ce_{k}"], ce_k, rtol=1e-5)
         expected += 0.8**k * ce_k
     np.testing.assert_allclose(loss, expected, rtol=1e-5)
-    np.testing.assert_allclose(mtp_loss(heads[:1], tokens, valid)[0], ar_loss(heads[0], tokens, valid)[0], rtol=1e-6)
 
-
-def test_text_loss_ignore_index():
-    rng, logits, ids, _ = random_batch(4, v=11)
-    labels = np.where(rng.random(ids.shape) < 0.4, IGNORE_INDEX, ids)
-    loss, metrics = text_loss(logits, labels)
-    ref_loss, ref_acc = np_shifted_mean(logits, ids, labels != IGNORE_INDEX, 1)
-    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
-    np.testing.assert_allclose(metrics["accuracy"], ref_acc, rtol=1e-6)
 
 
 def test_bf16_logits_softmax_in_float32():
     _, logits, tokens, valid = random_batch(5, v=300)
     logits = jnp.asarray(logits * 20, jnp.bfloat16)  # large logits: a bf16 softmax would be off by ~1e-1
-    loss, _ = jax.jit(ar_loss)(logits, tokens, valid)
+    loss, _ = jax.jit(mtp_loss)([logits], tokens, valid)
     assert loss.dtype == jnp.float32
     ref, _ = np_shifted_mean(np.asarray(logits.astype(jnp.float32)), tokens, valid, 1)
     np.testing.assert_allclose(loss, ref, rtol=1e-5)

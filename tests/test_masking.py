@@ -16,9 +16,9 @@ from mdm_jax.decode.sampling import speech_only
 from mdm_jax.diffusion.losses import mdm_loss
 from mdm_jax.diffusion.masking import MASKING, corrupt, sampler_state_levels, sampler_states_mask
 from mdm_jax.diffusion.schedules import elbo_weight, mask_prob, sample_t, step_schedule
+from mdm_jax.model.denoiser import denoiser
 from mdm_jax.model.vocalnet import random_params
 from mdm_jax.train import objectives
-from mdm_jax.train.denoiser import denoiser
 
 MASK = 1000
 

@@ -14,9 +14,9 @@ from small_train import small_overrides
 from data_pipelines.tokenizer import SPEECH_PLACEHOLDER
 from mdm_jax.config.train import get_train_config
 from mdm_jax.diffusion.masking import corrupt
+from mdm_jax.model.denoiser import denoiser
 from mdm_jax.model.vocalnet import random_params
 from mdm_jax.train import distill, objectives
-from mdm_jax.train.denoiser import denoiser
 from mdm_jax.train.llm_states import lay_out
 
 BLOCK = 5  # small_overrides' block size

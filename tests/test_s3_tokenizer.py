@@ -40,6 +40,12 @@ def speech():
     return [clips[0], clips[1][5000:25_800], *clips[2:], noise, clips[1]]
 
 
+def fsq_margin(h):
+    """(..., fsq_dims) -> (...) how far a token is from a tie: min over dims of |0.999·tanh(h)| distance to 0.5,
+    the rounding threshold (0 = a tie: another implementation may round the other way)."""
+    return np.min(np.abs(np.abs(np.tanh(np.asarray(h, np.float32)) * s3.FSQ_SCALE) - 0.5), axis=-1)
+
+
 def reference_model(version: str, cfg: s3.S3TokenizerConfig, seed: int = 0):
     """The reference S3TokenizerV2 / V3 at `cfg`'s sizes: torch's default init, LayerNorms perturbed."""
     import torch
@@ -92,7 +98,7 @@ def compare(model, cfg, waves, dtype="float32"):
     mel_err = max(np.abs(mel[i][:, : m.shape[1]] - m).max() for i, m in enumerate(ref_mels))
     pre_err = max(np.abs(h[i][r] - ref_pre[i][r]).max() for i, r in enumerate(rows))
     same = np.concatenate([ids[i][r] == ref_ids[i][r] for i, r in enumerate(rows)])
-    margins = np.concatenate([np.asarray(s3.fsq_margin(ref_pre[i][r])) for i, r in enumerate(rows)])
+    margins = np.concatenate([np.asarray(fsq_margin(ref_pre[i][r])) for i, r in enumerate(rows)])
     summary = dict(mel_err=float(mel_err), pre_err=float(pre_err), tokens=int(same.size), agree=float(same.mean()),
                    mismatch_margins=margins[~same].tolist(), min_margin=float(margins.min()))
     print(f"\n{dtype} {cfg.num_layers} layers d={cfg.d_model}: {summary}")

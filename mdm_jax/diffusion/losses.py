@@ -1,4 +1,4 @@
-"""Losses: masked diffusion (ELBO or unweighted), AR next-token, VocalNet MTP, and stage-I text CE.
+"""Losses: masked diffusion (ELBO or unweighted) and VocalNet MTP (AR is its main head alone: one entry).
 
 Logits may come in any float dtype; the softmax is taken in float32. Each loss returns
 (scalar loss, metrics dict of scalars).
@@ -10,8 +10,6 @@ import jax
 import jax.numpy as jnp
 
 from mdm_jax.diffusion.masking import Corruption
-
-IGNORE_INDEX = -100  # text labels that carry no loss (prompt, padding), as in transformers
 
 
 def cross_entropy(logits, labels):
@@ -37,15 +35,6 @@ def mdm_loss(logits, units, corruption: Corruption, valid, *, elbo: bool = True)
     loss = (corruption.weight * ce * target).sum() / jnp.maximum(1.0, norm)
     correct = (jnp.argmax(logits, axis=-1) == units).astype(jnp.float32)
     return loss, {"accuracy": _mean(correct, target), "ce": _mean(ce, target), "num_targets": num_targets}
-
-
-def ar_loss(logits, tokens, valid):
-    """Next-token CE. logits: (b, l, V), position i predicting tokens[:, i + 1]; tokens, valid: (b, l).
-
-    Mean over valid targets (positions 1..l-1 where `valid`). Metrics: `accuracy`.
-    """
-    ce, correct, weight = _shifted(logits, tokens, valid, 1)
-    return _mean(ce, weight), {"accuracy": _mean(correct, weight)}
 
 
 def mtp_loss(logits, tokens, valid, *, decay: float = 0.8):
@@ -81,14 +70,6 @@ def packed_mtp_loss(logits, units, valid, segments, index, *, decay: float = 0.8
         metrics[f"accuracy_{k}"] = _mean(correct, weight)
         loss = loss + decay**k * metrics[f"ce_{k}"]
     return loss, metrics
-
-
-def text_loss(logits, labels, *, ignore_index: int = IGNORE_INDEX):
-    """Stage-I text CE. logits: (b, l, V) over the input ids; labels: (b, l) = the input ids, with
-    `ignore_index` where no loss is taken. Position i predicts labels[:, i + 1]; mean over the
-    labelled targets. Metrics: `accuracy`."""
-    ce, correct, weight = _shifted(logits, jnp.where(labels == ignore_index, 0, labels), labels != ignore_index, 1)
-    return _mean(ce, weight), {"accuracy": _mean(correct, weight)}
 
 
 def _shifted(logits, tokens, valid, shift: int):

@@ -32,7 +32,7 @@ from mdm_jax.decode.sampling import speech_only
 from mdm_jax.diffusion.losses import cross_entropy
 from mdm_jax.diffusion.masking import mask_least_confident
 from mdm_jax.eval.intervals import Counts
-from mdm_jax.train.denoiser import denoiser
+from mdm_jax.model.denoiser import denoiser
 
 
 def accuracy_by_position(generated: Sequence[np.ndarray], references: Sequence[np.ndarray], *, block_size: int,

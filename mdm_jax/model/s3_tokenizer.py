@@ -196,12 +196,6 @@ def fsq_ids(h, levels: int = 3):
     return jnp.sum(fsq_digits(h) * powers, axis=-1).astype(jnp.int32)
 
 
-def fsq_margin(h):
-    """(..., fsq_dims) -> (...) how far the token is from a tie: min over dims of |0.999·tanh(h)| distance to
-    0.5, the rounding threshold (0 = a tie: another implementation may round the other way)."""
-    return jnp.min(jnp.abs(jnp.abs(jnp.tanh(h.astype(jnp.float32)) * FSQ_SCALE) - 0.5), axis=-1)
-
-
 def encode(params, cfg: S3TokenizerConfig, audio, samples, dtype=jnp.float32):
     """(b, S) zero-padded 16 kHz audio, (b,) valid samples -> ((b, T, fsq_dims) pre-FSQ float32, (b,) tokens)."""
     mel = log_mel(audio, samples, cfg.n_mels)

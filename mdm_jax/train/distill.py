@@ -45,7 +45,7 @@ from mdm_jax.diffusion.ema import ema_update
 from mdm_jax.diffusion.losses import mdm_loss
 from mdm_jax.diffusion.packing import corrupt_examples
 from mdm_jax.diffusion.schedules import step_schedule
-from mdm_jax.train.denoiser import denoiser
+from mdm_jax.model.denoiser import denoiser
 
 # --- rounds ------------------------------------------------------------------------------------
 

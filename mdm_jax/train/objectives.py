@@ -39,11 +39,11 @@ from mdm_jax.diffusion.masking import Corruption, mask_least_confident, sampler_
 from mdm_jax.diffusion.packing import corrupt_examples, packed_of, per_example
 from mdm_jax.model import lora as lora_lib
 from mdm_jax.model import vocab_parallel
+from mdm_jax.model.denoiser import denoiser
 from mdm_jax.model.sharding import BATCH, DATA
 from mdm_jax.model.speech_decoder import SpeechDecoder
 from mdm_jax.model.vocalnet import VocalNet
 from mdm_jax.train import distill
-from mdm_jax.train.denoiser import denoiser
 from mdm_jax.train.optimizer import combine
 
 CONFIDENCE_MASKING = "sampler_states_confidence"  # sampler_states, least confident tokens masked
