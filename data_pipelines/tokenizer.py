@@ -13,7 +13,8 @@ from collections.abc import Iterable
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-SPEECH_PLACEHOLDER = -200  # prompt id replaced by one speech embedding (LLaVA / VocalNet convention)
+from data_pipelines.placeholders import SPEECH_PLACEHOLDER
+
 # Special tokens of the small BPE trained for the `tiny` preset (ids 0.. in this order).
 TINY_SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<user>", "<assistant>", "<speech>")
 

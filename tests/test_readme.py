@@ -11,7 +11,7 @@ from pathlib import Path
 README = (Path(__file__).parents[1] / "README.md").read_text()
 # Modules whose `python -m` is `main(argv)`: run in this process (JAX imported and compiled once), not one
 # process each. Any other command, or one with shell operators, runs in its own process.
-IN_PROCESS = ("mdm_jax.cli", "mdm_jax.train", "data_pipelines.corpus.build")
+IN_PROCESS = ("mdm_jax.cli", "mdm_jax.train", "experiments.corpus.build")
 # End-to-end runs that have their own tests: tests/test_demo.py runs experiments.demo, tests/test_sweep.py
 # experiments.sweep, tests/test_learning_curves.py the curves and the diagnosis (on the shared `demo_run`).
 COVERED_ELSEWHERE = ("experiments.demo", "experiments.sweep", "experiments.learning_curves",

@@ -31,7 +31,7 @@ def speech():
     assets = resources.files("s3tokenizer") / "assets"
     clips = [sf.read(str(assets / f"BAC009S0764W012{i}.wav"), dtype="float32")[0] for i in (1, 2)]
     try:
-        from data_pipelines.corpus import tts
+        from experiments.corpus import tts
 
         clips.append(tts.synthesize("nine minus four is five", tts.ASSISTANT_VOICE))
     except ImportError:  # the `data` extra (Piper) absent: the shipped clips alone

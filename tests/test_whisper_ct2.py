@@ -18,7 +18,7 @@ TEXTS = ("what is seven plus five", "what day comes after monday", "count from t
 @pytest.fixture(scope="module")
 def speech():
     """Piper speech if installed, else espeak-ng; 16 kHz float32."""
-    from data_pipelines.corpus import tts
+    from experiments.corpus import tts
 
     if tts.espeak_available():
         voice = tts.Voice("espeak", "en-us", 165)

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from data_pipelines.tokenizer import SPEECH_PLACEHOLDER
+from data_pipelines.placeholders import SPEECH_PLACEHOLDER
 from mdm_jax.config.model import ModelConfig
 from mdm_jax.config.overrides import ConfigError
 from mdm_jax.model.adaptor import Adaptor

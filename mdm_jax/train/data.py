@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from data_pipelines.tokenizer import SPEECH_PLACEHOLDER
+from data_pipelines.placeholders import SPEECH_PLACEHOLDER
 from mdm_jax.config.model import ModelConfig
 from mdm_jax.config.overrides import ConfigError
 from mdm_jax.config.train import TrainConfig

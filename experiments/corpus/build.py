@@ -1,6 +1,6 @@
 """Builds the embedded spoken corpus: template dialogues, synthesised offline, with 25 Hz answer units.
 
-    python -m data_pipelines.corpus.build --out data/embedded [--n 100] [--seed 0] [--units 512]
+    python -m experiments.corpus.build --out data/embedded [--n 100] [--seed 0] [--units 512]
 
 Writes under --out (paths in the manifests are relative to it):
 
@@ -29,9 +29,9 @@ import soundfile as sf
 from tqdm import tqdm
 
 from data_pipelines.audio import load_audio
-from data_pipelines.corpus import tts, units
-from data_pipelines.corpus.dialogues import NOVEL_TEMPLATES, SPLITS, Dialogue, held_out_values, make_splits
 from data_pipelines.features import SAMPLE_RATE
+from experiments.corpus import tts, units
+from experiments.corpus.dialogues import NOVEL_TEMPLATES, SPLITS, Dialogue, held_out_values, make_splits
 from mdm_jax.eval.asr import bundled_model_dir
 
 log = logging.getLogger(__name__)
