@@ -23,7 +23,7 @@ from mdm_jax.convert.cosyvoice2 import convert_cosyvoice2
 from mdm_jax.convert.hf_files import load_hf_folder, save_hf_folder
 from mdm_jax.convert.params_io import load_params, save_params
 from mdm_jax.convert.s3_tokenizer import convert_s3_tokenizer
-from mdm_jax.convert.vocalnet_release import vocalnet_from_release
+from mdm_jax.convert.vocalnet_release import vocalnet_config_from_release, vocalnet_from_release
 from mdm_jax.decode.autoregressive import mtp_heads
 from mdm_jax.decode.streaming import spoken_question, stream_batch
 from mdm_jax.model.vocalnet import count_params, random_params
@@ -43,7 +43,7 @@ def _convert(args):
         print(f"wrote {args.out} (CosyVoice2 token2wav: flow + HiFT, {t2w.sample_rate} Hz)")
         return
     if args.kind == "s3tokenizer":
-        preset = "v2" if args.config == "vocalnet-1b" else args.config  # --config left at its default: v2
+        preset = args.config or "v2"
         tok = convert_s3_tokenizer(args.src, args.out, preset, args.overrides)
         print(f"wrote {args.out} (S3 tokenizer {preset}: {tok.config.num_layers} layers, "
               f"{tok.config.codebook_size} codes at 25 Hz)")
@@ -52,8 +52,9 @@ def _convert(args):
     if args.kind == "hf-llm":
         cfg = llm_config_from_hf(hf_config)
         params = llm_from_hf(state, cfg)
-    else:
-        cfg = get_config(args.config, args.overrides)
+    else:  # a preset named by --config wins over the release's own config.json
+        cfg = (get_config(args.config, args.overrides) if args.config else apply_overrides(
+            vocalnet_config_from_release(hf_config, state, str(Path(args.src) / "config.json")), args.overrides))
         params = vocalnet_from_release(state, cfg)
     out = save_params(args.out, params, cfg)
     print(f"wrote {out} ({type(cfg).__name__}, {len(state)} tensors)")
@@ -166,8 +167,8 @@ def main(argv=None):
     conv.add_argument("--src", required=True, help="folder with config.json and *.safetensors (cosyvoice2: flow.pt "
                                                    "and hift.pt, or .safetensors; s3tokenizer: the .onnx / .pt file)")
     conv.add_argument("--out", required=True)
-    conv.add_argument("--config", default="vocalnet-1b", help="preset of the VocalNet release (kind vocalnet); "
-                                                              "s3tokenizer: v2 (default) or v3")
+    conv.add_argument("--config", help="vocalnet: a preset to use instead of the sizes the release's config.json "
+                                       "and tensors give; s3tokenizer: v2 (default) or v3")
     conv.add_argument("--speaker", help="cosyvoice2: a .npy speaker x-vector (192,) for the voice (default zeros)")
     conv.add_argument("overrides", nargs="*", metavar="key=value",
                       help="config overrides; cosyvoice2: flow.KEY=VALUE / hift.KEY=VALUE sizes; s3tokenizer: "
