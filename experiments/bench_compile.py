@@ -96,7 +96,7 @@ def ratios(rows: list[dict]) -> list[dict]:
     out = []
     for config, program in dict.fromkeys((r["config"], r["program"]) for r in rows):
         pair = {r["layout"]: r for r in rows if (r["config"], r["program"]) == (config, program)}
-        total = lambda r: r.get("timed_out_s") or r["lower_s"] + r["compile_s"]  # noqa: E731
+        total = lambda r: r.get("timed_out_s") or r["lower_s"] + r["compile_s"]
         if {"scanned", "unrolled"} <= set(pair) and "timed_out_s" not in pair["scanned"]:
             out.append({"config": config, "program": program,
                         "unrolled_over_scanned": total(pair["unrolled"]) / total(pair["scanned"]),

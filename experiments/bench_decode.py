@@ -45,7 +45,7 @@ def hbm_peak() -> float | None:
 
 def bytes_per_forward(params, sd, method: str, heads: int, batch: int, slots: int, itemsize: int) -> dict:
     """Bytes one decoder forward reads: the weights it multiplies by and the KV cache it attends over."""
-    size = lambda tree: sum(x.size for x in jax.tree.leaves(tree))  # noqa: E731
+    size = lambda tree: sum(x.size for x in jax.tree.leaves(tree))
     modules = heads if method == "mtp" else 0
     weights = size(params["decoder"]) + size(params["head"]) + sum(size(params[f"mtp_{k}"]) for k in range(modules))
     kv = 2 * (sd.num_layers + modules) * batch * slots * sd.num_kv_heads * sd.head_dim
@@ -56,7 +56,7 @@ def random_params(sd, text_dim: int, dtype):
     """The decoder's init distributions (drawn by numpy: fast) with EOS suppressed, so every method
     decodes every token; in the per-layer layout decoding runs on (`decode.layout`), as a server holds them."""
     params = random_init(SpeechDecoder(sd).init, jnp.zeros((1, 4, text_dim)), jnp.zeros((1, 4), jnp.int32))
-    suppress = lambda head: dict(head, b=head["b"].at[sd.eos_id].set(-1e9))  # noqa: E731
+    suppress = lambda head: dict(head, b=head["b"].at[sd.eos_id].set(-1e9))
     params["head"] = suppress(params["head"])
     for k in range(sd.mtp_modules):
         params[f"mtp_{k}"] = dict(params[f"mtp_{k}"], head=suppress(params[f"mtp_{k}"]["head"]))

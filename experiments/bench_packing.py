@@ -219,7 +219,7 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as folder:
         for name, lengths in dists.items():
             text, units = lengths["speech"] + lengths["answer"] + 4, lengths["units"] + 1
-            rows = lambda longest, mean: max(longest, args.row_examples * mean)  # noqa: E731
+            rows = lambda longest, mean: max(longest, args.row_examples * mean)
             results[name] = {
                 "stage I": stage_one(lengths, args.batch, -(-rows(int(text.max()), int(text.mean())) // 8) * 8,
                                      args.repeats),

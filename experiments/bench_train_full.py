@@ -33,13 +33,13 @@ STAGES = {"text": "stage I", "speech": "stage II"}
 def bench_stage(config: str, stage: str, batch: int, steps: int, overrides: list[str]) -> dict:
     cfg = get_train_config(config, [f"stage.name={stage}", f"data.batch_size={batch}", *overrides])
     mesh, optimizer = make_mesh(cfg.mesh), make_optimizer(cfg)
-    make = lambda: init_state(cfg, optimizer, jax.random.key(cfg.seed))  # noqa: E731
+    make = lambda: init_state(cfg, optimizer, jax.random.key(cfg.seed))
     specs = state_specs(cfg, jax.eval_shape(make))
     state = jax.jit(make, out_shardings=shardings(mesh, specs))()
     step = make_train_step(cfg, optimizer, mesh, specs)
     source = SyntheticSource(cfg)
     hosts = [model_batch(next(source), cfg.model, SYNTHETIC_SPEECH_ID) for _ in range(steps + 1)]
-    put = lambda host: jax.tree.map(lambda x: jax.device_put(x, batch_sharding(mesh)), host)  # noqa: E731
+    put = lambda host: jax.tree.map(lambda x: jax.device_put(x, batch_sharding(mesh)), host)
     flops = step_flops(cfg, optimizer, hosts[0])
     times = []
     for i, host in enumerate(tqdm(hosts, desc=STAGES[stage], leave=False)):
@@ -78,7 +78,7 @@ def main(argv=None):
           f"{'TFLOP/s':>8} {'MFU':>6} {'compile s':>9}")
     for r in rows:
         mfu = f"{r['mfu']:.1%}" if r["mfu"] else "-"
-        tf = lambda x: f"{x / 1e12:.3f}" if x else "-"  # noqa: E731
+        tf = lambda x: f"{x / 1e12:.3f}" if x else "-"
         print(f"{STAGES[r['stage']]:>9} {r['batch']:>5} {r['step_s']:>8.3f} {r['tokens_per_s']:>10.0f} "
               f"{r['padding']:>5.0%} {tf(r['flops_per_step']):>10} {tf(r['flops_per_s']):>8} {mfu:>6} "
               f"{r['compile_s']:>9.1f}")

@@ -39,11 +39,10 @@ import numpy as np
 import soundfile as sf
 from matplotlib.figure import Figure
 
-from data_pipelines.manifest import load_units
 from experiments import recipe
 from experiments.eval_data import (
     fit_flow_token2wav,
-    held_out_questions,
+    held_out,
     reference_answers,
     spoken_answers,
     spoken_questions,
@@ -52,7 +51,7 @@ from mdm_jax.config.sampler import SamplerConfig
 from mdm_jax.config.train import get_train_config
 from mdm_jax.convert.params_io import load_params
 from mdm_jax.eval.asr import normalize, word_error_rate
-from mdm_jax.eval.intervals import Counts, called, difference, interval
+from mdm_jax.eval.intervals import Counts, called, difference, fmt, interval
 from mdm_jax.eval.metrics import (
     decode_speech,
     encoder_seconds,
@@ -89,16 +88,14 @@ def references(out: Path, corpus_dir: str, corpus: dict, budget: recipe.Budget, 
     """What every seed is evaluated against: the held-out questions of both splits, the reference
     units, the trained token2wav, its ceiling (the reference units resynthesised and judged) and its
     share of the first packet."""
-    main = held_out_questions(corpus_dir, budget.eval_dialogues)
-    novel = held_out_questions(corpus_dir, budget.novel_dialogues, "novel")
+    main = held_out(corpus_dir, corpus, budget.eval_dialogues)
+    novel = held_out(corpus_dir, corpus, budget.novel_dialogues, "novel")
     log("training token2wav (flow matching to the mel)")
     t2w = fit_flow_token2wav(corpus_dir, corpus, str(out / "token2wav.msgpack"), budget.token2wav_train_steps,
                              block_size, small=budget is recipe.QUICK)
-    units = [load_units(r, corpus["units"]["k"]) for r in main]
-    return {"main": main, "novel": novel, "units": units, "t2w": t2w,
-            "novel_units": [load_units(r, corpus["units"]["k"]) for r in novel],
-            "ceiling": speech_wer(units, [r.assistant_text for r in main], t2w)["counts"],
-            "vocoder_s": first_audio_seconds(t2w, units[:PACKET_DIALOGUES], block_size)}
+    return {"main": main["records"], "novel": novel["records"], "units": main["units"], "t2w": t2w,
+            "novel_units": novel["units"], "ceiling": speech_wer(main["units"], main["texts"], t2w)["counts"],
+            "vocoder_s": first_audio_seconds(t2w, main["units"][:PACKET_DIALOGUES], block_size)}
 
 
 def evaluate(out: Path, corpus_dir: str, stages: dict[str, str], budget: recipe.Budget, refs: dict,
@@ -161,7 +158,7 @@ def summarise(seeds: list[dict], ceiling: Counts, vocoder_s: float) -> dict:
     def pooled(per_seed: list[dict]) -> Counts:
         return Counts.pool([Counts.from_json(c) for c in per_seed])
 
-    mean = lambda values: float(np.mean(list(values)))  # noqa: E731
+    mean = lambda values: float(np.mean(list(values)))
     packet = {"encoder_s": mean(s["packet_s"]["encoder_s"] for s in seeds),
               "thinker_s": mean(s["packet_s"]["text_s"] - s["packet_s"]["encoder_s"] for s in seeds),
               "vocoder_s": vocoder_s}
@@ -202,7 +199,7 @@ def targets(rows: list[dict], text: dict) -> dict[str, bool]:
     """The demo's targets on the main split (issues 14 and 24), the Talker alone unless said: point
     values, and paired 95 % intervals where a target compares two Talkers on the same dialogues."""
     row = {r["label"]: r for r in rows}
-    acc = lambda label: row[label]["unit_accuracy"]["value"]  # noqa: E731
+    acc = lambda label: row[label]["unit_accuracy"]["value"]
     ar, stage2, distilled = "ar", "mdm S=4", "mdm distilled S=1"
     mdm = [r for r in rows if r["method"] == "mdm"]
     out = {"text accuracy >= 0.6": text["value"] >= 0.6, "AR unit accuracy >= 0.85": acc(ar) >= 0.85}
@@ -240,19 +237,15 @@ def verdict(rows: list[dict], seeds: int) -> str:
     return " ".join(said)
 
 
-def _fmt(figure: dict | None) -> str:
-    return "-" if figure is None else f"{figure['value']:.3f} [{figure['lo']:.3f}, {figure['hi']:.3f}]"
-
-
 def markdown(report: dict) -> str:
     parts = report["first_packet_parts_ms"]
     lines = [f"Main split (held-out combinations of trained templates and values): {report['eval_dialogues']} "
              f"dialogues; novel split (unseen templates and values): {report['novel_dialogues']}. Seeds: "
              f"{report['seeds']}. Device: {report['device']}, wall time {report['wall_s'] / 60:.1f} min. "
              f"Brackets: 95 % bootstrap intervals over dialogues{' and seeds' if report['seeds'] > 1 else ''}.", "",
-             f"Text accuracy (exact answer): main {_fmt(report['text_accuracy'])}, novel "
-             f"{_fmt(report['novel_text_accuracy'])}. WER of the resynthesised reference units (the ceiling): "
-             f"{_fmt(report['reference_units_wer'])}. First packet = encoder ({parts['encoder']:.0f} ms) + Thinker "
+             f"Text accuracy (exact answer): main {fmt(report['text_accuracy'])}, novel "
+             f"{fmt(report['novel_text_accuracy'])}. WER of the resynthesised reference units (the ceiling): "
+             f"{fmt(report['reference_units_wer'])}. First packet = encoder ({parts['encoder']:.0f} ms) + Thinker "
              f"to the first block's text ({parts['thinker']:.0f} ms) + Talker's first block + vocoder "
              f"({parts['vocoder']:.0f} ms).", "",
              "| decoder | unit acc (alone) | unit acc novel (alone) | WER | WER alone | WER vs own text | "
@@ -260,13 +253,12 @@ def markdown(report: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         consistency = "-" if r["wer_vs_text"] is None else f"{r['wer_vs_text']:.3f}"
-        lines.append(f"| {r['label']} | {_fmt(r['unit_accuracy'])} | {_fmt(r['novel_unit_accuracy'])} | "
-                     f"{_fmt(r.get('wer'))} | {_fmt(r.get('wer_alone'))} | {consistency} | "
+        lines.append(f"| {r['label']} | {fmt(r['unit_accuracy'])} | {fmt(r['novel_unit_accuracy'])} | "
+                     f"{fmt(r.get('wer'))} | {fmt(r.get('wer_alone'))} | {consistency} | "
                      f"{r['speedup_vs_ar']:.2f}x | {r['first_chunk_vs_ar']:.2f} | "
                      f"{r['first_packet_ms']['talker']:.1f} | {r['first_packet_ms']['total']:.0f} | "
                      f"{r['first_packet_vs_ar']:.2f} |")
-    gains = [f"S={r['denoise_steps']} {r['vs_undistilled']['unit_accuracy']['value']:+.3f} "
-             f"[{r['vs_undistilled']['unit_accuracy']['lo']:+.3f}, {r['vs_undistilled']['unit_accuracy']['hi']:+.3f}]"
+    gains = [f"S={r['denoise_steps']} {fmt(r['vs_undistilled']['unit_accuracy'], sign=True)}"
              for r in report["rows"] if "unit_accuracy" in r.get("vs_undistilled", {})]
     met = ", ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in report["targets"].items())
     return "\n".join(lines + ["", report["verdict"], "",

@@ -24,8 +24,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from experiments import recipe
+from experiments.eval_data import talker_references
 from experiments.json_out import write_json
-from experiments.learning_curves import references
 from mdm_jax.config.overrides import ConfigError
 from mdm_jax.config.sampler import SamplerConfig
 from mdm_jax.config.train import TrainConfig, get_train_config
@@ -38,7 +38,7 @@ from mdm_jax.eval.diagnostics import (
     length_errors,
     loss_by_mask_ratio,
 )
-from mdm_jax.eval.intervals import interval
+from mdm_jax.eval.intervals import fmt, interval
 from mdm_jax.eval.metrics import decode_speech, unit_accuracy
 from mdm_jax.train.checkpointing import Checkpointer
 from mdm_jax.train.llm_states import StatesSource
@@ -119,15 +119,14 @@ def masking_shares(specs: list[str], base: list[str], batches: int = 50) -> dict
 
 
 def markdown(results: list[dict], maskings: dict | None = None) -> str:
-    f = lambda x: f"{x['value']:.3f} [{x['lo']:.3f}, {x['hi']:.3f}]"  # noqa: E731
     lines = ["| Talker | sampler | unit acc | anchor positions | other positions | length ratio | longer / "
              "shorter / unended | mean excess units | frequent-unit share gen / ref | frequent for rare | "
              "repeats gen / ref | forwards per block |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for res in results:
         for r in res["rows"]:
             n, q = r["length"], r["frequency"]
-            lines.append(f"| {r['talker']} | {r['sampler']} | {f(r['unit_accuracy'])} | {f(r['anchor'])} | "
-                         f"{f(r['rest'])} | {r['length_ratio']:.2f} | {n['longer']:.2f} / {n['shorter']:.2f} / "
+            lines.append(f"| {r['talker']} | {r['sampler']} | {fmt(r['unit_accuracy'])} | {fmt(r['anchor'])} | "
+                         f"{fmt(r['rest'])} | {r['length_ratio']:.2f} | {n['longer']:.2f} / {n['shorter']:.2f} / "
                          f"{n['unended']:.2f} | {n['mean_excess']:+.1f} | {q['generated_share']:.3f} / "
                          f"{q['reference_share']:.3f} | {q['frequent_for_rare']:.2f} | {q['generated_repeats']:.2f} / "
                          f"{q['reference_repeats']:.2f} | {r['forwards_per_block']:.2f} |")
@@ -200,7 +199,7 @@ def main(argv=None):
     demo, out = Path(args.demo), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     corpus = json.loads((Path(args.corpus) / "corpus.json").read_text())
-    refs = references(demo, args.corpus, corpus, recipe.FULL, args.eval_dialogues)
+    refs = talker_references(demo, args.corpus, corpus, recipe.FULL, args.eval_dialogues)
     with np.load(demo / "llm_states.npz") as f:
         train_units = f["units"]
     frequencies = np.bincount(train_units[train_units < corpus["units"]["k"]], minlength=corpus["units"]["k"])

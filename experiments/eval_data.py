@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import os
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -15,6 +16,7 @@ from data_pipelines.features import log_mel
 from data_pipelines.manifest import load_units, read_manifest
 from data_pipelines.tokenizer import TEMPLATES, encode_dialogue, encode_prompt, load_tokenizer, num_speech_frames
 from data_pipelines.validation import BadRecords
+from mdm_jax.convert.params_io import load_params
 from mdm_jax.eval.metrics import Answer, answer_texts
 from mdm_jax.model.vocalnet import VocalNet
 from mdm_jax.vocoder.flow import FlowToken2Wav
@@ -30,6 +32,25 @@ def held_out_questions(corpus_dir: str, n: int, split: str = "test"):
             seen.add(r.assistant_text)
             out.append(r)
     return out[:n]
+
+
+def held_out(corpus_dir: str, corpus: dict, n: int, split: str = "test") -> dict:
+    """What an evaluation compares against: the held-out `records` (`held_out_questions`), their reference
+    answers' `texts` and `units`."""
+    records = held_out_questions(corpus_dir, n, split)
+    return {"records": records, "texts": [r.assistant_text for r in records],
+            "units": [load_units(r, corpus["units"]["k"]) for r in records]}
+
+
+def talker_references(demo: Path, corpus_dir: str, corpus: dict, budget, eval_dialogues: int) -> dict:
+    """What the Talker alone is judged against, from a demo run (its stage I, token2wav): the LLM's states on
+    the reference answers (`hidden`), their `units` and `texts`, the `t2w` and the budget's `max_blocks`."""
+    params, cfg = load_params(str(demo / "stage1" / "params"))
+    refs = held_out(corpus_dir, corpus, eval_dialogues)
+    t2w = fit_flow_token2wav(corpus_dir, corpus, str(demo / "token2wav.msgpack"), budget.token2wav_train_steps,
+                             cfg.speech_decoder.block_size)
+    return {"hidden": reference_answers(params, cfg, corpus_dir, refs["records"]), "units": refs["units"],
+            "texts": refs["texts"], "t2w": t2w, "max_blocks": budget.max_blocks}
 
 
 def fit_flow_token2wav(corpus_dir: str, corpus: dict, path: str, train_steps: int, chunk_units: int,

@@ -40,15 +40,14 @@ import numpy as np
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from data_pipelines.manifest import load_units
 from experiments import recipe
-from experiments.eval_data import fit_flow_token2wav, held_out_questions, reference_answers
+from experiments.eval_data import talker_references
 from experiments.json_out import write_json
 from mdm_jax.config.overrides import ConfigError
 from mdm_jax.config.sampler import SamplerConfig
 from mdm_jax.config.train import TrainConfig, get_train_config
-from mdm_jax.convert.params_io import load_params, save_params
-from mdm_jax.eval.intervals import interval
+from mdm_jax.convert.params_io import save_params
+from mdm_jax.eval.intervals import fmt, interval
 from mdm_jax.eval.metrics import decode_speech, speech_wer, unit_accuracy
 from mdm_jax.train.checkpointing import Checkpointer
 
@@ -169,16 +168,6 @@ def plateau(points: list[dict], tolerance: float = 0.02) -> dict:
     return {"best": best, "step": first["step"], "train_s": first["train_s"], "tolerance": tolerance}
 
 
-def references(demo: Path, corpus_dir: str, corpus: dict, budget: recipe.Budget, eval_dialogues: int) -> dict:
-    params, cfg = load_params(str(demo / "stage1" / "params"))
-    records = held_out_questions(corpus_dir, eval_dialogues)
-    t2w = fit_flow_token2wav(corpus_dir, corpus, str(demo / "token2wav.msgpack"), budget.token2wav_train_steps,
-                             cfg.speech_decoder.block_size)
-    return {"hidden": reference_answers(params, cfg, corpus_dir, records),
-            "units": [load_units(r, corpus["units"]["k"]) for r in records],
-            "texts": [r.assistant_text for r in records], "t2w": t2w, "max_blocks": budget.max_blocks}
-
-
 def distill_from_checkpoint(teacher: Talker, step: int, out: Path, budget: recipe.Budget, updates: int,
                             every: int) -> Talker:
     """The paper's distillation starting from `teacher`'s checkpoint at `step` (exported once)."""
@@ -204,15 +193,11 @@ def markdown(points: list[dict], summary: dict, header: dict) -> str:
              "last length ratio | last WER alone |", "|---|---|---|---|---|---|---|---|---|"]
     for key, s in summary.items():
         last = max((p for p in points if f"{p['talker']} {p['sampler']}" == key), key=lambda p: p["step"])
-        wer = _fmt(last.get("wer_alone"))
+        wer = fmt(last.get("wer_alone"))
         lines.append(f"| {last['talker']} | {last['sampler']} | {s['step']} | {s['train_s'] or 0:.0f} | "
-                     f"{s['best']:.3f} | {last['step']} | {_fmt(last['unit_accuracy'])} | "
+                     f"{s['best']:.3f} | {last['step']} | {fmt(last['unit_accuracy'])} | "
                      f"{last['length_ratio']:.2f} | {wer} |")
     return "\n".join(lines) + "\n"
-
-
-def _fmt(f: dict | None) -> str:
-    return "-" if f is None else f"{f['value']:.3f} [{f['lo']:.3f}, {f['hi']:.3f}]"
 
 
 def plot(points: list[dict], path: Path, header: dict, talkers: set[str]):
@@ -315,7 +300,7 @@ def main(argv=None):
     for name, _ in distill:
         if name not in todo:
             raise ConfigError(f"--distill-from {name!r}: not among the Talkers {sorted(todo)}")
-    refs = references(demo, args.corpus, corpus, budget, args.eval_dialogues)
+    refs = talker_references(demo, args.corpus, corpus, budget, args.eval_dialogues)
     denoise_steps = [int(s) for s in args.denoise_steps.split(",")]
     points = []
 

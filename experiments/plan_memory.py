@@ -118,7 +118,7 @@ def main(argv=None):
     mesh_sizes = parse_mesh(args.mesh)
     if args.target == "cpu":
         jax.config.update("jax_num_cpu_devices", math.prod(mesh_sizes.values()))  # before JAX starts its backend
-    plan_at = lambda batch: plan(args.config, args.stage, mesh_sizes, batch, args.device, args.overrides,  # noqa: E731
+    plan_at = lambda batch: plan(args.config, args.stage, mesh_sizes, batch, args.device, args.overrides,
                                  args.flops, args.target)
     result = (largest_batch(plan_at, args.batch, mesh_sizes["data"] * mesh_sizes["fsdp"]) if args.find_batch
               else plan_at(args.batch))

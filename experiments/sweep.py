@@ -47,15 +47,14 @@ import numpy as np
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from data_pipelines.manifest import load_units
 from experiments import recipe
-from experiments.eval_data import fit_flow_token2wav, held_out_questions, reference_answers, spoken_answers
+from experiments.eval_data import fit_flow_token2wav, held_out, reference_answers, spoken_answers
 from mdm_jax.config.mask import STRATEGIES
 from mdm_jax.config.overrides import ConfigError
 from mdm_jax.config.sampler import SamplerConfig
 from mdm_jax.config.train import get_train_config
 from mdm_jax.convert.params_io import load_params
-from mdm_jax.eval.intervals import Counts, called, difference, interval
+from mdm_jax.eval.intervals import Counts, called, difference, fmt, interval
 from mdm_jax.eval.metrics import decode_speech, speech_wer, text_accuracy, unit_accuracy
 
 COLUMNS = ("decoder", "method", "masking", "block_size", "distillation", "denoise_steps", "unit_accuracy",
@@ -146,7 +145,7 @@ def decoders(grid: Grid, default_block: int) -> list[Decoder]:
 def evaluated(grid: Grid, todo: list[Decoder]) -> list[tuple[Decoder, SamplerConfig]]:
     """The rows: AR once, every MDM decoder (stage II ones if 0 is among the grid's rounds) at every
     denoising steps value."""
-    keep = lambda d: d.method == "ar" or d.distill_masking or d.distill_rounds in grid.distill_rounds  # noqa: E731
+    keep = lambda d: d.method == "ar" or d.distill_masking or d.distill_rounds in grid.distill_rounds
     return [(d, SamplerConfig(method="ar")) if d.method == "ar" else (d, SamplerConfig(denoise_steps=s))
             for d in todo if keep(d) for s in ((None,) if d.method == "ar" else grid.denoise_steps)]
 
@@ -172,12 +171,10 @@ def references(out: Path, corpus_dir: str, corpus: dict, budget: recipe.Budget, 
                block: int) -> dict:
     """What every seed is evaluated against: the held-out records, their reference texts and units, the
     trained token2wav and its ceiling (the reference units resynthesised and judged)."""
-    records = held_out_questions(corpus_dir, eval_dialogues)
-    texts, units = [r.assistant_text for r in records], [load_units(r, corpus["units"]["k"]) for r in records]
+    refs = held_out(corpus_dir, corpus, eval_dialogues)
     t2w = fit_flow_token2wav(corpus_dir, corpus, str(out / "token2wav.msgpack"), budget.token2wav_train_steps, block,
                              small=budget is recipe.QUICK)
-    return {"records": records, "texts": texts, "units": units, "t2w": t2w,
-            "ceiling": speech_wer(units, texts, t2w)["counts"]}
+    return {**refs, "t2w": t2w, "ceiling": speech_wer(refs["units"], refs["texts"], t2w)["counts"]}
 
 
 def evaluate(seed_out: Path, corpus_dir: str, refs: dict, stage1: str, trained: dict[Decoder, str], grid: Grid,
@@ -287,18 +284,18 @@ def markdown(rows: list[dict], claims: list[dict], header: dict, grid: Grid) -> 
     text = header["text_accuracy"]
     ceiling = header["reference_units_wer"]
     source = ("the LLM's states on the reference answers (teacher-forced)" if text is None else
-              f"the LLM's greedy answers (text accuracy {_fmt(text)}, the same for every row)")
+              f"the LLM's greedy answers (text accuracy {fmt(text)}, the same for every row)")
     lines = [f"Held-out test dialogues: {header['eval_dialogues']}, seeds: {header['seeds']}, device: "
              f"{header['device']}, budget: {header['budget']}, wall time of this invocation "
              f"{header['wall_s'] / 60:.1f} min. Speech decoded from {source}. WER of resynthesised reference units "
-             f"(ceiling): {_fmt(ceiling)}. Brackets: 95 % bootstrap intervals over seeds and dialogues.", "",
+             f"(ceiling): {fmt(ceiling)}. Brackets: 95 % bootstrap intervals over seeds and dialogues.", "",
              "| decoder | masking | block | distillation | denoising steps | unit acc | length ratio | WER | "
              "tokens/s | speed-up vs AR |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         speedup = "-" if r["speedup_vs_ar"] is None else f"{r['speedup_vs_ar']:.2f}x"
         lines.append(f"| {r['method']} | {r['masking'] or '-'} | {r['block_size']} | {r['distillation'] or '-'} | "
-                     f"{r['denoise_steps'] or '-'} | {_fmt(r, 'unit_accuracy')} | {r['length_ratio']:.2f} | "
-                     f"{_fmt(r, 'wer')} | {r['tokens_per_s']:.0f} | {speedup} |")
+                     f"{r['denoise_steps'] or '-'} | {fmt(_of(r, 'unit_accuracy'))} | {r['length_ratio']:.2f} | "
+                     f"{fmt(_of(r, 'wer'))} | {r['tokens_per_s']:.0f} | {speedup} |")
     if grid.paper:  # the paper's layout: a Talker per line, its figures beside ours at each step count
         steps = sorted({r["denoise_steps"] for r in rows if r["denoise_steps"]})
         lines += ["", "| Talker | the paper's WER (its scale) | " + " | ".join(f"unit acc S={s}" for s in steps)
@@ -306,9 +303,9 @@ def markdown(rows: list[dict], claims: list[dict], header: dict, grid: Grid) -> 
                   "|---|---|" + "---|" * len(steps) + "---|"]
         for name, paper in grid.paper:
             mine = {r["denoise_steps"]: r for r in rows if r["decoder"] == name}
-            cells = [_fmt(mine[s], "unit_accuracy") if s in mine else "-" for s in steps]
+            cells = [fmt(_of(mine[s], "unit_accuracy")) if s in mine else "-" for s in steps]
             if None in mine:  # AR: one row at every step count
-                cells = [_fmt(mine[None], "unit_accuracy")] * len(steps)
+                cells = [fmt(_of(mine[None], "unit_accuracy"))] * len(steps)
             wer = " / ".join(f"{r['wer']:.3f}" for _, r in sorted(mine.items(), key=lambda x: x[0] or 0)
                              if r["wer"] is not None)
             lines.append(f"| {name} | {paper} | " + " | ".join(cells) + f" | {wer or '-'} |")
@@ -316,8 +313,8 @@ def markdown(rows: list[dict], claims: list[dict], header: dict, grid: Grid) -> 
         lines += ["", f"Claims (paired differences a - b on unit accuracy; 'level': within +-{LEVEL}):", "",
                   "| claim | a | b | unit acc a - b | WER a - b | verdict |", "|---|---|---|---|---|---|"]
         for c in claims:
-            lines.append(f"| {c['claim']} | {_row(c['a'])} | {_row(c['b'])} | {_fmt(c['unit_accuracy'], sign=True)} "
-                         f"| {_fmt(c['wer'], sign=True) if c['wer'] else '-'} | {c['verdict']} |")
+            lines.append(f"| {c['claim']} | {_row(c['a'])} | {_row(c['b'])} | {fmt(c['unit_accuracy'], sign=True)} "
+                         f"| {fmt(c['wer'], sign=True)} | {c['verdict']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -331,13 +328,9 @@ def _row(row: list) -> str:
     return name if steps is None else f"{name} S={steps}"
 
 
-def _fmt(figures: dict, name: str | None = None, sign: bool = False) -> str:
-    """A figure {'value', 'lo', 'hi'}, or a row's `name`, `name`_lo, `name`_hi -> 'value [lo, hi]'."""
-    value, lo, hi = (figures[k] for k in ((name, f"{name}_lo", f"{name}_hi") if name else ("value", "lo", "hi")))
-    if value is None:
-        return "-"
-    f = "+.3f" if sign else ".3f"
-    return f"{value:{f}} [{lo:{f}}, {hi:{f}}]"
+def _of(row: dict, name: str) -> dict | None:
+    """A row's flat `name`, `name`_lo, `name`_hi (its CSV columns) -> the figure, None where not measured."""
+    return None if row[name] is None else {"value": row[name], "lo": row[f"{name}_lo"], "hi": row[f"{name}_hi"]}
 
 
 def plot(rows: list[dict], header: dict, out: Path):

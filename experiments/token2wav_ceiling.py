@@ -56,7 +56,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     corpus, out = Path(args.corpus), Path(args.out)
     num_units = json.loads((corpus / "corpus.json").read_text())["units"]["k"]
-    load = lambda path: load_audio(path, path, max_seconds=30.0)[0]  # noqa: E731
+    load = lambda path: load_audio(path, path, max_seconds=30.0)[0]
 
     train = answers(corpus / "train.jsonl")
     train_units = [load_units(r, num_units) for r in train]

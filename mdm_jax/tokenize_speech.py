@@ -165,7 +165,7 @@ def tokenize_records(records: Sequence[Record], tok: S3Tokenizer, bad: BadRecord
 def write_manifest(path: str, records: Sequence[Record], bad: BadRecords) -> int:
     """Our JSONL manifest of the records not skipped, paths relative to `path`'s folder -> lines written."""
     folder = os.path.dirname(os.path.abspath(path))
-    rel = lambda p: os.path.relpath(os.path.abspath(p), folder)  # noqa: E731
+    rel = lambda p: os.path.relpath(os.path.abspath(p), folder)
     kept = [r for r in records if r.id not in bad.skipped and isinstance(r.assistant_units, str)]
     os.makedirs(folder, exist_ok=True)
     with open(path, "w") as f:

@@ -177,7 +177,7 @@ def test_vectorised_forward_equals_blockwise_forward():
         slots = [("bos", 0, True), *[("text", j, j < text_len[i]) for j in range(t)], ("sos", 0, True)]
         slots += [("speech", c, ok) for c, ok in zip(speech_block, speech_ok)]
         slots += [("pad", 0, False)] * (2 + t + n_speech - len(slots))
-        group = lambda kind, j: {"bos": 0, "text": 1 + j, "sos": 1 + t}.get(kind, 2 + t + j)  # noqa: E731
+        group = lambda kind, j: {"bos": 0, "text": 1 + j, "sos": 1 + t}.get(kind, 2 + t + j)
         m = np.eye(len(slots), dtype=bool)
         for a, (qk, qj, qok) in enumerate(slots):
             for c, (kk, kj, kok) in enumerate(slots):

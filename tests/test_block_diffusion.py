@@ -151,7 +151,7 @@ def test_forward_count_and_schedule(setup):
 
 def test_early_exit_saves_forwards(setup):
     params, text, text_valid, streaming = setup
-    run = lambda **kw: generate(params, text, text_valid, streaming, jax.random.key(0),  # noqa: E731
+    run = lambda **kw: generate(params, text, text_valid, streaming, jax.random.key(0),
                                 cfg=with_sampler(SamplerConfig(denoise_steps=5, **kw)), num_blocks=NUM_BLOCKS)
     scheduled, early, never = run(), run(early_exit=0.06), run(early_exit=1.0 + 1e-6)
     assert int(early.forwards) < int(scheduled.forwards) == 5 * int(scheduled.block)
@@ -185,7 +185,7 @@ def test_second_request_of_the_same_shape_does_not_recompile(setup):
 def test_sampling_is_reproducible_and_key_dependent(setup):
     params, text, text_valid, streaming = setup
     sampler = SamplerConfig(denoise_steps=2, token=TokenSampling(temperature=1.5))
-    run = lambda k: np.asarray(generate(params, text, text_valid, streaming, jax.random.key(k),   # noqa: E731
+    run = lambda k: np.asarray(generate(params, text, text_valid, streaming, jax.random.key(k), 
                                         cfg=with_sampler(sampler), num_blocks=2).tokens)
     np.testing.assert_array_equal(run(3), run(3))
     assert (run(3) != run(4)).any()

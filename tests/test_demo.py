@@ -64,7 +64,7 @@ def test_quick_demo_reports_real_numbers_with_intervals_for_every_decoder(demo_r
 
 
 def test_targets_compare_by_point_values_and_paired_intervals():
-    f = lambda v, lo=None, hi=None: {"value": v, "lo": v - 0.05 if lo is None else lo,  # noqa: E731
+    f = lambda v, lo=None, hi=None: {"value": v, "lo": v - 0.05 if lo is None else lo,
                                      "hi": v + 0.05 if hi is None else hi}
     rows = [{"label": "ar", "method": "ar", "unit_accuracy": f(0.9), "length_ratio": 1.0, "speedup_vs_ar": 1.0},
             {"label": "mdm S=1", "method": "mdm", "unit_accuracy": f(0.7), "length_ratio": 1.04},

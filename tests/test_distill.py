@@ -109,7 +109,7 @@ def test_one_step_student_vs_two_step_teacher_equals_kl_of_the_sampler(two_model
     batch = random_batch(0, blocks=1)
     loss, metrics = jax.jit(lambda s, t, b: distill_loss(s, t, b, jax.random.key(0), cfg=model(CFG),
                                                          distill=sdtt(), mask=STATES, steps=1))(student, teacher, batch)
-    run = lambda params, steps: np.asarray(generate(  # noqa: E731
+    run = lambda params, steps: np.asarray(generate(
         params, batch["text_hidden"], batch["text_valid"], batch["streaming"], jax.random.key(0),
         cfg=model(CFG, steps), num_blocks=1, record_logits=True).logits)
     expected = np_kl(run(student, 1), run(teacher, 2), ALLOWED).mean()
@@ -201,7 +201,7 @@ def test_even_allocation_from_a_fully_masked_block_equals_the_sampler(two_models
     distill = DistillConfig(teacher_steps=k, alpha=1.0, temperature=tau)
     loss, metrics = jax.jit(lambda s, t, b: distill_loss(s, t, b, jax.random.key(0), cfg=model(CFG), distill=distill,
                                                          mask=FULL))(student, teacher, batch)
-    run = lambda params, steps: np.asarray(generate(  # noqa: E731
+    run = lambda params, steps: np.asarray(generate(
         params, batch["text_hidden"], batch["text_valid"], batch["streaming"], jax.random.key(0),
         cfg=model(CFG, steps), num_blocks=1, record_logits=True).logits)
     expected = np_kl(run(student, 1) / tau, run(teacher, k) / tau, ALLOWED).mean()
@@ -299,7 +299,7 @@ def train(params, loss_fn, batches, steps, lr):
 
 def sampler_kl(student, teacher, batch, steps):
     """Mean KL (and token agreement) of the student's S-step vs the teacher's 2S-step sampler."""
-    run = lambda params, s: generate(params, batch["text_hidden"], batch["text_valid"], batch["streaming"],  # noqa: E731
+    run = lambda params, s: generate(params, batch["text_hidden"], batch["text_valid"], batch["streaming"],
                                      jax.random.key(0), cfg=model(TINY, s), num_blocks=BLOCKS, record_logits=True)
     s, t = run(student, steps), run(teacher, 2 * steps)
     allowed = np.r_[np.ones(TINY.num_units, bool), [False, False, True, False]]
@@ -312,7 +312,7 @@ def tiny_teacher():
     t0 = time.perf_counter()
     rng = np.random.default_rng(0)
     data = [ambiguous_task(rng, 32) for _ in range(16)]
-    batches = lambda i: data[i % len(data)]  # noqa: E731
+    batches = lambda i: data[i % len(data)]
     held_out = ambiguous_task(np.random.default_rng(1), 64)
 
     mask_cfg = MaskConfig(elbo=False, denoise_steps=TINY.block_size)

@@ -11,7 +11,7 @@ def test_n_updates_match_the_closed_form():
     """e_n = d^n e_0 + (1 - d) Σ_t d^(n-1-t) p_t, leaf by leaf, with a traced decay under jit."""
     rng = np.random.default_rng(0)
     shapes = {"layer": {"w": (3, 4), "b": (4,)}, "head": [(2, 2), ()]}
-    draw = lambda: jax.tree.map(lambda s: rng.standard_normal(s).astype(np.float32), shapes,  # noqa: E731
+    draw = lambda: jax.tree.map(lambda s: rng.standard_normal(s).astype(np.float32), shapes,
                                 is_leaf=lambda s: isinstance(s, tuple))
     e0, params, decay = draw(), [draw() for _ in range(7)], 0.8
     step = jax.jit(ema_update)

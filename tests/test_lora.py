@@ -39,7 +39,7 @@ def test_merge_equals_unmerged_low_rank_path_and_fresh_lora_is_identity():
 
     factors = random_lora(params, jax.random.key(1))
     merged = lora.merge(params, factors, 2.0)
-    layer = lambda tree: jax.tree.map(lambda w: w[1], tree["llm"]["layers"][STACKED]["attn"])  # noqa: E731
+    layer = lambda tree: jax.tree.map(lambda w: w[1], tree["llm"]["layers"][STACKED]["attn"])
     attn, f, new = layer(params), layer(factors), layer(merged)  # the second layer of the stack
     x = jax.random.normal(jax.random.key(2), (3, CFG.llm.d_model))
     # x W' == x W + 2 (x a) b, for an input-first weight (wq: D -> h, d) and the output one (wo: h, d -> D)

@@ -155,7 +155,7 @@ def hierarchical_draw(bs=8, blocks=5, b=8192, **kw):
     lengths = np.random.default_rng(13).integers(0, bs * blocks + 1, b)
     valid = lengths_valid(lengths, bs * blocks)
     c = draw("hierarchical", np.zeros(valid.shape, int), valid, block_size=bs, **kw)
-    per_block = lambda x: x.reshape(b, blocks, bs)  # noqa: E731
+    per_block = lambda x: x.reshape(b, blocks, bs)
     return c, per_block(c.is_target).sum(-1), per_block(valid).sum(-1), per_block(c.weight)[..., 0]
 
 
@@ -353,7 +353,7 @@ def test_sampler_state_levels_are_the_uniform_variants():
         key, jnp.asarray(valid), cfg, block_size=bs)
     scored = np.asarray(jax.jit(sampler_states_mask, static_argnums=3, static_argnames=("block_size", "mask_id"))(
         key, units, jnp.asarray(valid), cfg, jnp.asarray(scores), block_size=bs, mask_id=MASK).is_target)
-    per_block = lambda m: np.pad(m, ((0, 0), (0, -n % bs))).reshape(b, -1, bs).sum(-1)  # noqa: E731
+    per_block = lambda m: np.pad(m, ((0, 0), (0, -n % bs))).reshape(b, -1, bs).sum(-1)
     np.testing.assert_array_equal(per_block(uniform), count)
     np.testing.assert_array_equal(per_block(scored), count)
     assert_least_confident_masked(scores, scored, valid, bs)

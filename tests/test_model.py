@@ -55,7 +55,7 @@ def test_random_params_draw_what_the_flax_initializers_draw(params):
     boxed = random_params(CFG, boxed=True)
     assert jax.tree.structure(boxed) == jax.tree.structure(abstract_params(CFG, boxed=True))
     assert_same_distributions(nn.unbox(boxed), params)
-    embedding = lambda p: p["llm"]["embed"]["embedding"]  # noqa: E731
+    embedding = lambda p: p["llm"]["embed"]["embedding"]
     assert not np.array_equal(embedding(random_params(CFG, seed=1)), embedding(nn.unbox(boxed)))
     # Qwen2's q/k/v biases, absent from CFG's LLaMA-style LLM
     c = CFG.llm
@@ -93,7 +93,7 @@ def test_rope_is_a_rotation_that_depends_on_relative_position():
     inv = inverse_frequencies(16, 500_000.0, "llama3", 32.0)
     rng = np.random.default_rng(0)
     q, k = rng.standard_normal((2, 1, 1, 1, 16)).astype(np.float32)
-    rot = lambda x, p: np.asarray(apply_rope(x, jnp.array([[p]]), inv))[0, 0, 0]  # noqa: E731
+    rot = lambda x, p: np.asarray(apply_rope(x, jnp.array([[p]]), inv))[0, 0, 0]
     np.testing.assert_allclose(np.linalg.norm(rot(q, 123)), np.linalg.norm(q), rtol=1e-5)
     np.testing.assert_allclose(rot(q, 10) @ rot(k, 3), rot(q, 1010) @ rot(k, 1003), rtol=1e-4)
 
@@ -106,7 +106,7 @@ def test_llm_kv_cache_decoding_equals_full_forward(params):
 
     cache_len = 16
     caches = init_cache(2, cache_len, CFG.llm.num_kv_heads, CFG.llm.head_dim, layers=CFG.llm.num_layers)
-    visible = lambda start, n: jnp.broadcast_to(  # noqa: E731
+    visible = lambda start, n: jnp.broadcast_to(
         jnp.arange(cache_len)[None] <= (start + jnp.arange(n))[:, None], (2, n, cache_len))
     logits, _, caches = llm(p, ids[:, :7], pos[:, :7], visible(0, 7), caches, 0)
     steps = [logits]

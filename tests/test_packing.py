@@ -92,7 +92,7 @@ def test_packed_speech_objectives_equal_one_example_per_row(talker, objective):
         packed |= {f"noisy_{k}": _to_packed(np.asarray(v), packed) for k, v in
                    (("tokens", noisy.tokens), ("target", noisy.is_target), ("weight", noisy.weight))}
         packed["noisy_tokens"] = np.where(packed["speech_segments"] > 0, packed["noisy_tokens"], sd.pad_id)
-    fn = lambda p, b: objectives.speech_objective(p, b, cfg)  # noqa: E731
+    fn = lambda p, b: objectives.speech_objective(p, b, cfg)
     _assert_same(_loss_and_grads(fn, params, one), _loss_and_grads(fn, params, packed))
     if objective == "mtp":  # every head's metric too
         m1, mp = fn(params, one)[1], fn(params, packed)[1]
@@ -166,6 +166,6 @@ def test_packed_stage_one_equals_one_dialogue_per_row():
         return out
 
     one = {k: v for k, v in batch([[0], [1], [2]]).items() if k not in ("text_segments", "text_index")}
-    fn = lambda p, b: objectives.text_objective(p, b, cfg)  # noqa: E731
+    fn = lambda p, b: objectives.text_objective(p, b, cfg)
     _assert_same(_loss_and_grads(fn, params, one), _loss_and_grads(fn, params, batch([[0, 1, 2]])))
 

@@ -189,7 +189,7 @@ def test_speech_decoder_matches_a_transformers_built_vocalnet_talker():
     text = rng.standard_normal((2, 7, 64)).astype(np.float32)
     tokens = np.concatenate([np.full((2, 1), c.sos_id), rng.integers(0, 40, (2, 11))], axis=1)
     n = 1 + 7 + tokens.shape[1]
-    causal = lambda m: torch.tril(torch.ones(m, m, dtype=torch.bool))[None].expand(2, m, m)  # noqa: E731
+    causal = lambda m: torch.tril(torch.ones(m, m, dtype=torch.bool))[None].expand(2, m, m)
     with torch.no_grad():
         pre = run(mods["encode_layers"], torch.tensor(text), causal(7))
         bos = mods["embedding"](torch.full((2, 1), c.bos_id))

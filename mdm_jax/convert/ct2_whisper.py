@@ -207,7 +207,7 @@ def load_ct2_whisper(model_dir: str) -> dict:
     mel = jax.ShapeDtypeStruct((1, enc_cfg.num_mel_bins, 4), np.float32)
     tokens = jax.ShapeDtypeStruct((1, 2), np.int32)
     encoded = jax.ShapeDtypeStruct((1, 3, dec_cfg.d_model), np.float32)
-    is_encoder = lambda k: k.startswith("model.encoder.")  # noqa: E731
+    is_encoder = lambda k: k.startswith("model.encoder.")
     with open(os.path.join(model_dir, "config.json")) as f:
         config = json.load(f)
     return {

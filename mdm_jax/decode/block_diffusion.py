@@ -156,7 +156,7 @@ def _decode(params, state: BlockState, x, start, cfg: ModelConfig) -> BlockState
     tokens, _, seen, caches, steps, key = carry
 
     tokens, units, done = end_at_eos(tokens, state.done, sd.eos_id, sd.pad_id)  # later blocks of a row: PAD
-    put = lambda buf, new: lax.dynamic_update_slice_in_dim(buf, new, current * B, axis=1)  # noqa: E731
+    put = lambda buf, new: lax.dynamic_update_slice_in_dim(buf, new, current * B, axis=1)
     return state._replace(
         block=current + 1, prev=tokens, caches=caches, tokens=put(state.tokens, tokens), done=done,
         lengths=state.lengths + units, forwards=state.forwards + steps, key=key,
@@ -201,5 +201,5 @@ def generate(params, text_hidden, text_valid, streaming, key, *, cfg: ModelConfi
     state = first_block(params, state, cfg=cfg)
     if num_blocks == 1:
         return state
-    cond = lambda s: (s.block < num_blocks) & ~jnp.all(s.done)  # noqa: E731
+    cond = lambda s: (s.block < num_blocks) & ~jnp.all(s.done)
     return lax.while_loop(cond, lambda s: _next_block(params, s, cfg=cfg), state)

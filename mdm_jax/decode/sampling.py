@@ -66,7 +66,7 @@ def confidence(probs, tokens, kind: str, key=None, prior=None):
     """(b, n) score per position: higher = commit sooner. `calibrated` (Chatterbox-Flash's prior-calibrated
     score) is log p_i(x_i) - log prior(x_i), prior (b, V) the block's marginal (`block_prior`), so a token
     the whole block leans to ranks below an equally likely rarer one."""
-    picked = lambda p: jnp.take_along_axis(p, tokens[..., None], axis=-1)[..., 0]  # noqa: E731
+    picked = lambda p: jnp.take_along_axis(p, tokens[..., None], axis=-1)[..., 0]
     if kind == "max_prob":
         return picked(probs)
     if kind == "calibrated":

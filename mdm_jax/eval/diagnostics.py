@@ -53,7 +53,7 @@ def accuracy_by_position(generated: Sequence[np.ndarray], references: Sequence[n
         np.add.at(pos[i], (where % block_size, 1), 1)
         np.add.at(blk[i], (where // block_size, 0), right)
         np.add.at(blk[i], (where // block_size, 1), 1)
-    counts = lambda a: Counts(a[..., 0][None], a[..., 1][None])  # noqa: E731  (dialogues, 2) -> Counts
+    counts = lambda a: Counts(a[..., 0][None], a[..., 1][None])  # (dialogues, 2) -> Counts
     return {"position": [counts(pos[:, j]) for j in range(block_size)],
             "anchor": counts(pos[:, :anchors].sum(1)), "rest": counts(pos[:, anchors:].sum(1)),
             "block": [counts(blk[:, c]) for c in range(blocks)]}
@@ -78,8 +78,8 @@ def frequency_bias(generated: Sequence[np.ndarray], references: Sequence[np.ndar
     frequent = np.zeros(len(frequencies), bool)
     frequent[np.argsort(-frequencies)[:top]] = True
     gen, ref = np.concatenate([np.asarray(g) for g in generated]), np.concatenate([np.asarray(r) for r in references])
-    in_range = lambda u: u[(u >= 0) & (u < len(frequencies))]  # noqa: E731  (EOS/PAD never appear; be safe)
-    share = lambda u: float(frequent[in_range(u)].mean()) if len(in_range(u)) else 0.0  # noqa: E731
+    in_range = lambda u: u[(u >= 0) & (u < len(frequencies))]  # EOS/PAD never appear; be safe
+    share = lambda u: float(frequent[in_range(u)].mean()) if len(in_range(u)) else 0.0
     wrong, swapped = 0, 0
     for g, r in zip(generated, references, strict=True):
         n = min(len(g), len(r))
@@ -87,7 +87,7 @@ def frequency_bias(generated: Sequence[np.ndarray], references: Sequence[np.ndar
         miss = (g != r) & (g < len(frequencies)) & (r < len(frequencies))
         wrong += int(miss.sum())
         swapped += int((miss & frequent[np.minimum(g, len(frequencies) - 1)] & ~frequent[r % len(frequencies)]).sum())
-    repeats = lambda seqs: float(np.mean(np.concatenate([np.asarray(s)[1:] == np.asarray(s)[:-1]  # noqa: E731
+    repeats = lambda seqs: float(np.mean(np.concatenate([np.asarray(s)[1:] == np.asarray(s)[:-1]
                                                           for s in seqs if len(s) > 1] or [np.zeros(1, bool)])))
     g_share, r_share = share(gen), share(ref)
     return {"top": top, "generated_share": g_share, "reference_share": r_share,

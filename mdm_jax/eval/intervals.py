@@ -86,6 +86,14 @@ def difference(a: Counts, b: Counts, seed: int = 0) -> dict:
     return _summary(a.value - b.value, a.resampled(draws) - b.resampled(draws))
 
 
+def fmt(figure: dict | None, sign: bool = False) -> str:
+    """{'value', 'lo', 'hi'} -> 'value [lo, hi]' (signed for a difference); None -> '-'."""
+    if figure is None:
+        return "-"
+    f = "+.3f" if sign else ".3f"
+    return f"{figure['value']:{f}} [{figure['lo']:{f}}, {figure['hi']:{f}}]"
+
+
 def called(diff: dict) -> int:
     """+1 / -1 where the interval of a difference lies above / below zero, 0 where it holds zero."""
     return 1 if diff["lo"] > 0 else -1 if diff["hi"] < 0 else 0

@@ -71,7 +71,7 @@ def write_and_read(cache: KVCache, k, v, index, layer, dtype):
     at = (0, index, 0, 0) if layer is None else (layer, 0, index, 0, 0)
     new = {name: x if layer is None else x[None] for name, x in (("k", k), ("v", v))}
     cache = {name: lax.dynamic_update_slice(cache[name], new[name].astype(cache[name].dtype), at) for name in cache}
-    read = lambda c: c if layer is None else lax.dynamic_index_in_dim(c, layer, 0, keepdims=False)  # noqa: E731
+    read = lambda c: c if layer is None else lax.dynamic_index_in_dim(c, layer, 0, keepdims=False)
     return read(cache["k"]).astype(dtype), read(cache["v"]).astype(dtype), cache
 
 

@@ -128,8 +128,8 @@ class FSMNAttention(nn.Module):
     def __call__(self, x, valid):
         """x: (b, t, d); valid: (b, t) bool -> (b, t, d)."""
         c = self.cfg
-        dense = lambda name, bias: nn.Dense(c.d_model, use_bias=bias, dtype=self.dtype, name=name)  # noqa: E731
-        heads = lambda y: rearrange(y, "b t (h e) -> b t h e", h=c.num_heads)  # noqa: E731
+        dense = lambda name, bias: nn.Dense(c.d_model, use_bias=bias, dtype=self.dtype, name=name)
+        heads = lambda y: rearrange(y, "b t (h e) -> b t h e", h=c.num_heads)
         q, k, v = heads(dense("query", True)(x)), heads(dense("key", False)(x)), heads(dense("value", True)(x))
         positions = jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
         inv_freq = inverse_frequencies(c.rope_dim, c.rope_theta)
@@ -171,9 +171,9 @@ class S3Encoder(nn.Module):
         """mel: (b, n_mels, F) log-mel at 100 Hz; frames: (b,) valid frames per row ->
         ((b, T, fsq_dims) float32, (b,) valid tokens), T = ceil(ceil(F / 2) / 2)."""
         c = self.cfg
-        conv = lambda name: nn.Conv(c.d_model, (3,), strides=(2,), padding=((1, 1),), dtype=self.dtype,  # noqa: E731
+        conv = lambda name: nn.Conv(c.d_model, (3,), strides=(2,), padding=((1, 1),), dtype=self.dtype,
                                     name=name)
-        keep = lambda y, n: jnp.where(jnp.arange(y.shape[1])[None, :, None] < n[:, None, None], y, 0)  # noqa: E731
+        keep = lambda y, n: jnp.where(jnp.arange(y.shape[1])[None, :, None] < n[:, None, None], y, 0)
         x = keep(rearrange(mel, "b m f -> b f m"), frames).astype(self.dtype)
         x = nn.gelu(conv("conv1")(x), approximate=False)
         halved = (frames - 1) // 2 + 1

@@ -37,7 +37,7 @@ class WhisperAttention(nn.Module):
         d = x.shape[-1]
         h, hd = local(self.num_heads, "encoder.num_heads"), d // self.num_heads
         heads = ("embed", "heads", "head_dim")
-        proj = lambda name, bias: (  # noqa: E731
+        proj = lambda name, bias: (
             jnp.einsum("btD,Dhd->bthd", x, param(self, f"w{name}", (d, h, hd), heads, self.dtype))
             + (param(self, f"b{name}", (h, hd), heads[1:], self.dtype, _zeros) if bias else 0))
         out = dot_product_attention(proj("q", True), proj("k", False), proj("v", True), mask,
@@ -91,7 +91,7 @@ class WhisperEncoder(nn.Module):
         of rows zero-padded to F (a length bucket), or None for all F: valid positions then equal the
         unpadded run's (the padding is what the convolutions' edges read, and attention never reads it)."""
         c = self.cfg
-        conv = lambda name, stride: nn.Conv(  # noqa: E731
+        conv = lambda name, stride: nn.Conv(
             c.d_model, (3,), strides=(stride,), padding=((1, 1),), dtype=self.dtype, name=name,
             kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("conv", None, "conv_out")),
             bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)))

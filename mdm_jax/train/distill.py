@@ -127,7 +127,7 @@ def teacher_rollout(teacher, logits_fn, x_t, masked, counts, key, cfg: ModelConf
     """
     num_steps, sd = counts.shape[0], cfg.speech_decoder
     sampler = dataclasses.replace(cfg.sampler, threshold=0.0, early_exit=0.0)  # the teacher keeps its schedule's counts
-    rows = lambda x: x.reshape(-1, sd.block_size, *x.shape[2:])  # noqa: E731  (b, L, ...) -> (b·blocks, B, ...)
+    rows = lambda x: x.reshape(-1, sd.block_size, *x.shape[2:])  # b, L, ...) -> (b·blocks, B, ...
 
     def step(i, carry):
         tokens, masked, target = carry
@@ -179,7 +179,7 @@ def teacher_counts(key, masked, valid, block_size: int, steps: int, teacher_step
     fine = jnp.asarray(step_schedule(block_size, teacher_steps, schedule))
     count = rearrange(masked, "b (n s) -> b n s", s=block_size).sum(-1)
     v = rearrange(valid, "b (n s) -> b n s", s=block_size).sum(-1)
-    scaled = lambda n, v: -(-n * v // block_size)  # noqa: E731  ceil(n v / B)
+    scaled = lambda n, v: -(-n * v // block_size)  # ceil(n v / B)
     same_count = scaled(coarse[:steps], v[..., None]) == count[..., None]  # (b, blocks, S)
     j = jnp.argmax(jnp.where(same_count, jax.random.uniform(key, same_count.shape), -1.0), axis=-1)
     i = jnp.arange(1, k + 1)[:, None, None]

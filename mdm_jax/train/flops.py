@@ -29,7 +29,7 @@ def step_flops(cfg: TrainConfig, optimizer, batch, distill_steps: int = 0) -> fl
     counting = counting_config(cfg)
     state = jax.eval_shape(lambda: init_state(counting, optimizer, jax.random.key(0)))  # per-layer params
     step = make_train_step(counting, optimizer, distill_steps=distill_steps)
-    abstract = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)  # noqa: E731  (no shardings: the whole batch)
+    abstract = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)  # no shardings: the whole batch
     try:
         return float(step.lower(state, jax.tree.map(abstract, batch)).cost_analysis()["flops"])
     except (KeyError, TypeError, NotImplementedError):
