@@ -4,7 +4,7 @@ one or more seeds, every quality figure with its 95 % bootstrap interval over se
 and the grid's claims judged by paired intervals.
 
     python -m experiments.sweep --grid experiments/grids/paper_ablations.py --out runs/sweep [--quick]
-        [--seeds N] [--corpus DIR] [--stage1 PARAMS_DIR [--llm-states FILE]] [--eval-dialogues N]
+        [--seeds N | --seed K] [--corpus DIR] [--stage1 PARAMS_DIR [--llm-states FILE]] [--eval-dialogues N]
         [--answers reference]
 
 The grid file is plain Python defining MASKING, DENOISE_STEPS, BLOCK_SIZE (sequences) and optionally
@@ -432,6 +432,8 @@ def main(argv=None):
     parser.add_argument("--out", default="runs/sweep")
     parser.add_argument("--quick", action="store_true", help="the demo's QUICK budget: a smoke run")
     parser.add_argument("--seeds", type=int, default=1, help="train and evaluate seeds 0..N-1 (OUT/seed<k>), pooled")
+    parser.add_argument("--seed", type=int, help="train and evaluate this seed alone, no report: seeds in parallel "
+                        "processes (or machines sharing OUT); a later --seeds N run pools their cached rows")
     parser.add_argument("--corpus", help="corpus folder (default: data/embedded, or OUT/corpus with --quick)")
     parser.add_argument("--stage1", help="stage I params folder every seed starts from instead of training its own")
     parser.add_argument("--llm-states", help="the LLM-states cache of --stage1's params (default: computed once)")
@@ -441,8 +443,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.llm_states and not args.stage1:
         parser.error("--llm-states needs the --stage1 it was computed from")
-    if args.seeds < 1:
-        parser.error("--seeds must be at least 1")
+    if args.seeds < 1 or (args.seed is not None and args.seed < 0):
+        parser.error("--seeds must be at least 1, --seed at least 0")
     start = time.perf_counter()
     grid = load_grid(args.grid)
     out = Path(args.out)
@@ -453,7 +455,7 @@ def main(argv=None):
     block = get_train_config(recipe.PRESET, recipe.model_overrides(corpus, budget)).model.speech_decoder.block_size
     refs = references(out, corpus_dir, corpus, budget, args.eval_dialogues or budget.eval_dialogues, block)
     seeds, texts = [], []
-    for seed in range(args.seeds):
+    for seed in range(args.seeds) if args.seed is None else (args.seed,):
         seed_out = out / f"seed{seed}"
         base = recipe.model_overrides(corpus, budget) + recipe.data_overrides(corpus_dir, budget, seed)
         stage1 = args.stage1 or recipe.run_stage(
@@ -464,6 +466,10 @@ def main(argv=None):
         rows, text = evaluate(seed_out, corpus_dir, refs, stage1, trained, grid, budget, args.answers)
         seeds.append(rows)
         texts.append(text)
+    if args.seed is not None:
+        print(f"seed {args.seed}: {len(seeds[0])} rows in {out}/seed{args.seed}/*/eval_rows.jsonl; "
+              "`--seeds N` pools them into the report")
+        return
     rows, counts = pool(seeds)
     claims = judge(grid, counts)
     header = {"text_accuracy": None if args.answers == "reference" else interval(Counts.pool(texts)),

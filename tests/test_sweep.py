@@ -65,9 +65,13 @@ def test_quick_sweep_pools_seeds_judges_claims_and_writes_results(demo_run, tmp_
     out = tmp_path / "sweep"
     out.mkdir()
     shutil.copy(demo_run / "token2wav.msgpack", out)  # the sweep reuses a trained token2wav in OUT
-    sweep.main(["--grid", str(tmp_path / "grid.py"), "--out", str(out), "--quick", "--corpus", str(demo_run / "corpus"),
-                "--seeds", "2", "--stage1", str(demo_run / "stage1" / "params"),
-                "--llm-states", str(demo_run / "llm_states.npz")])
+    args = ["--grid", str(tmp_path / "grid.py"), "--out", str(out), "--quick", "--corpus", str(demo_run / "corpus"),
+            "--stage1", str(demo_run / "stage1" / "params"), "--llm-states", str(demo_run / "llm_states.npz")]
+    sweep.main(args + ["--seed", "1"])  # a worker: one seed, no report
+    assert not (out / "grid").exists()
+    cached = (out / "seed1" / "mdm-bernoulli-b16" / "eval_rows.jsonl").read_text()
+    sweep.main(args + ["--seeds", "2"])  # trains seed 0, pools both: seed 1's rows are reused, not recomputed
+    assert (out / "seed1" / "mdm-bernoulli-b16" / "eval_rows.jsonl").read_text() == cached
     report = out / "grid"  # named for the grid file
     rows = list(csv.DictReader((report / "results.csv").open()))
     assert [(r["masking"], r["distillation"], r["denoise_steps"], r["block_size"], r["seeds"]) for r in rows] == [
