@@ -48,14 +48,15 @@ class Budget:
     model: tuple[str, ...] = ()  # overrides of the `tiny` preset (sizes)
     batch_size: int = 16
     stage1_train_steps: int = 800  # on the cached encoder frames
-    stage1_lr: float = 1e-3  # 2e-3 spikes; main-split text accuracy 0.25 vs 0.5 at 600 steps (README)
+    stage1_lr: float = 1e-3  # 2e-3 spikes; main-split text accuracy 0.25 vs 0.5 at 600 steps (docs/demo.md)
     speech_lr: float = 2e-3
     bucket_window: int = 32  # stage II batches of similar answer length (`data.bucket_window`; 0: all padded)
-    ar_train_steps: int = 1500  # each Talker to the plateau of its learning curve (README, "The Talker's quality")
+    ar_train_steps: int = 1500  # each Talker to the plateau of its learning curve (docs/talker_quality.md)
     mtp_train_steps: int = 1250
     mdm_train_steps: int = 2000
-    # stage 2 masking: the paper's global Bernoulli with gamma_g up to 1 instead of 0.8 (README: with 0.8 a block is
-    # fully masked, as every block is at a sampler's first step, 2.7 % of the time; slower, 1-step far behind)
+    # stage 2 masking: the paper's global Bernoulli with gamma_g up to 1 instead of 0.8 (docs/talker_quality.md: with
+    # 0.8 a block is fully masked, as every block is at a sampler's first step, 2.7 % of the time; slower, 1-step far
+    # behind)
     mdm_options: tuple[str, ...] = ("mask.bernoulli_max=1.0",)
     distill_updates: int = 240  # the distillation stage (SDTT: split evenly over its rounds)
     token2wav_train_steps: int = 600  # flow-matching token2wav (400: the judge hears loops, ceiling WER 1.09 vs 0.69)

@@ -291,7 +291,7 @@ def test_state_dict_faults_are_named(onnx_file, reduced_v2):
 
 
 def test_bench_smoke_writes_its_json(tmp_path):
-    """`experiments.bench_s3_tokenizer` (the README's throughput table) end to end at reduced size."""
+    """`experiments.bench_s3_tokenizer` (docs/real_weights.md's throughput table) end to end at reduced size."""
     from experiments import bench_s3_tokenizer
 
     result = bench_s3_tokenizer.main(["--small", "--batches", "2", "--seconds", "1", "--repeats", "1",

@@ -150,7 +150,7 @@ def test_tiles_skip_what_the_masks_hide():
 
 
 def test_bench_splash_table(tmp_path, capsys):
-    """The README's splash table: the MDM objective at 2048 units computes <= 35 % of the dense tiles, the
+    """docs/tpu.md's splash table: the MDM objective at 2048 units computes <= 35 % of the dense tiles, the
     causal LLM at 1024 tokens <= 60 %; packed rows are reported against one example per row."""
     rows = {(r["case"], r["length"]): r for r in bench_splash(["--out", str(tmp_path / "splash.json")])["rows"]}
     assert rows[("MDM [x_t ; x_0], anchor Talker", 2 + 2 * 2048)]["fraction"] <= 0.35

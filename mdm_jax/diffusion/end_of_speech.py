@@ -4,7 +4,7 @@ The sampler decodes whole blocks: the positions of the last block after EOS are 
 sees and predicts like any other. `pad` (the default) leaves them padding in training: never seen,
 never a target. `eos` (LLaDA's fill) repeats EOS to the end of its block and trains those
 positions like any unit, so the block the sampler meets at the end of speech is a trained state.
-Measured (README, "The Talker's quality"): with length-bucketed batches both end speech on time,
+Measured (docs/talker_quality.md): with length-bucketed batches both end speech on time,
 and `pad` scored higher; the 10-20 % overlong speech came from fixed-shape batches, not from this.
 """
 
