@@ -15,11 +15,14 @@
 | speech_generator.mtp_layers.{k}.output_proj.*  | speech_decoder/mtp_{k}/head/{w,b}     |
 
 VocalNet has no [MASK] id; its embedding row is set to the mean of the unit embeddings on import
-and dropped on export. Rotary `inv_freq` buffers are recomputed from the config and ignored.
+and dropped on export. Rotary `inv_freq` buffers are recomputed from the config and ignored. A
+release's Talker was trained AR + MTP: `release_config` marks it so (`speech_decoder.converted_from`),
+and block diffusion is refused on it (`decode.inference.runnable`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 import numpy as np
@@ -65,6 +68,15 @@ def vocalnet_rules(cfg: ModelConfig) -> list[Rule]:
             + _prefixed(adaptor, "adaptor")
             + _prefixed(llm_rules(cfg.llm, "model."), "llm")
             + _prefixed(speech_generator_rules(cfg.speech_decoder), "speech_decoder"))
+
+
+def release_config(cfg: ModelConfig, release: str) -> ModelConfig:
+    """`cfg` of a release named `release` as converted: its Talker marked as VocalNet's and decoding by MTP
+    (AR without MTP modules) unless `cfg` names another autoregressive method."""
+    sd, sampler = cfg.speech_decoder, cfg.sampler
+    method = sampler.method if sampler.method != "mdm" else "mtp" if sd.mtp_modules else "ar"
+    return dataclasses.replace(cfg, speech_decoder=dataclasses.replace(sd, converted_from=release),
+                               sampler=dataclasses.replace(sampler, method=method))
 
 
 def vocalnet_from_release(state: Mapping[str, np.ndarray], cfg: ModelConfig) -> dict:
