@@ -16,17 +16,17 @@ import soundfile as sf
 
 from data_pipelines.audio import load_audio
 from data_pipelines.tokenizer import load_tokenizer
-from mdm_jax.config.model import ModelConfig, get_config, param_mismatch
-from mdm_jax.config.overrides import ConfigError, apply_overrides, config_keys
+from mdm_jax.config.model import ModelConfig, get_config
+from mdm_jax.config.overrides import apply_overrides, config_keys
 from mdm_jax.convert import llm_config_from_hf, llm_config_to_hf, llm_from_hf, llm_to_hf
 from mdm_jax.convert.cosyvoice2 import convert_cosyvoice2
 from mdm_jax.convert.hf_files import load_hf_folder, save_hf_folder
 from mdm_jax.convert.params_io import load_params, save_params
 from mdm_jax.convert.s3_tokenizer import convert_s3_tokenizer
-from mdm_jax.convert.vocalnet_release import vocalnet_config_from_release, vocalnet_from_release
-from mdm_jax.decode.autoregressive import mtp_heads
-from mdm_jax.decode.streaming import spoken_question, stream_batch
-from mdm_jax.model.vocalnet import count_params, random_params
+from mdm_jax.convert.vocalnet_release import release_config, vocalnet_config_from_release, vocalnet_from_release
+from mdm_jax.decode.inference import MAX_SECONDS, load_model, spoken_question
+from mdm_jax.decode.streaming import stream_batch
+from mdm_jax.model.vocalnet import count_params
 from mdm_jax.vocoder.load import load_token2wav
 
 
@@ -55,6 +55,7 @@ def _convert(args):
     else:  # a preset named by --config wins over the release's own config.json
         cfg = (get_config(args.config, args.overrides) if args.config else apply_overrides(
             vocalnet_config_from_release(hf_config, state, str(Path(args.src) / "config.json")), args.overrides))
+        cfg = release_config(cfg, Path(args.src).absolute().name)
         params = vocalnet_from_release(state, cfg)
     out = save_params(args.out, params, cfg)
     print(f"wrote {out} ({type(cfg).__name__}, {len(state)} tensors)")
@@ -68,44 +69,17 @@ def _export_hf(args):
     print(f"wrote {out} (Hugging Face {cfg.family}: config.json + model.safetensors)")
 
 
-def load_model(ckpt: str, overrides) -> tuple[dict, ModelConfig]:
-    """A checkpoint's params and config with `overrides` of how it runs (sampler, dtype, speech layout);
-    `random:PRESET` gives random params of a preset (a smoke run of the machinery, no trained weights)."""
-    if ckpt.startswith("random:"):
-        cfg = get_config(ckpt.split(":", 1)[1], overrides)
-        return random_params(cfg), runnable(cfg, ckpt)
-    params, saved = load_params(ckpt)
-    if not isinstance(saved, ModelConfig):
-        raise ConfigError(f"{ckpt} holds a text LLM alone ({type(saved).__name__}), not a VocalNet")
-    cfg = apply_overrides(saved, overrides)
-    changed = param_mismatch(saved, cfg)
-    if changed:
-        raise ConfigError(f"overrides of {', '.join(changed)} would change the params of {ckpt}; only how it runs "
-                          "may change (sampler.*, dtype, remat, speech_decoder block layout)")
-    return params, runnable(cfg, ckpt)
-
-
-def runnable(cfg: ModelConfig, ckpt: str) -> ModelConfig:
-    """`cfg`, if its Talker can decode by `cfg.sampler.method` (MTP needs MTP modules), else a ConfigError."""
-    if cfg.sampler.method != "mdm":
-        try:
-            mtp_heads(cfg)
-        except ValueError as error:
-            raise ConfigError(f"{ckpt}: {error}") from None
-    return cfg
-
-
 def _generate(args):
     params, cfg = load_model(args.ckpt, args.overrides)
     tok = load_tokenizer(args.tokenizer) if args.tokenizer else None
     mels, prompts, eos = [], [], set()
     for path in args.audio:
-        mel, prompt, end = spoken_question(load_audio(path, path, max_seconds=30.0)[0], cfg, tok, args.template)
+        mel, prompt, end = spoken_question(load_audio(path, path, max_seconds=MAX_SECONDS)[0], cfg, tok, args.template)
         mels.append(mel)
         prompts.append(prompt)
         eos |= end
     t2w = load_token2wav(args.token2wav) if args.token2wav else None
-    run = lambda: stream_batch(params, cfg, mels, prompts, eos_ids=eos,  # noqa: E731
+    run = lambda: stream_batch(params, cfg, mels, prompts, eos_ids=eos,
                                max_text_tokens=args.max_text_tokens, max_blocks=args.max_blocks, token2wav=t2w)
     if args.warmup:  # compile every shape first, so the times below are latencies, not compilation
         list(run())

@@ -7,6 +7,14 @@ import pytest
 import soundfile as sf
 
 from mdm_jax import cli
+from mdm_jax.config.model import get_config
+from mdm_jax.convert.hf_files import save_hf_folder
+from mdm_jax.convert.hf_llm import llm_config_to_hf
+from mdm_jax.convert.params_io import load_params
+from mdm_jax.convert.vocalnet_release import vocalnet_to_release
+from mdm_jax.model.vocalnet import random_params
+
+TINY_RELEASE = ["llm.num_layers=1", "encoder.num_layers=1", "speech_decoder.num_layers=1"]
 
 
 def test_unknown_key_is_one_clear_line(capsys):
@@ -33,6 +41,30 @@ def test_generate_refuses_a_method_the_talker_cannot_run(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err == ("error: random:tiny: sampler.method=mtp but the speech decoder has no MTP modules: "
                    "use sampler.method=ar\n"), err
+
+
+@pytest.mark.parametrize("mtp_modules, method", [(0, "ar"), (2, "mtp")])
+def test_a_converted_release_refuses_block_diffusion(tmp_path, capsys, mtp_modules, method):
+    """`convert vocalnet` records the release in the checkpoint (through save and load) and makes its own
+    method the default; `generate ... sampler.method=mdm` on it is refused in words."""
+    sizes = [*TINY_RELEASE, f"speech_decoder.mtp_modules={mtp_modules}"]
+    cfg = get_config("tiny-vocalnet", sizes)
+    release = save_hf_folder(tmp_path / "VocalNet-tiny", llm_config_to_hf(cfg.llm),
+                             vocalnet_to_release(random_params(cfg), cfg))
+    ckpt = tmp_path / "converted"
+    assert cli.main(["convert", "vocalnet", "--src", str(release), "--out", str(ckpt), "--config", "tiny-vocalnet",
+                     *sizes]) == 0
+    saved = load_params(ckpt)[1]
+    assert (saved.speech_decoder.converted_from, saved.sampler.method) == ("VocalNet-tiny", method)
+    wav = tmp_path / "q.wav"
+    sf.write(wav, [0.0] * 16_000, 16_000)
+    capsys.readouterr()
+    assert cli.main(["generate", "--ckpt", str(ckpt), "--audio", str(wav), "--out", str(tmp_path / "a.json"),
+                     "sampler.method=mdm"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: {ckpt}: sampler.method=mdm but its Talker was converted from the VocalNet release "
+                   f"VocalNet-tiny, trained autoregressively (AR + MTP), not to denoise blocks: use "
+                   f"sampler.method={method}\n"), err
 
 
 def test_help_lists_config_keys(capsys):

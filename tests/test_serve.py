@@ -2,9 +2,12 @@
 requests (not audio, cut short, too long, too big, a text message) are refused in words while the
 server keeps serving, 20 concurrent requests all complete, and a real headless browser (Debian's
 chromium, driven by Playwright) uploads a question, sees the text stream in and receives the first
-audio block, and shows a too-big file and a dropped connection in words."""
+audio block, and shows a too-big file and a dropped connection in words. With two models (the demo's
+checkpoint at two step counts) every answer carries both models' results and the page shows both
+columns with their audio."""
 
 import asyncio
+import base64
 import io
 import json
 import os
@@ -19,6 +22,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from mdm_jax import serve
+from mdm_jax.serve import VoiceModel
+
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 MAX_BYTES = 1_000_000  # the server's upload limit here; its WebSocket layer takes messages up to twice that
@@ -26,12 +32,26 @@ MAX_BYTES = 1_000_000  # the server's upload limit here; its WebSocket layer tak
 
 @pytest.fixture(scope="module")
 def server(demo_run, tmp_path_factory):
+    yield from _serve(demo_run, tmp_path_factory, [str(demo_run / "model.json")])
+
+
+@pytest.fixture(scope="module")
+def two_models(demo_run, tmp_path_factory):
+    """The demo's checkpoint at 1 and at 4 denoising steps per block: two columns."""
+    yield from _serve(demo_run, tmp_path_factory, _steps(demo_run, 1, 4))
+
+
+def _steps(demo_run, *steps: int) -> list[str]:
+    return [f"{demo_run / 'model.json'}@sampler.denoise_steps={s}" for s in steps]
+
+
+def _serve(demo_run, tmp_path_factory, models: list[str]):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     log_path = tmp_path_factory.mktemp("serve") / "serve.log"
     log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "mdm_jax.serve", "--model", str(demo_run / "model.json"),
+    proc = subprocess.Popen([sys.executable, "-m", "mdm_jax.serve", *[a for m in models for a in ("--model", m)],
                              "--port", str(port), "--max-blocks", "2", "--max-text-tokens", "8", "--warmup", "2",
                              "--max-bytes", str(MAX_BYTES)],
                             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
@@ -51,6 +71,25 @@ def server(demo_run, tmp_path_factory):
     proc.terminate()
     proc.wait(timeout=30)
     log.close()
+
+
+def test_a_model_is_a_path_and_its_overrides():
+    assert serve._spec("runs/demo/model.json") == ("runs/demo/model.json", [])
+    assert serve._spec("runs/demo/model.json@sampler.denoise_steps=1,dtype=bfloat16") == (
+        "runs/demo/model.json", ["sampler.denoise_steps=1", "dtype=bfloat16"])
+    assert serve._spec("runs/v@2/model.json") == ("runs/v@2/model.json", [])  # an @ in the path, no overrides
+
+
+@pytest.mark.parametrize("models, words", [
+    (["missing.json"], "[Errno 2] No such file or directory: '{tmp}/missing.json'"),
+    (["model.json@sampler.denoise_steps=1", "model.json"], "{tmp}/model.json: no tokenizer, template, token2wav entry"),
+])
+def test_a_broken_model_is_refused_in_one_line(tmp_path, capsys, models, words):
+    (tmp_path / "model.json").write_text('{"params": "nowhere"}')
+    with pytest.raises(SystemExit) as stop:
+        serve.main([a for m in models for a in ("--model", str(tmp_path / m))])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err == f"error: --model: {words.format(tmp=tmp_path)}\n", err
 
 
 def _wav_bytes(audio, rate) -> bytes:
@@ -133,7 +172,7 @@ def test_the_page_in_a_real_browser(server, tmp_path):
         page.click("#send")
         page.wait_for_selector("body[data-first-audio]", timeout=120_000)
         page.wait_for_selector("body[data-done]", timeout=120_000)
-        assert page.inner_text("#text").strip() and int(page.inner_text("#blocks")) >= 1
+        assert page.inner_text("#talker-0 .text").strip() and int(page.inner_text("#talker-0 .blocks")) >= 1
         assert page.inner_text("#error") == ""
         page.screenshot(path=os.environ.get("MDM_SCREENSHOT", str(tmp_path / "voice_page.png")), full_page=True)
 
@@ -147,4 +186,48 @@ def test_the_page_in_a_real_browser(server, tmp_path):
         page.wait_for_function("document.getElementById('error').textContent.includes('1009')", timeout=60_000)
         assert page.inner_text("#error") == "The server closed the connection: the file is too big for it (code 1009)."
         assert page.inner_text("#status") == "Ready."
+        browser.close()
+
+
+def test_two_models_answer_each_question_side_by_side(two_models, demo_run):
+    """Each answer carries every model's blocks and its own result (first packet, tokens per second, the
+    whole audio), model after model; the checkpoint named twice is loaded once."""
+    messages = asyncio.run(_ask(two_models["url"], two_models["wav"].read_bytes()))
+    assert messages[0]["type"] == "accepted" and messages[-1]["type"] == "done"
+    blocks = [m["model"] for m in messages if m["type"] == "block"]
+    assert blocks == sorted(blocks) and set(blocks) == {0, 1}  # one model's answer, then the other's
+    answers = [m for m in messages if m["type"] == "answer"]
+    assert [a["model"] for a in answers] == [0, 1]
+    assert answers[0]["label"].endswith("sampler.denoise_steps=1 · mdm, 1 step per block")
+    assert answers[1]["label"].endswith("sampler.denoise_steps=4 · mdm, 4 steps per block")
+    for a in answers:
+        assert a["first_packet_s"] > 0 and a["tokens_per_s"] > 0 and a["talker_tokens_per_s"] > 0 and a["units"] > 0
+        audio, _ = sf.read(io.BytesIO(base64.b64decode(a["audio"])))
+        assert len(audio) > 0
+    assert messages[-1]["total_s"] == pytest.approx(sum(a["total_s"] for a in answers))
+    one, four = VoiceModel.load_all(_steps(demo_run, 1, 4))
+    assert one.params is four.params and (one.cfg.sampler.denoise_steps, four.cfg.sampler.denoise_steps) == (1, 4)
+
+
+def test_the_comparison_in_a_real_browser(two_models, tmp_path):
+    if not CHROMIUM.exists():
+        pytest.skip("needs Debian's chromium at /usr/bin/chromium (apt-get install chromium; .ci/run installs it)")
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run", "--autoplay-policy=no-user-gesture-required"])
+        page = browser.new_page()
+        page.goto(two_models["url"])
+        page.set_input_files("#file", str(two_models["wav"]))
+        page.click("#send")
+        page.wait_for_selector("body[data-done]", timeout=120_000)
+        assert page.inner_text("#error") == ""
+        for i in (0, 1):
+            column = f"#talker-{i}"
+            assert page.is_visible(f"{column} h2") and page.is_visible(f"{column} audio[src^='data:audio/wav']")
+            assert page.inner_text(f"{column} .text").strip() and "first packet" in page.inner_text(f"{column} .stats")
+            page.wait_for_function(f"document.querySelector('{column} audio').duration > 0", timeout=30_000)
+        assert "4 steps per block" in page.inner_text("#talker-1 h2")
+        page.screenshot(path=str(tmp_path / "voice_page_two_models.png"), full_page=True)
         browser.close()

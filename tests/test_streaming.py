@@ -14,7 +14,8 @@ from data_pipelines.tokenizer import SPEECH_PLACEHOLDER, num_speech_frames
 from mdm_jax.config.model import ModelConfig, SpeechDecoderConfig, get_config
 from mdm_jax.config.sampler import SamplerConfig
 from mdm_jax.decode import autoregressive, block_diffusion, speech, streaming
-from mdm_jax.decode.streaming import audio_bucket, batch_text_tokens, stream, stream_batch
+from mdm_jax.decode.inference import audio_bucket
+from mdm_jax.decode.streaming import batch_text_tokens, stream, stream_batch
 from mdm_jax.model.init import random_init
 from mdm_jax.model.speech_decoder import SpeechDecoder
 from mdm_jax.model.vocalnet import VocalNet, random_params

@@ -118,6 +118,8 @@ class SpeechDecoderConfig:
     # 0: SOS right after the real text (VocalNet). > 0: SOS at this RoPE position whatever the text
     # length, which streaming needs: the text length is unknown when the first block is decoded.
     speech_position_offset: int = 0
+    # the VocalNet release this Talker was converted from (`convert vocalnet`): trained AR + MTP, never to denoise
+    converted_from: str = ""
 
     def __post_init__(self):
         check(self.talker in TALKERS, f"speech_decoder.talker={self.talker!r}; expected one of {TALKERS}")
@@ -221,9 +223,10 @@ class ModelConfig:
 
 # Keys that change how params are used, never what they are: params saved under one value load under
 # another (`init_from`, the CLI's overrides of a checkpoint), e.g. a stage I checkpoint trains a decoder
-# of any block size.
+# of any block size; a converted release's Talker trained here drops its `converted_from`.
 USAGE_KEYS = ("name", "dtype", "remat", "unroll_layers", "attention", "sampler.", "speech_decoder.block_size",
-              "speech_decoder.text_per_block", "speech_decoder.speech_position_offset")
+              "speech_decoder.text_per_block", "speech_decoder.speech_position_offset",
+              "speech_decoder.converted_from")
 
 
 def param_mismatch(saved: ModelConfig, cfg: ModelConfig) -> list[str]:

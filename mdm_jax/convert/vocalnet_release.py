@@ -18,11 +18,14 @@ VocalNet has no [MASK] id; its embedding row is set to the mean of the unit embe
 and dropped on export. Rotary `inv_freq` buffers are recomputed from the config and ignored.
 
 `vocalnet_config_from_release` reads the sizes from the release itself: its `config.json` (the LLM's
-own Hugging Face keys plus VocalNet's speech generator keys) and the shapes of its Whisper tensors.
+own Hugging Face keys plus VocalNet's speech generator keys) and the shapes of its Whisper tensors. A
+release's Talker was trained AR + MTP: `release_config` marks it so (`speech_decoder.converted_from`),
+and block diffusion is refused on it (`decode.inference.runnable`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -140,6 +143,15 @@ def _whisper_encoder(hf: Mapping, state: Mapping[str, np.ndarray], source: str) 
                          num_layers=sum(k.startswith("layers.") and k.endswith(".fc1.weight") for k in shapes),
                          ffn_dim=shapes["layers.0.fc1.weight"][0],
                          max_source_positions=shapes["embed_positions.weight"][0])
+
+
+def release_config(cfg: ModelConfig, release: str) -> ModelConfig:
+    """`cfg` of a release named `release` as converted: its Talker marked as VocalNet's and decoding by MTP
+    (AR without MTP modules) unless `cfg` names another autoregressive method."""
+    sd, sampler = cfg.speech_decoder, cfg.sampler
+    method = sampler.method if sampler.method != "mdm" else "mtp" if sd.mtp_modules else "ar"
+    return dataclasses.replace(cfg, speech_decoder=dataclasses.replace(sd, converted_from=release),
+                               sampler=dataclasses.replace(sampler, method=method))
 
 
 def vocalnet_from_release(state: Mapping[str, np.ndarray], cfg: ModelConfig) -> dict:

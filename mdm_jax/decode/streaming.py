@@ -25,10 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from data_pipelines.buckets import bucket
-from data_pipelines.features import log_mel
-from data_pipelines.tokenizer import SPEECH_PLACEHOLDER, TEMPLATES, encode_prompt, num_speech_frames
 from mdm_jax.config.model import ModelConfig
 from mdm_jax.decode import autoregressive, block_diffusion
+from mdm_jax.decode.inference import audio_bucket
 from mdm_jax.decode.layout import for_decoding
 from mdm_jax.model.attention import init_cache
 from mdm_jax.model.vocalnet import VocalNet
@@ -45,24 +44,6 @@ class StreamChunk:
     times: dict[str, float] = field(default_factory=dict)  # this block's seconds: encoder, llm, decoder, vocoder
     row: int = 0  # which question of a batch
     last: bool = False  # its answer's last block
-
-
-def spoken_question(audio: np.ndarray, cfg: ModelConfig, tokenizer=None,
-                    template: str = "tiny") -> tuple[np.ndarray, list[int], set[int]]:
-    """16 kHz audio -> (log-mel (n_mels, frames), prompt ids, end-of-text ids); without a tokenizer the prompt
-    is the speech alone (placeholders) and nothing ends the text."""
-    mel = log_mel(audio, cfg.encoder.num_mel_bins)
-    n_speech = num_speech_frames(mel.shape[-1], cfg.adaptor.downsample)
-    if tokenizer is None:
-        return mel, [SPEECH_PLACEHOLDER] * n_speech, set()
-    prompt, end = encode_prompt(tokenizer, TEMPLATES[template], n_speech)
-    return mel, prompt, {end}
-
-
-def audio_bucket(frames: int, cfg: ModelConfig, buckets: Sequence[int] | None = None) -> int:
-    """Mel frames padded to their bucket, at most the encoder's window (Whisper's 30 s = 3000 frames)."""
-    limit = 2 * cfg.encoder.max_source_positions
-    return frames if frames > limit else min(bucket(frames, buckets), limit)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
