@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(PY) -m pip install -q -c $(LOCK) -e '.[data,parity,dev,serve]'
 	$(PY) -m pip install -q --no-deps -c $(LOCK) cosyvoice2-eu  # CosyVoice2's reference code for parity tests
 	$(PY) -m pip install -q --no-deps -c $(LOCK) s3tokenizer  # its speech tokenizer's reference (needs no torchaudio here)
+	$(PY) -m pip install -q --no-deps -c $(LOCK) funasr  # CAM++'s reference (campplus.onnx's model); model files only
 	$(PY) -m pip install -q -c $(LOCK) libtpu  # the TPU compiler, pinned to the locked jax: compiles for TPU slices here
 	touch $(STAMP)
 

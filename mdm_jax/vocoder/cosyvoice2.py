@@ -92,6 +92,15 @@ class CosyVoice2Token2Wav:
     def __call__(self, units: np.ndarray) -> np.ndarray:
         return self.vocode(self.mel(units, streaming=False), jax.random.key(self.seed))[0]
 
+    def with_voice(self, speaker: np.ndarray) -> CosyVoice2Token2Wav:
+        """This token2wav speaking with x-vector `speaker` (spk_embed_dim,), e.g. CAM++'s embedding of a prompt wav
+        (`mdm_jax.vocoder.campplus.SpeakerEncoder.embed`)."""
+        speaker = np.asarray(speaker, np.float32)
+        if speaker.shape != (self.flow_config.spk_embed_dim,) or not np.all(np.isfinite(speaker)):
+            raise ValueError(f"speaker embedding of shape {speaker.shape}: expected "
+                             f"({self.flow_config.spk_embed_dim},) finite values")
+        return dataclasses.replace(self, speaker=speaker)
+
     def stream(self, hop_tokens: int | None = None) -> Token2WavStream:
         return Token2WavStream(self, hop_tokens or self.flow_config.chunk_tokens)
 
