@@ -19,6 +19,7 @@ from data_pipelines.tokenizer import load_tokenizer
 from mdm_jax.config.model import ModelConfig, get_config
 from mdm_jax.config.overrides import apply_overrides, config_keys
 from mdm_jax.convert import llm_config_from_hf, llm_config_to_hf, llm_from_hf, llm_to_hf
+from mdm_jax.convert.campplus import convert_campplus
 from mdm_jax.convert.cosyvoice2 import convert_cosyvoice2
 from mdm_jax.convert.hf_files import load_hf_folder, save_hf_folder
 from mdm_jax.convert.params_io import load_params, save_params
@@ -27,6 +28,7 @@ from mdm_jax.convert.vocalnet_release import release_config, vocalnet_config_fro
 from mdm_jax.decode.inference import MAX_SECONDS, load_model, spoken_question
 from mdm_jax.decode.streaming import stream_batch
 from mdm_jax.model.vocalnet import count_params
+from mdm_jax.vocoder.campplus import SpeakerEncoder
 from mdm_jax.vocoder.load import load_token2wav
 
 
@@ -41,6 +43,10 @@ def _convert(args):
     if args.kind == "cosyvoice2":
         t2w = convert_cosyvoice2(args.src, args.out, args.overrides, args.speaker)
         print(f"wrote {args.out} (CosyVoice2 token2wav: flow + HiFT, {t2w.sample_rate} Hz)")
+        return
+    if args.kind == "campplus":
+        convert_campplus(args.src, args.out)
+        print(f"wrote {args.out} (CAM++ speaker encoder: 192-dim x-vectors for generate --prompt-wav)")
         return
     if args.kind == "s3tokenizer":
         preset = args.config or "v2"
@@ -79,6 +85,8 @@ def _generate(args):
         prompts.append(prompt)
         eos |= end
     t2w = load_token2wav(args.token2wav) if args.token2wav else None
+    if args.prompt_wav:
+        t2w = _with_voice(t2w, args.prompt_wav, args.campplus)
     run = lambda: stream_batch(params, cfg, mels, prompts, eos_ids=eos,
                                max_text_tokens=args.max_text_tokens, max_blocks=args.max_blocks, token2wav=t2w)
     if args.warmup:  # compile every shape first, so the times below are latencies, not compilation
@@ -109,6 +117,15 @@ def _generate(args):
     print(f"wrote {args.out}")
 
 
+def _with_voice(t2w, prompt_wav: str, campplus: str | None):
+    """The token2wav speaking in the voice of `prompt_wav` (CAM++'s x-vector as CosyVoice2's speaker)."""
+    if campplus is None or not hasattr(t2w, "with_voice"):
+        raise ValueError(f"--prompt-wav {prompt_wav}: needs --campplus (convert campplus) and a CosyVoice2 --token2wav "
+                         "(convert cosyvoice2), whose flow takes a speaker x-vector")
+    return t2w.with_voice(SpeakerEncoder.load(campplus).embed(load_audio(prompt_wav, prompt_wav,
+                                                                         max_seconds=MAX_SECONDS)[0]))
+
+
 def _answer(chunks, tok, cfg: ModelConfig, t2w, wav: str | None) -> dict:
     """One question's streamed chunks -> its answer.json entry."""
     text_ids = chunks[-1].text_ids
@@ -133,9 +150,11 @@ def main(argv=None):
     info.set_defaults(run=_info)
 
     conv = sub.add_parser("convert", help="convert a Hugging Face / VocalNet / CosyVoice2 folder for mdm_jax")
-    conv.add_argument("kind", choices=["hf-llm", "vocalnet", "cosyvoice2", "s3tokenizer"],
+    conv.add_argument("kind", choices=["hf-llm", "vocalnet", "cosyvoice2", "campplus", "s3tokenizer"],
                       help="hf-llm: LLaMA 3.x / Qwen2 text model; vocalnet: a whole VocalNet release; "
                            "cosyvoice2: CosyVoice2's flow.pt + hift.pt as a token2wav (--token2wav of generate); "
+                           "campplus: CosyVoice2's CAM++ speaker encoder (campplus.onnx, or a CAM++ state dict .pt) "
+                           "for generate --prompt-wav; "
                            "s3tokenizer: CosyVoice2's speech_tokenizer_v2.onnx (or a v2 / v3 state dict .pt) for "
                            "mdm_jax.tokenize_speech")
     conv.add_argument("--src", required=True, help="folder with config.json and *.safetensors (cosyvoice2: flow.pt "
@@ -167,6 +186,9 @@ def main(argv=None):
                                          "the demo's token2wav.msgpack")
     gen.add_argument("--wav", default="answer.wav", help="with --token2wav: the audio, written as it streams "
                                                           "(several questions: answer_0.wav, answer_1.wav, ...)")
+    gen.add_argument("--prompt-wav", help="speak in the voice of this recording (a few seconds of speech): CAM++'s "
+                                          "x-vector becomes the speaker of a CosyVoice2 --token2wav; needs --campplus")
+    gen.add_argument("--campplus", help="a converted CAM++ folder (convert campplus) for --prompt-wav")
     gen.add_argument("--warmup", action="store_true", help="run once before timing (times exclude compilation)")
     gen.add_argument("overrides", nargs="*", metavar="key=value",
                      help="how the model runs: sampler.denoise_steps=1, sampler.threshold=0.9, dtype=bfloat16, ...")

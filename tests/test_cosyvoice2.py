@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 import soundfile as sf
+from campplus_reference import reference as campplus_reference
 from cosyvoice_reference import one_torch_thread, reference  # noqa: F401 (an autouse fixture)
 from test_cosyvoice_flow import REDUCED, reference_flow, reference_mel
 from test_hift import SIZES, _reference_model
@@ -158,3 +159,32 @@ def test_generate_speaks_a_converted_vocalnet(converted, tmp_path, capsys):
         assert len(result["times"]) == result["blocks"]
     out = capsys.readouterr().out
     assert "question 1 block 0" in out and "audio +" in out and "vocoder" in out
+
+
+def test_generate_speaks_in_the_voice_of_a_prompt_wav(converted, tmp_path):
+    """`convert campplus` of FunASR's CAM++ (real size, its init) and `generate --prompt-wav --campplus`: the same
+    answer in two voices sounds different (CAM++'s x-vector is the flow's speaker); without --campplus, one line."""
+    model, _ = campplus_reference()
+    converted.torch.manual_seed(0)
+    converted.torch.save(model.CAMPPlus().eval().state_dict(), tmp_path / "campplus.pt")
+    cam = tmp_path / "cam"
+    assert cli.main(["convert", "campplus", "--src", str(tmp_path / "campplus.pt"), "--out", str(cam)]) == 0
+    sizes = ["llm.num_layers=1", "encoder.num_layers=1", "speech_decoder.num_layers=1", "speech_decoder.mtp_modules=0"]
+    cfg = get_config("tiny-vocalnet", sizes)
+    save_hf_folder(tmp_path / "release", llm_config_to_hf(cfg.llm), vocalnet_to_release(random_params(cfg), cfg))
+    ckpt = tmp_path / "vocalnet"
+    assert cli.main(["convert", "vocalnet", "--src", str(tmp_path / "release"), "--out", str(ckpt), "--config",
+                     "tiny-vocalnet", *sizes]) == 0
+    sf.write(tmp_path / "q.wav", 0.1 * np.sin(np.arange(16_000) * 0.05), 16_000)
+    noise = 0.1 * np.random.default_rng(0).normal(size=48_000)
+    voices = {"low": 0.3 * np.sin(np.arange(48_000) * 0.02), "noise": noise}
+    audio = {}
+    for name, wave in voices.items():
+        sf.write(tmp_path / f"{name}.wav", wave, 16_000)
+        argv = ["generate", "--ckpt", str(ckpt), "--audio", str(tmp_path / "q.wav"), "--token2wav", str(converted.path),
+                "--wav", str(tmp_path / f"answer_{name}.wav"), "--out", str(tmp_path / "answer.json"), "--max-blocks",
+                "2", "--max-text-tokens", "8", "--prompt-wav", str(tmp_path / f"{name}.wav")]
+        assert cli.main([*argv, "--campplus", str(cam)]) == 0
+        audio[name] = sf.read(tmp_path / f"answer_{name}.wav")[0]
+    assert len(audio["low"]) == len(audio["noise"]) > 0 and not np.allclose(audio["low"], audio["noise"])
+    assert cli.main(argv) == 2  # --prompt-wav without --campplus
