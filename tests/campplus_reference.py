@@ -28,8 +28,9 @@ def reference():
     if importlib.util.find_spec("torchaudio") is None and importlib.util.find_spec("kaldi_native_fbank") is None:
         pytest.skip("the reference fbank needs torchaudio or kaldi-native-fbank: run `make setup`")
     if "funasr" not in sys.modules:
+        spec = importlib.util.find_spec("funasr")
         package = types.ModuleType("funasr")
-        package.__path__ = list(importlib.util.find_spec("funasr").submodule_search_locations)
+        package.__path__, package.__spec__ = list(spec.submodule_search_locations), spec  # find_spec works again
         sys.modules["funasr"] = package
     stand_in = importlib.util.find_spec("kaldiio") is None and "kaldiio" not in sys.modules
     if stand_in:
