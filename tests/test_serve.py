@@ -8,6 +8,7 @@ columns with their audio."""
 
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import os
@@ -158,7 +159,9 @@ def test_twenty_concurrent_requests_all_complete(server):
     assert server["proc"].poll() is None  # no restart
 
 
-def test_the_page_in_a_real_browser(server, tmp_path):
+@contextlib.contextmanager
+def _browser():
+    """Debian's headless chromium driven by Playwright (skips where either is missing)."""
     if not CHROMIUM.exists():
         pytest.skip("needs Debian's chromium at /usr/bin/chromium (apt-get install chromium; .ci/run installs it)")
     playwright = pytest.importorskip("playwright.sync_api")
@@ -166,6 +169,12 @@ def test_the_page_in_a_real_browser(server, tmp_path):
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
             "--disable-sync", "--no-first-run", "--autoplay-policy=no-user-gesture-required"])
+        yield browser
+        browser.close()
+
+
+def test_the_page_in_a_real_browser(server, tmp_path):
+    with _browser() as browser:
         page = browser.new_page()
         page.goto(server["url"])
         page.set_input_files("#file", str(server["wav"]))
@@ -186,7 +195,6 @@ def test_the_page_in_a_real_browser(server, tmp_path):
         page.wait_for_function("document.getElementById('error').textContent.includes('1009')", timeout=60_000)
         assert page.inner_text("#error") == "The server closed the connection: the file is too big for it (code 1009)."
         assert page.inner_text("#status") == "Ready."
-        browser.close()
 
 
 def test_two_models_answer_each_question_side_by_side(two_models, demo_run):
@@ -210,13 +218,7 @@ def test_two_models_answer_each_question_side_by_side(two_models, demo_run):
 
 
 def test_the_comparison_in_a_real_browser(two_models, tmp_path):
-    if not CHROMIUM.exists():
-        pytest.skip("needs Debian's chromium at /usr/bin/chromium (apt-get install chromium; .ci/run installs it)")
-    playwright = pytest.importorskip("playwright.sync_api")
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run", "--autoplay-policy=no-user-gesture-required"])
+    with _browser() as browser:
         page = browser.new_page()
         page.goto(two_models["url"])
         page.set_input_files("#file", str(two_models["wav"]))
@@ -230,4 +232,3 @@ def test_the_comparison_in_a_real_browser(two_models, tmp_path):
             page.wait_for_function(f"document.querySelector('{column} audio').duration > 0", timeout=30_000)
         assert "4 steps per block" in page.inner_text("#talker-1 h2")
         page.screenshot(path=str(tmp_path / "voice_page_two_models.png"), full_page=True)
-        browser.close()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,16 +26,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from einops import rearrange
-from flax import serialization
 
 from data_pipelines.features import HOP, N_FFT, SAMPLE_RATE, mel_filters
 from mdm_jax.config.overrides import ConfigError, check
 from mdm_jax.model.rope import apply_rope, inverse_frequencies
+from mdm_jax.model.weights_folder import check_fits, load_folder, save_folder
 
 TOKEN_HOP = 4 * HOP  # audio samples per token: two stride-2 convs over 100 Hz frames -> 25 Hz
 MAX_SECONDS = 30  # the reference encodes at most 30 s at once (longer audio: overlapping windows)
 FSQ_SCALE = np.float32(0.999)  # tanh is scaled below 1 so no dim rounds to +-1 on saturation alone
-CONFIG_FILE, PARAMS_FILE = "s3_tokenizer.json", "params.msgpack"
+CONFIG_FILE = "s3_tokenizer.json"
 
 
 @dataclass(frozen=True)
@@ -252,22 +251,11 @@ class S3Tokenizer:
         return [row[:n] for row, n in zip(ids, tokens)]
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        (path / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(self.config), indent=1))
-        (path / PARAMS_FILE).write_bytes(serialization.msgpack_serialize(jax.device_get(self.params)))
-        return path
+        return save_folder(path, CONFIG_FILE, dataclasses.asdict(self.config), self.params)
 
     @classmethod
     def load(cls, path: str | Path, dtype: str = "float32") -> S3Tokenizer:
-        path = Path(path)
-        if not (path / CONFIG_FILE).is_file() or not (path / PARAMS_FILE).is_file():
-            raise FileNotFoundError(f"{path}: not a converted S3 tokenizer (expected {CONFIG_FILE} and {PARAMS_FILE}; "
-                                    f"write one with `python -m mdm_jax.cli convert s3tokenizer`)")
-        cfg = S3TokenizerConfig(**json.loads((path / CONFIG_FILE).read_text()))
-        params = serialization.msgpack_restore((path / PARAMS_FILE).read_bytes())
-        want = jax.tree.map(lambda a: a.shape, jax.eval_shape(functools.partial(random_params, cfg), jax.random.key(0)))
-        got = jax.tree.map(lambda a: a.shape, params)
-        if want != got:
-            raise ValueError(f"{path / PARAMS_FILE}: its tensors do not fit {CONFIG_FILE}'s sizes")
+        meta, params = load_folder(path, CONFIG_FILE, "S3 tokenizer", "s3tokenizer")
+        cfg = S3TokenizerConfig(**meta)
+        check_fits(params, functools.partial(random_params, cfg), path, CONFIG_FILE)
         return cls(params, cfg, dtype)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,9 +32,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from einops import rearrange
-from flax import serialization
 
 from mdm_jax.config.overrides import check
+from mdm_jax.model.weights_folder import check_fits, load_folder, save_folder
 
 SAMPLE_RATE = 16_000
 FRAME, SHIFT, FFT = 400, 160, 512  # Kaldi's 25 ms window, 10 ms shift, padded to a power of two
@@ -44,7 +43,7 @@ LOW_FREQ = 20.0  # Kaldi's default lowest mel edge; the highest is Nyquist
 LOG_FLOOR = float(np.finfo(np.float32).eps)  # Kaldi and torchaudio floor the mel energies at float32 eps
 FRAMES_PER_SECOND = SAMPLE_RATE // SHIFT
 MIN_SAMPLES = FRAME + 2 * SHIFT  # 3 fbank frames -> 2 after the stride-2 TDNN: the pooled std needs two
-CONFIG_FILE, PARAMS_FILE = "campplus.json", "params.msgpack"
+CONFIG_FILE = "campplus.json"
 
 
 @dataclass(frozen=True)
@@ -296,21 +295,11 @@ class SpeakerEncoder:
         return speaker_embedding(self.params, self.config, audio_16k)
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        (path / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(self.config), indent=1))
-        (path / PARAMS_FILE).write_bytes(serialization.msgpack_serialize(jax.device_get(self.params)))
-        return path
+        return save_folder(path, CONFIG_FILE, dataclasses.asdict(self.config), self.params)
 
     @classmethod
     def load(cls, path: str | Path) -> SpeakerEncoder:
-        path = Path(path)
-        if not (path / CONFIG_FILE).is_file() or not (path / PARAMS_FILE).is_file():
-            raise FileNotFoundError(f"{path}: not a converted CAM++ speaker encoder (expected {CONFIG_FILE} and "
-                                    f"{PARAMS_FILE}; write one with mdm_jax.convert.campplus.convert_campplus)")
-        cfg = CAMPPlusConfig(**json.loads((path / CONFIG_FILE).read_text()))
-        params = serialization.msgpack_restore((path / PARAMS_FILE).read_bytes())
-        want = jax.tree.map(lambda a: a.shape, jax.eval_shape(functools.partial(random_params, cfg), jax.random.key(0)))
-        if want != jax.tree.map(lambda a: a.shape, params):
-            raise ValueError(f"{path / PARAMS_FILE}: its tensors do not fit {CONFIG_FILE}'s sizes")
+        meta, params = load_folder(path, CONFIG_FILE, "CAM++ speaker encoder", "campplus")
+        cfg = CAMPPlusConfig(**meta)
+        check_fits(params, functools.partial(random_params, cfg), path, CONFIG_FILE)
         return cls(params, cfg)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,15 +34,15 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import serialization
 
 from data_pipelines.buckets import bucket
+from mdm_jax.model.weights_folder import load_folder, save_folder
 from mdm_jax.vocoder.base import check_units
 from mdm_jax.vocoder.cosyvoice_flow import CosyFlowConfig, token2mel
 from mdm_jax.vocoder.hift import HiFTConfig, hift_waveform
 
 NOISE_FRAMES = 50 * 300  # CosyVoice2's noise table: 300 s of 50 Hz frames
-CONFIG_FILE, PARAMS_FILE = "token2wav.json", "params.msgpack"
+CONFIG_FILE = "token2wav.json"
 
 
 @dataclass(frozen=True, eq=False)
@@ -105,24 +104,15 @@ class CosyVoice2Token2Wav:
         return Token2WavStream(self, hop_tokens or self.flow_config.chunk_tokens)
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
         meta = {"flow": dataclasses.asdict(self.flow_config), "hift": dataclasses.asdict(self.hift_config),
                 "seed": self.seed, "mel_overlap": self.mel_overlap}
-        (path / CONFIG_FILE).write_text(json.dumps(meta, indent=1))
         arrays = {"flow": self.flow_params, "hift": self.hift_params, "speaker": self.speaker,
                   "prompt_tokens": self.prompt_tokens, "prompt_mel": self.prompt_mel}
-        (path / PARAMS_FILE).write_bytes(serialization.msgpack_serialize(jax.device_get(arrays)))
-        return path
+        return save_folder(path, CONFIG_FILE, meta, arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> CosyVoice2Token2Wav:
-        path = Path(path)
-        if not (path / CONFIG_FILE).is_file() or not (path / PARAMS_FILE).is_file():
-            raise FileNotFoundError(f"{path}: not a converted CosyVoice2 token2wav (expected {CONFIG_FILE} and "
-                                    f"{PARAMS_FILE}; write one with `python -m mdm_jax.cli convert cosyvoice2`)")
-        meta = json.loads((path / CONFIG_FILE).read_text())
-        arrays = serialization.msgpack_restore((path / PARAMS_FILE).read_bytes())
+        meta, arrays = load_folder(path, CONFIG_FILE, "CosyVoice2 token2wav", "cosyvoice2")
         return cls(arrays["flow"], CosyFlowConfig(**meta["flow"]), arrays["hift"], HiFTConfig(**meta["hift"]),
                    np.asarray(arrays["speaker"]), np.asarray(arrays["prompt_tokens"], np.int32),
                    np.asarray(arrays["prompt_mel"], np.float32), meta["seed"], meta["mel_overlap"])
