@@ -1,6 +1,7 @@
 """Where the Talkers' errors are, in numbers: by position inside the block and by block, CE and accuracy
 against the fraction of a block masked (down to fully masked blocks), EOS and lengths, the frequent-unit
-bias of parallel commits, and the sampler options (prior-calibrated confidence, early exit) at 1-16 steps.
+bias of parallel commits, whether the end of speech is read off the keys (`eval.diagnostics.end_of_speech`),
+and the sampler options (prior-calibrated confidence, early exit) at 1-16 steps.
 
     python -m experiments.diagnose_talker --demo runs/demo --out runs/diagnosis \
         --talker ar=runs/curves/ar --talker mdm-bernoulli=runs/curves/mdm-bernoulli@2000 [--sampler-grid]
@@ -34,6 +35,7 @@ from mdm_jax.diffusion.masking import corrupt
 from mdm_jax.eval.diagnostics import (
     accuracy_by_position,
     block_mask_shares,
+    end_of_speech,
     frequency_bias,
     length_errors,
     loss_by_mask_ratio,
@@ -91,9 +93,10 @@ def diagnose(name: str, params, cfg, refs: dict, frequencies: np.ndarray, denois
                      "position": [c.value for c in by_pos["position"]], "block": [c.value for c in by_pos["block"]],
                      "length": length_errors(gen, refs["units"], max_units=max_units),
                      "frequency": frequency_bias(gen, refs["units"], frequencies=frequencies)})
-    masked = (loss_by_mask_ratio(params, cfg, refs["hidden"], refs["units"], ratios, jax.random.key(0))
-              if method(cfg) == "mdm" else None)
-    return {"talker": name, "rows": rows, "loss_by_mask_ratio": masked}
+    mdm = method(cfg) == "mdm"
+    masked = loss_by_mask_ratio(params, cfg, refs["hidden"], refs["units"], ratios, jax.random.key(0)) if mdm else None
+    ending = end_of_speech(params, cfg, refs["hidden"], refs["units"]) if mdm else None
+    return {"talker": name, "rows": rows, "loss_by_mask_ratio": masked, "end_of_speech": ending}
 
 
 def masking_shares(specs: list[str], base: list[str], batches: int = 50) -> dict:
@@ -148,6 +151,16 @@ def markdown(results: list[dict], maskings: dict | None = None) -> str:
             cells = [f"{m['ce']:.2f} / {m['accuracy']:.2f} / {m['eos_accuracy']:.2f}"
                      for m in res["loss_by_mask_ratio"].values()]
             lines.append(f"| {res['talker']} | " + " | ".join(cells) + " |")
+    ending = [res for res in results if res.get("end_of_speech")]
+    if ending:
+        lines += ["", "Where the denoiser ends a fully masked last block (earlier blocks clean): with the keys "
+                  "after EOS dropped (what `mask.after_eos=pad` trains on) and with every key (what the sampler "
+                  "sees):", "",
+                  "| Talker | keys | EOS at the true end | first EOS early / late / none |", "|---|---|---|---|"]
+        for res in ending:
+            for view, e in res["end_of_speech"].items():
+                lines.append(f"| {res['talker']} | {'after EOS dropped' if view == 'pad' else 'every key'} | "
+                             f"{e['eos_accuracy']:.2f} | {e['early']:.2f} / {e['late']:.2f} / {e['none']:.2f} |")
     if maskings:
         lines += ["", "What each masking trains on (blocks of the training batches holding a valid token):", "",
                   "| masking | fully masked blocks | clean blocks (no loss) | mean masked fraction | blocks >= 90 % "

@@ -9,7 +9,8 @@ and the grid's claims judged by paired intervals.
 
 The grid file is plain Python defining MASKING, DENOISE_STEPS, BLOCK_SIZE (sequences) and optionally
 DISTILL ((masking, alpha) pairs: the paper's distillation), DISTILL_FROM (the stage II maskings
-distilled), DISTILL_ROUNDS (ours, SDTT), AR_REFERENCE (bool), CLAIMS and PAPER: see
+distilled), DISTILL_ROUNDS (ours, SDTT), AFTER_EOS (`mask.after_eos` values, '' the default: a
+Talker with another is named mdm-<masking>-b<B>-<value>...), AR_REFERENCE (bool), CLAIMS and PAPER: see
 experiments/grids/. Seed k (the initial params, data order and masks of every stage) trains in
 OUT/seed<k>: its own stage I, LLM states and every Talker in a workdir named by its settings
 (mdm-<masking>-b<B>, mdm-<masking>-b<B>-distill-<masking>-a<alpha>, mdm-<masking>-b<B>-sdtt<r>,
@@ -49,7 +50,7 @@ from tqdm import tqdm
 
 from experiments import recipe
 from experiments.eval_data import fit_flow_token2wav, held_out, reference_answers, spoken_answers
-from mdm_jax.config.mask import STRATEGIES
+from mdm_jax.config.mask import AFTER_EOS, STRATEGIES
 from mdm_jax.config.overrides import ConfigError
 from mdm_jax.config.sampler import SamplerConfig
 from mdm_jax.config.train import get_train_config
@@ -71,6 +72,7 @@ class Grid:
     distill: tuple[tuple[str, float], ...] = ()  # the paper's distillation: (its masking, alpha) per variant
     distill_from: tuple[str, ...] = ()  # the stage II maskings whose Talkers are distilled (empty: all)
     distill_rounds: tuple[int, ...] = (0,)  # ours (SDTT) with r > 0 rounds; 0: the stage II Talker itself
+    after_eos: tuple[str, ...] = ("",)  # `mask.after_eos` of each MDM Talker and its distillation ('': the default)
     ar_reference: bool = True
     # (claim, row a, row b, "above" | "level"), a row being (decoder name, denoising steps or None): a
     # paired comparison of a and b on unit accuracy that the sweep judges
@@ -91,6 +93,8 @@ def load_grid(path: str) -> Grid:
     unknown = (set(grid.masking) | {m for m, _ in grid.distill} | set(grid.distill_from)) - set(STRATEGIES)
     if unknown:  # fail before hours of training, not at the first step of that decoder
         raise ConfigError(f"{path}: unknown masking {sorted(unknown)}")
+    if set(grid.after_eos) - {"", *AFTER_EOS}:
+        raise ConfigError(f"{path}: AFTER_EOS {grid.after_eos}; expected '' (the default) or one of {AFTER_EOS}")
     block = get_train_config(recipe.PRESET).model.speech_decoder.block_size  # the AR reference's
     rows = {(d.name, s.denoise_steps if s.method == "mdm" else None) for d, s in evaluated(grid, decoders(grid, block))}
     for claim, a, b, expected in grid.claims:
@@ -108,6 +112,7 @@ class Decoder:
     method: str  # ar | mdm
     block_size: int
     masking: str = ""
+    after_eos: str = ""  # '': the config's default
     distill_rounds: int = 0
     distill_masking: str = ""
     alpha: float = 0.0
@@ -116,7 +121,8 @@ class Decoder:
     def name(self) -> str:  # its workdir under OUT
         if self.method == "ar":
             return f"ar-b{self.block_size}"
-        return f"mdm-{self.masking}-b{self.block_size}{self.distillation and '-' + self.distillation}"
+        eos = self.after_eos and f"-{self.after_eos}"
+        return f"mdm-{self.masking}-b{self.block_size}{eos}{self.distillation and '-' + self.distillation}"
 
     @property
     def distillation(self) -> str:
@@ -135,10 +141,13 @@ def decoders(grid: Grid, default_block: int) -> list[Decoder]:
     out = [Decoder("ar", default_block)] if grid.ar_reference else []
     for block in grid.block_size:
         for masking in grid.masking:
-            out.append(Decoder("mdm", block, masking))
-            if masking in (grid.distill_from or grid.masking):
-                out += [Decoder("mdm", block, masking, r) for r in sorted(set(grid.distill_rounds) - {0})]
-                out += [Decoder("mdm", block, masking, distill_masking=m, alpha=a) for m, a in grid.distill]
+            for eos in grid.after_eos:
+                stage2 = Decoder("mdm", block, masking, eos)
+                out.append(stage2)
+                if masking in (grid.distill_from or grid.masking):
+                    rounds = sorted(set(grid.distill_rounds) - {0})
+                    out += [dataclasses.replace(stage2, distill_rounds=r) for r in rounds]
+                    out += [dataclasses.replace(stage2, distill_masking=m, alpha=a) for m, a in grid.distill]
     return out
 
 
@@ -163,7 +172,8 @@ def train(todo: list[Decoder], out: Path, base: list[str], budget: recipe.Budget
             init = exported[d.teacher]
         else:  # stage I's params serve any block size: it changes how the decoder runs, not its params
             stage, init = recipe.stage_overrides("mdm", budget, masking=d.masking, block_size=d.block_size), stage1
-        exported[d] = recipe.run_stage(str(out / d.name), base + stage + [f"init_from={init}"], log=log)
+        eos = [f"mask.after_eos={d.after_eos}"] if d.after_eos else []
+        exported[d] = recipe.run_stage(str(out / d.name), base + stage + eos + [f"init_from={init}"], log=log)
     return exported
 
 

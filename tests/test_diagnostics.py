@@ -10,6 +10,7 @@ from mdm_jax.config.model import get_config
 from mdm_jax.eval.diagnostics import (
     accuracy_by_position,
     block_mask_shares,
+    end_of_speech,
     frequency_bias,
     length_errors,
     loss_by_mask_ratio,
@@ -60,6 +61,24 @@ def test_loss_by_mask_ratio_counts_and_eos():
     head = dict(params["head"], b=params["head"]["b"].at[sd.eos_id].set(1e4))
     out = loss_by_mask_ratio(dict(params, head=head), eos_wins, hiddens, units, (1.0,), jax.random.key(1), draws=1)
     assert out[1.0]["eos_accuracy"] == 1.0 and out[1.0]["accuracy"] == pytest.approx(2 / 29)
+
+
+def test_end_of_speech_views():
+    cfg = get_config("tiny", ["speech_decoder.num_layers=1", "speech_decoder.num_units=32"])
+    params = random_params(cfg)["speech_decoder"]
+    rng = np.random.default_rng(0)
+    hiddens = [rng.standard_normal((n, cfg.llm.d_model)).astype(np.float32) for n in (5, 9, 4)]
+    whole = [rng.integers(0, 32, n) for n in (15, 31)]  # + EOS: whole blocks, no key after EOS to drop
+    out = end_of_speech(params, cfg, hiddens[:2], whole)
+    assert out["pad"] == out["sampler"]
+    out = end_of_speech(params, cfg, hiddens, [*whole, rng.integers(0, 32, 6)])
+    for view in out.values():
+        assert sum(view[k] for k in ("early", "late", "none")) + view["eos_accuracy"] <= 1 + 1e-9
+    sd = cfg.speech_decoder  # EOS every argmax: each first EOS at its block's first position, before the true end
+    head = dict(params["head"], b=params["head"]["b"].at[sd.eos_id].set(1e4))
+    out = end_of_speech(dict(params, head=head), cfg, hiddens, [*whole, rng.integers(0, 32, 6)])
+    for view in out.values():
+        assert view["eos_accuracy"] == 1.0 and view["early"] == 1.0 and view["late"] == view["none"] == 0
 
 
 def test_block_mask_shares():

@@ -47,27 +47,27 @@ def test_quick_curves_and_diagnosis(demo_run, tmp_path):
     corpus = str(demo_run / "corpus")
     _cli("experiments.learning_curves", [
         "--demo", str(demo_run), "--out", str(out), "--corpus", corpus, "--quick", "--talkers", "ar",
-        "--variant", "mdm-eos=mdm-bernoulli:mask.after_eos=eos", "--steps", "4", "--every", "2",
-        "--distill-from", "mdm-eos@2", "--distill-updates", "2", "--denoise-steps", "1", "--eval-dialogues", "2"])
+        "--variant", "mdm-pad=mdm-bernoulli:mask.after_eos=pad", "--steps", "4", "--every", "2",
+        "--distill-from", "mdm-pad@2", "--distill-updates", "2", "--denoise-steps", "1", "--eval-dialogues", "2"])
     result = json.loads((out / "curves.json").read_text())
     points = result["points"]
     by = {(p["talker"], p["step"]) for p in points}
-    assert by == {("ar", 2), ("ar", 4), ("mdm-eos", 2), ("mdm-eos", 4), ("mdm-eos-distill@2", 1),
-                  ("mdm-eos-distill@2", 2)}
+    assert by == {("ar", 2), ("ar", 4), ("mdm-pad", 2), ("mdm-pad", 4), ("mdm-pad-distill@2", 1),
+                  ("mdm-pad-distill@2", 2)}
     for p in points:
         assert 0 <= p["unit_accuracy"]["lo"] <= p["unit_accuracy"]["value"] <= p["unit_accuracy"]["hi"] <= 1
         assert p["train_s"] > 0 and ("wer_alone" in p) == (p["step"] == max(q["step"] for q in points
                                                                              if q["talker"] == p["talker"]))
-    assert [p["teacher_step"] for p in points if p["talker"] == "mdm-eos-distill@2"] == [2, 2]
-    assert json.loads((out / "mdm-eos" / "train_config.json").read_text())["mask"]["after_eos"] == "eos"
-    assert set(result["plateau"]) == {"ar ar", "mdm-eos S=1", "mdm-eos-distill@2 S=1"}
+    assert [p["teacher_step"] for p in points if p["talker"] == "mdm-pad-distill@2"] == [2, 2]
+    assert json.loads((out / "mdm-pad" / "train_config.json").read_text())["mask"]["after_eos"] == "pad"
+    assert set(result["plateau"]) == {"ar ar", "mdm-pad S=1", "mdm-pad-distill@2 S=1"}
     assert (out / "learning_curves.png").stat().st_size > 10_000 and (out / "learning_curves_all.png").exists()
-    assert "| mdm-eos | S=1 |" in (out / "curves.md").read_text()
+    assert "| mdm-pad | S=1 |" in (out / "curves.md").read_text()
 
     diag = tmp_path / "diagnosis"
     _cli("experiments.diagnose_talker", [
         "--demo", str(demo_run), "--out", str(diag), "--corpus", corpus, "--eval-dialogues", "2",
-        "--talker", f"ar={out / 'ar'}", "--talker", f"mdm={out / 'mdm-eos'}@2",
+        "--talker", f"ar={out / 'ar'}", "--talker", f"mdm={out / 'mdm-pad'}@2",
         "--talker", f"distilled={demo_run / 'distill' / 'params'}", "--denoise-steps", "1,2", "--ratios", "0.5,1.0",
         "--sampler-grid"])
     results = {r["talker"]: r for r in json.loads((diag / "diagnosis.json").read_text())["results"]}
@@ -75,6 +75,8 @@ def test_quick_curves_and_diagnosis(demo_run, tmp_path):
     samplers = [r["sampler"] for r in results["mdm"]["rows"]]
     assert samplers == ["S=1", "S=2", "S=2 calibrated", "S=2 max_prob exit 0.9", "S=2 calibrated exit 0.9"]
     assert set(results["distilled"]["loss_by_mask_ratio"]) == {"0.5", "1.0"}
+    assert set(results["mdm"]["end_of_speech"]) == {"pad", "sampler"} and results["ar"]["end_of_speech"] is None
+    assert "| mdm | every key |" in (diag / "diagnosis.md").read_text()
     for row in results["mdm"]["rows"]:
         assert 1 <= row["forwards_per_block"] <= int(row["sampler"].split()[0][2:])  # early exit: at most S
     assert (diag / "diagnosis.png").stat().st_size > 10_000

@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -46,6 +47,24 @@ def test_paper_ablations_grid_plan():
     assert len(grid.claims) == 10 and {name for name, _ in grid.paper} == {d.name for d in todo}
     claim1 = sweep.load_grid("experiments/grids/mdm_vs_ar.py")  # its Talkers are the ablations' (same workdirs)
     assert {d.name for d in sweep.decoders(claim1, 16)} < {d.name for d in todo} and len(claim1.claims) == 13
+
+
+def test_end_of_speech_grid_names_the_option_and_passes_it(monkeypatch, tmp_path):
+    grid = sweep.load_grid("experiments/grids/end_of_speech.py")
+    todo = sweep.decoders(grid, 16)
+    assert [d.name for d in todo] == ["ar-b16", "mdm-bernoulli-b16", "mdm-bernoulli-b16-distill-hierarchical-a0.7",
+                                      "mdm-bernoulli-b16-pad", "mdm-bernoulli-b16-pad-distill-hierarchical-a0.7"]
+    assert todo[-1].teacher.name == "mdm-bernoulli-b16-pad" and len(grid.claims) == 6
+    runs = {}  # each workdir's overrides, caught instead of training
+    monkeypatch.setattr(sweep.recipe, "run_stage", lambda workdir, overrides, log: runs.setdefault(
+        Path(workdir).name, overrides) and f"{workdir}/params")
+    sweep.train(todo, tmp_path, [], sweep.recipe.QUICK, "stage1")
+    after = {name: [o for o in overrides if o.startswith("mask.after_eos")] for name, overrides in runs.items()}
+    assert after == {"ar-b16": [], "mdm-bernoulli-b16": [], "mdm-bernoulli-b16-distill-hierarchical-a0.7": [],
+                     "mdm-bernoulli-b16-pad": ["mask.after_eos=pad"],
+                     "mdm-bernoulli-b16-pad-distill-hierarchical-a0.7": ["mask.after_eos=pad"]}
+    distilled = runs["mdm-bernoulli-b16-pad-distill-hierarchical-a0.7"]
+    assert f"init_from={tmp_path}/mdm-bernoulli-b16-pad/params" in distilled
 
 
 def test_grid_typos_fail_before_training(tmp_path):

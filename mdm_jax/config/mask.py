@@ -15,7 +15,7 @@ from mdm_jax.config.sampler import SCHEDULES
 STRATEGIES = ("bernoulli", "hierarchical", "iid", "blockwise", "sampler_states", "sampler_states_single", "span",
               "sampler_states_confidence")
 T_SAMPLING = ("iid", "antithetic", "stratified")
-AFTER_EOS = ("pad", "eos")  # what the last block holds after EOS (`diffusion.end_of_speech`)
+AFTER_EOS = ("eos", "pad")  # what the last block holds after EOS (`diffusion.end_of_speech`)
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class MaskConfig:
     block_ratio_max: float = 1.0
     token_ratio_min: float = 0.3  # hierarchical: window of γ_t, the fraction of a chosen block's tokens masked
     token_ratio_max: float = 1.0
-    after_eos: str = "pad"  # the last block after EOS: pad (never seen or trained) | eos (EOS repeated, trained)
+    after_eos: str = "eos"  # the last block after EOS: eos (EOS repeated, trained) | pad (unseen: leaks the length)
 
     def __post_init__(self):
         check(self.strategy in STRATEGIES, f"mask.strategy={self.strategy!r}; expected one of {STRATEGIES}")

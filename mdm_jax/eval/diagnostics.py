@@ -129,6 +129,32 @@ def loss_by_mask_ratio(params, cfg: ModelConfig, hiddens: Sequence[np.ndarray], 
     return out
 
 
+def end_of_speech(params, cfg: ModelConfig, hiddens: Sequence[np.ndarray], units: Sequence[np.ndarray]) -> dict:
+    """Where the denoiser says speech ends in a fully masked last block (earlier blocks clean), with two
+    views of that block's keys: 'pad' drops those after EOS (what `mask.after_eos=pad` trains on),
+    'sampler' keeps every one (what sampling, and `eos` training, see). -> {view: {'eos_accuracy' (EOS
+    predicted at the true end), 'early' / 'late' / 'none' (shares of answers whose first EOS predicted
+    in that block comes before or after the true end, or nowhere)}}. A Talker right in the 'pad' view
+    and wrong in the sampler's reads the length off the keys: a leak sampling does not have."""
+    sd = cfg.speech_decoder
+    batch = _answers_batch(hiddens, units, sd)
+    n = batch["speech_valid"].sum(1)  # units + EOS
+    start = (n - 1) // sd.block_size * sd.block_size
+    position = jnp.arange(batch["units"].shape[1])[None]
+    last = (position >= start[:, None]) & (position < start[:, None] + sd.block_size)
+    x_t = jnp.where(last, sd.mask_id, batch["units"])
+    out = {}
+    for view, valid in (("pad", batch["speech_valid"]), ("sampler", batch["speech_valid"] | last)):
+        logits = denoiser(cfg, dict(batch, speech_valid=valid))(params, x_t)
+        says = np.asarray((jnp.argmax(speech_only(logits.astype(jnp.float32), sd), -1) == sd.eos_id) & last)
+        first = np.where(says.any(1), says.argmax(1), -1)
+        end = np.asarray(n - 1)
+        out[view] = {"eos_accuracy": float(says[np.arange(len(end)), end].mean()),
+                     "early": float(((first >= 0) & (first < end)).mean()), "late": float((first > end).mean()),
+                     "none": float((first < 0).mean())}
+    return out
+
+
 def _answers_batch(hiddens, units, sd) -> dict:
     """Reference answers as a speech-objective batch: text states, units + EOS padded to whole blocks."""
     b, t = len(hiddens), max(len(h) for h in hiddens)
