@@ -13,6 +13,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
 
+# A program compiled before comes from disk (JAX's persistent cache): the suite recompiles the same programs
+# in test files after `jax.clear_caches`, in its subprocesses and across runs; -O0 and device counts are in the key.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+                                                       / "mdm-jax" / "xla-tests"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
 
 @pytest.hookimpl(trylast=True)  # after -k / -m deselection
 def pytest_collection_modifyitems(session, config, items):

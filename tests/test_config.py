@@ -120,3 +120,15 @@ def test_optional_fields_take_none_or_their_type():
     assert apply_overrides(Data(), ["num_epochs=none"]).num_epochs is None
     with pytest.raises(ConfigError, match="expects int, got 'x'"):
         apply_overrides(Data(), ["num_epochs=x"])
+
+
+def test_registries_hold_exactly_the_configs_names():
+    from mdm_jax.config.mask import CORRUPTIONS
+    from mdm_jax.config.overrides import registry
+    from mdm_jax.config.sampler import CONFIDENCES
+    from mdm_jax.decode.sampling import CONFIDENCE
+    from mdm_jax.diffusion.masking import MASKING
+
+    assert set(MASKING) == set(CORRUPTIONS) and set(CONFIDENCE) == set(CONFIDENCES)
+    with pytest.raises(ImportError, match=r"sampler.confidence.*\['a'\].*\['a', 'b'\]"):
+        registry(("a", "b"), {"a": abs}, "sampler.confidence")  # a name without its code

@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from mdm_jax.config.overrides import check
 from mdm_jax.config.sampler import SCHEDULES
 
-# diffusion.masking.MASKING (the paper's first), plus sampler_states_confidence (model-in-the-loop: train.objectives)
-STRATEGIES = ("bernoulli", "hierarchical", "iid", "blockwise", "sampler_states", "sampler_states_single", "span",
-              "sampler_states_confidence")
+# functions of the units alone (diffusion.masking.MASKING, the paper's first) and the one that masks from the
+# decoder's own scores (train.objectives)
+CORRUPTIONS = ("bernoulli", "hierarchical", "iid", "blockwise", "sampler_states", "sampler_states_single", "span")
+CONFIDENCE_MASKING = "sampler_states_confidence"  # sampler_states, least confident tokens masked
+STRATEGIES = (*CORRUPTIONS, CONFIDENCE_MASKING)
 T_SAMPLING = ("iid", "antithetic", "stratified")
 AFTER_EOS = ("eos", "pad")  # what the last block holds after EOS (`diffusion.end_of_speech`)
 

@@ -19,6 +19,15 @@ def check(ok: bool, message: str):
         raise ConfigError(message)
 
 
+def registry(names: typing.Sequence[str], implementations: dict, what: str) -> dict:
+    """`implementations` keyed by exactly the config's `names` (the one list of allowed values), checked
+    when the implementing module loads: a name added to a config without its code fails at import."""
+    if set(implementations) != set(names):
+        raise ImportError(f"{what}: the implementations {sorted(implementations)} do not match the config's names "
+                          f"{sorted(names)}")
+    return implementations
+
+
 def config_keys(cfg: object, prefix: str = "") -> dict[str, type]:
     """Every overridable dotted key and its type, e.g. {'llm.num_layers': int, ...}."""
     keys = {}

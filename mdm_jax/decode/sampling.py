@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from mdm_jax.config.overrides import registry
 from mdm_jax.config.sampler import CONFIDENCES, SamplerConfig, TokenSampling
 
 NEG_INF = -1e30  # finite, so a fully filtered row never turns into NaN
@@ -62,24 +63,35 @@ def block_prior(probs, candidates):
     return jnp.einsum("bn,bnv->bv", weight, probs) / jnp.maximum(weight.sum(-1), 1.0)[:, None]
 
 
+def _picked(probs, tokens):
+    return jnp.take_along_axis(probs, tokens[..., None], axis=-1)[..., 0]
+
+
+def _calibrated(probs, tokens, key, prior):
+    tiny = jnp.finfo(probs.dtype).tiny
+    return jnp.log(jnp.maximum(_picked(probs, tokens), tiny)) - jnp.log(jnp.maximum(_picked(prior[:, None], tokens),
+                                                                                    tiny))
+
+
+def _margin(probs, tokens, key, prior):
+    top2 = lax.top_k(probs, 2)[0]
+    return top2[..., 0] - top2[..., 1]
+
+
+CONFIDENCE = registry(CONFIDENCES, {  # (probs (b, n, V), tokens (b, n), key, prior (b, V)) -> (b, n)
+    "max_prob": lambda probs, tokens, key, prior: _picked(probs, tokens),
+    "calibrated": _calibrated,
+    "margin": _margin,
+    "neg_entropy": lambda probs, tokens, key, prior: jnp.sum(probs * jnp.log(jnp.maximum(probs, 1e-30)), axis=-1),
+    "random": lambda probs, tokens, key, prior: jax.random.uniform(key, tokens.shape),
+}, "sampler.confidence")
+
+
 def confidence(probs, tokens, kind: str, key=None, prior=None):
     """(b, n) score per position: higher = commit sooner. `calibrated` (Chatterbox-Flash's prior-calibrated
     score) is log p_i(x_i) - log prior(x_i), prior (b, V) the block's marginal (`block_prior`), so a token
     the whole block leans to ranks below an equally likely rarer one."""
-    picked = lambda p: jnp.take_along_axis(p, tokens[..., None], axis=-1)[..., 0]
-    if kind == "max_prob":
-        return picked(probs)
-    if kind == "calibrated":
-        tiny = jnp.finfo(probs.dtype).tiny
-        return jnp.log(jnp.maximum(picked(probs), tiny)) - jnp.log(jnp.maximum(picked(prior[:, None]), tiny))
-    if kind == "margin":
-        top2 = lax.top_k(probs, 2)[0]
-        return top2[..., 0] - top2[..., 1]
-    if kind == "neg_entropy":
-        return jnp.sum(probs * jnp.log(jnp.maximum(probs, 1e-30)), axis=-1)
-    if kind == "random":
-        return jax.random.uniform(key, tokens.shape)
-    raise ValueError(f"unknown confidence {kind!r}; expected one of {CONFIDENCES}")
+    return CONFIDENCE[kind](probs, tokens, key, prior)
 
 
 def take_most_confident(score, candidates, count):

@@ -31,7 +31,8 @@ import jax.numpy as jnp
 from einops import rearrange, repeat
 from flax import struct
 
-from mdm_jax.config.mask import MaskConfig
+from mdm_jax.config.mask import CORRUPTIONS, MaskConfig
+from mdm_jax.config.overrides import registry
 from mdm_jax.diffusion.schedules import elbo_weight, mask_prob, sample_t, step_schedule
 
 
@@ -166,7 +167,7 @@ def span_mask(key, units, valid, cfg: MaskConfig, *, block_size: int, mask_id: i
     return _corrupt(units, masked, _level_weight(cfg, t, units.shape), mask_id)
 
 
-MASKING = {
+MASKING = registry(CORRUPTIONS, {
     "bernoulli": bernoulli_mask,
     "hierarchical": hierarchical_mask,
     "iid": iid_mask,
@@ -174,7 +175,7 @@ MASKING = {
     "sampler_states": sampler_states_mask,
     "sampler_states_single": sampler_states_single_mask,
     "span": span_mask,
-}
+}, "mask.strategy")
 
 
 def corrupt(key, units, valid, cfg: MaskConfig, *, block_size: int, mask_id: int) -> Corruption:

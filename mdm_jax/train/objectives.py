@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from mdm_jax.config.mask import CONFIDENCE_MASKING
 from mdm_jax.config.train import TrainConfig
 from mdm_jax.decode.sampling import speech_only
 from mdm_jax.diffusion.attention_masks import Mask, autoregressive_mask, draw_streaming
@@ -46,7 +47,6 @@ from mdm_jax.model.vocalnet import VocalNet
 from mdm_jax.train import distill
 from mdm_jax.train.optimizer import combine
 
-CONFIDENCE_MASKING = "sampler_states_confidence"  # sampler_states, least confident tokens masked
 # metric: the tokens (all data shards) the loss is a mean over; gradient accumulation weights micro-batches by it
 LOSS_TOKENS = "loss_tokens"
 # metric: {metric name: the global count it is a mean over} where that is not LOSS_TOKENS; the step pops it
