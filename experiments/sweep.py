@@ -433,7 +433,7 @@ def plot_claims(claims: list[dict], header: dict, out: Path):
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out / "claims.png", dpi=120)
+    fig.savefig(out / "claims.png", dpi=120, bbox_inches="tight")  # the claims' long labels whole
 
 
 def main(argv=None):
