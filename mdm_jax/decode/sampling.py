@@ -68,9 +68,8 @@ def _picked(probs, tokens):
 
 
 def _calibrated(probs, tokens, key, prior):
-    tiny = jnp.finfo(probs.dtype).tiny
-    return jnp.log(jnp.maximum(_picked(probs, tokens), tiny)) - jnp.log(jnp.maximum(_picked(prior[:, None], tokens),
-                                                                                    tiny))
+    log = lambda p: jnp.log(jnp.maximum(p, jnp.finfo(probs.dtype).tiny))
+    return log(_picked(probs, tokens)) - log(_picked(prior[:, None], tokens))
 
 
 def _margin(probs, tokens, key, prior):

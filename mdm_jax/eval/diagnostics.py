@@ -143,12 +143,12 @@ def end_of_speech(params, cfg: ModelConfig, hiddens: Sequence[np.ndarray], units
     position = jnp.arange(batch["units"].shape[1])[None]
     last = (position >= start[:, None]) & (position < start[:, None] + sd.block_size)
     x_t = jnp.where(last, sd.mask_id, batch["units"])
+    end = np.asarray(n - 1)
     out = {}
     for view, valid in (("pad", batch["speech_valid"]), ("sampler", batch["speech_valid"] | last)):
         logits = denoiser(cfg, dict(batch, speech_valid=valid))(params, x_t)
         says = np.asarray((jnp.argmax(speech_only(logits.astype(jnp.float32), sd), -1) == sd.eos_id) & last)
         first = np.where(says.any(1), says.argmax(1), -1)
-        end = np.asarray(n - 1)
         out[view] = {"eos_accuracy": float(says[np.arange(len(end)), end].mean()),
                      "early": float(((first >= 0) & (first < end)).mean()), "late": float((first > end).mean()),
                      "none": float((first < 0).mean())}
